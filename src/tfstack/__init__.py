@@ -1,0 +1,3 @@
+"""tfstack: TensorFlow Serving stacks as code."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""The stack spec: typed, frozen objects for ``config/stack.yaml``.
+
+The data model lives here; loading (YAML with line numbers), schema errors and the semantic checks
+live in :mod:`tfstack.validate` so that this module stays a plain description of the format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+SPEC_FORMAT = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class LatestPolicy(_Frozen):
+    """Serve the N highest numbered versions found on disk (TF Serving's default, N = 1)."""
+
+    latest: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class AllPolicy(_Frozen):
+    """Serve every version found on disk."""
+
+    all: Literal[True] = True
+
+
+class SpecificPolicy(_Frozen):
+    """Serve exactly these versions."""
+
+    specific: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+VersionPolicy = LatestPolicy | AllPolicy | SpecificPolicy
+
+
+class SampleRequest(_Frozen):
+    """A request used for smoke tests after start, verification during rollouts and benchmarks.
+
+    ``body`` is a TF Serving REST request body (``{"instances": ...}`` or ``{"inputs": ...}``;
+    ``examples`` for classify/regress). ``body_file`` names a JSON file (relative to the spec) instead.
+    """
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
+    method: Literal["predict", "classify", "regress"] = "predict"
+    signature_name: str | None = None
+    body: dict[str, Any] | None = None
+    body_file: str | None = None
+    expect: dict[str, Any] | None = Field(
+        default=None, description="Expected response body; numbers compared within tolerance."
+    )
+    tolerance: Annotated[float, Field(ge=0)] = 1e-4
+
+    @model_validator(mode="after")
+    def _one_body(self) -> SampleRequest:
+        if (self.body is None) == (self.body_file is None):
+            raise ValueError("give exactly one of 'body' or 'body_file'")
+        return self
+
+
+class ModelSpec(_Frozen):
+    """One model served by the stack."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Model name in TF Serving URLs.")]
+    path: str | None = Field(
+        default=None,
+        description="Model directory holding numbered version directories; relative to the "
+        "model repository (default: the model name) or absolute.",
+    )
+    policy: VersionPolicy = Field(default_factory=LatestPolicy)
+    labels: dict[Annotated[str, Field(pattern=LABEL_PATTERN)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Version labels such as stable and canary."
+    )
+    samples: list[SampleRequest] = Field(default_factory=list)
+    platform: Literal["tensorflow"] = "tensorflow"
+
+
+class Resources(_Frozen):
+    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[kmgKMG]?[bB]?$")] | None = None
+
+
+class ServingSpec(_Frozen):
+    """The TF Serving service: image, ports and server flags."""
+
+    image: str = "tfstack/serving-runtime:latest"
+    grpc_port: Annotated[int, Field(ge=1, le=65535)] = 8500
+    rest_port: Annotated[int, Field(ge=1, le=65535)] = 8501
+    bind_address: str = "127.0.0.1"
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    resources: Resources = Field(default_factory=Resources)
+    config_poll_seconds: Annotated[int, Field(ge=0)] = 0
+    file_system_poll_seconds: Annotated[int, Field(ge=0)] = 1
+    max_load_retries: Annotated[int, Field(ge=0)] = 5
+    load_retry_interval_micros: Annotated[int, Field(ge=0)] = 60_000_000
+    rest_api_timeout_ms: Annotated[int, Field(ge=1)] = 30_000
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
+    inter_op_threads: Annotated[int, Field(ge=0)] = 0
+    enable_model_warmup: bool = True
+    extra_flags: list[str] = Field(default_factory=list)
+    user: str = Field(default="1000:1000", description="uid:gid the server runs as (never root).")
+
+
+class BatchingSpec(_Frozen):
+    """Server-side batching (TF Serving BatchingParameters); one scheduler for all models."""
+
+    enabled: bool = False
+    max_batch_size: Annotated[int, Field(ge=1)] = 32
+    batch_timeout_micros: Annotated[int, Field(ge=0)] = 1000
+    max_enqueued_batches: Annotated[int, Field(ge=1)] = 100
+    num_batch_threads: Annotated[int, Field(ge=1)] = 2
+    allowed_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    pad_variable_length_inputs: bool = False
+
+
+class MonitoringSpec(_Frozen):
+    """Prometheus metrics served on the REST port."""
+
+    enabled: bool = True
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/monitoring/prometheus/metrics"
+
+
+class StackSpec(_Frozen):
+    """A whole TF Serving deployment: ``config/stack.yaml``."""
+
+    format: Literal[1] = SPEC_FORMAT
+    project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = Field(
+        description="Compose project name; also the value of every tfstack label."
+    )
+    model_repository: str = Field(
+        default="../models",
+        description="Directory mounted read-only at /models in the server; relative to the spec.",
+    )
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema editors use for completion of ``stack.yaml``."""
+    schema = StackSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tfstack stack spec"
+    return schema
+
+
+def spec_dir(spec_path: Path) -> Path:
+    return spec_path.resolve().parent

@@ -1,0 +1,44 @@
+"""`invoke test`: the test tiers, with the Docker engine set up first when integration tests run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tfstack.engine import ensure_engine
+
+
+def pytest_args(*, unit_only: bool, keyword: str = "", exit_first: bool = False) -> list[str]:
+    """The pytest command line for a tier (pure: unit-tested)."""
+    args = [sys.executable, "-m", "pytest"]
+    args += ["tests/unit"] if unit_only else ["tests"]
+    if keyword:
+        args += ["-k", keyword]
+    if exit_first:
+        args.append("-x")
+    return args
+
+
+def test_environment(base: dict[str, str]) -> dict[str, str]:
+    """Ryuk needs an image from a registry; tests clean up through labels instead."""
+    env = dict(base)
+    env["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    return env
+
+
+def run_tests(
+    *,
+    root: Path,
+    unit_only: bool,
+    keyword: str = "",
+    exit_first: bool = False,
+    say: Callable[[str], None],
+) -> int:
+    if not unit_only:
+        ensure_engine(say=say)
+    argv = pytest_args(unit_only=unit_only, keyword=keyword, exit_first=exit_first)
+    say("running " + " ".join(argv[1:]))
+    return subprocess.run(argv, cwd=root, env=test_environment(dict(os.environ)), check=False).returncode
