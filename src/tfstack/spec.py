@@ -154,3 +154,35 @@ def json_schema() -> dict[str, Any]:
 
 def spec_dir(spec_path: Path) -> Path:
     return spec_path.resolve().parent
+
+
+CONTAINER_MODEL_ROOT = "/models"
+CONTAINER_CONFIG_DIR = "/config"
+
+
+def model_repository_dir(spec: StackSpec, spec_path: Path) -> Path:
+    """The host directory mounted read-only at /models (relative paths are from the spec's folder)."""
+    root = Path(spec.model_repository)
+    return root if root.is_absolute() else (spec_dir(spec_path) / root).resolve()
+
+
+def model_relative_path(model: ModelSpec) -> str:
+    """The model's directory relative to the model repository (its name unless `path` says)."""
+    return model.path if model.path is not None else model.name
+
+
+def model_host_dir(spec: StackSpec, spec_path: Path, model: ModelSpec) -> Path:
+    """Where the model's numbered version directories live on the host."""
+    relative = Path(model_relative_path(model))
+    if relative.is_absolute():
+        return relative
+    return (model_repository_dir(spec, spec_path) / relative).resolve()
+
+
+def model_base_path(model: ModelSpec) -> str:
+    """The model's base_path inside the server container (what models.config says)."""
+    relative = Path(model_relative_path(model))
+    if relative.is_absolute():
+        # Models outside the repository get their own mount at /models/<name>.
+        return f"{CONTAINER_MODEL_ROOT}/{model.name}"
+    return f"{CONTAINER_MODEL_ROOT}/{relative.as_posix()}"
