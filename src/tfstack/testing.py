@@ -41,4 +41,6 @@ def run_tests(
         ensure_engine(say=say)
     argv = pytest_args(unit_only=unit_only, keyword=keyword, exit_first=exit_first)
     say("running " + " ".join(argv[1:]))
-    return subprocess.run(argv, cwd=root, env=test_environment(dict(os.environ)), check=False).returncode
+    return subprocess.run(
+        argv, cwd=root, env=test_environment(dict(os.environ)), check=False
+    ).returncode

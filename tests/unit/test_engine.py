@@ -12,8 +12,12 @@ from tfstack.errors import EngineError
 
 def facts(**changes: object) -> MachineFacts:
     base: dict[str, object] = dict(
-        engine_reachable=True, dockerd_installed=True, compose_plugin_works=True,
-        compose_binary=Path("/venv/compose/docker-compose"), is_root=True, is_debian=True,
+        engine_reachable=True,
+        dockerd_installed=True,
+        compose_plugin_works=True,
+        compose_binary=Path("/venv/compose/docker-compose"),
+        is_root=True,
+        is_debian=True,
         plugin_dir=Path("/root/.docker/cli-plugins"),
     )
     base.update(changes)
@@ -35,9 +39,12 @@ def test_fresh_debian_root_installs_starts_and_adds_compose() -> None:
         "start dockerd",
         "install Compose v2 as a Docker CLI plugin",
     ]
-    assert ("apt-get", "install", "-y", "-q", "--no-install-recommends", "docker.io") in steps[0].commands
+    assert ("apt-get", "install", "-y", "-q", "--no-install-recommends", "docker.io") in steps[
+        0
+    ].commands
     assert steps[2].copy_file == (
-        Path("/venv/compose/docker-compose"), Path("/root/.docker/cli-plugins/docker-compose")
+        Path("/venv/compose/docker-compose"),
+        Path("/root/.docker/cli-plugins/docker-compose"),
     )
 
 
@@ -48,7 +55,7 @@ def test_installed_but_stopped_engine_is_only_started() -> None:
 
 def test_non_root_without_engine_is_told_what_to_install() -> None:
     """Only root on Debian gets an automatic install; others get instructions."""
-    with pytest.raises(EngineError, match="apt-get install docker.io"):
+    with pytest.raises(EngineError, match=r"apt-get install docker\.io"):
         plan_engine_setup(facts(engine_reachable=False, dockerd_installed=False, is_root=False))
 
 
