@@ -91,6 +91,14 @@ class RenderError(TfstackError):
         self.line = line
 
 
+class WriteError(TfstackError):
+    """Writing files to disk failed; the files named keep their previous content."""
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message, hint=hint)
+        self.path = path
+
+
 class EngineError(TfstackError):
     """No usable Docker engine or Compose plugin."""
 

@@ -106,6 +106,12 @@ class ServingSpec(_Frozen):
     enable_model_warmup: bool = True
     extra_flags: list[str] = Field(default_factory=list)
     user: str = Field(default="1000:1000", description="uid:gid the server runs as (never root).")
+    healthcheck: bool = Field(
+        default=True,
+        description="Add a Compose healthcheck running `modelserver-probe` in the container; healthy "
+        "only when every declared model version and label is AVAILABLE. Set false for images without "
+        "the probe (the official tensorflow/serving image has none).",
+    )
 
 
 class BatchingSpec(_Frozen):
