@@ -1,0 +1,83 @@
+"""TensorFlow status codes and the one error type the serving layers exchange.
+
+Every layer (manager, servables, REST, gRPC, codec, batching) raises :class:`ServingError` with a
+TF code and upstream's message text; REST turns it into ``{"error": message}`` with the HTTP status
+of :data:`HTTP_STATUS`, gRPC into the matching status code. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.IntEnum):
+    """``tensorflow::error::Code`` (identical numbering to gRPC status codes)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# HTTP status for a TF code, as upstream's REST handler maps them (ToHTTPStatusCode).
+HTTP_STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+
+class ServingError(Exception):
+    """A failed serving operation: a TF status code plus upstream's message text."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = Code(code)
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+    def __str__(self) -> str:
+        """``CODE: message`` like ``absl::Status::ToString``."""
+        return f"{self.code.name}: {self.message}"
+
+
+def invalid_argument(message: str) -> ServingError:
+    return ServingError(Code.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(Code.NOT_FOUND, message)
+
+
+def failed_precondition(message: str) -> ServingError:
+    return ServingError(Code.FAILED_PRECONDITION, message)
