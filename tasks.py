@@ -71,4 +71,42 @@ def test(c: Context, unit: bool = False, k: str = "", x: bool = False) -> None:
         raise Exit(code=code)
 
 
-ns = Collection(engine, test)
+def spec_file(spec: str) -> Path:
+    """A --spec option as a path: absolute, or relative to the project root.
+
+    Shown relative to the working directory when below it, so messages stay short.
+    """
+    path = Path(spec)
+    path = path if path.is_absolute() else ROOT / path
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+@task(
+    help={
+        "spec": f"the stack spec to check (default {DEFAULT_SPEC}; relative to the project root)",
+        "skip_disk": "do not look at model directories and sample files (models come later)",
+    }
+)
+def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> None:
+    """Check a stack spec and print every problem found (exit 2), or a one-line summary."""
+    from tfstack.validate import check_spec
+
+    report = call(check_spec, spec_file(spec), check_disk=not skip_disk)
+    call(report.raise_for_problems)
+    print(report.summary())
+
+
+@task
+def schema(c: Context) -> None:
+    """Regenerate config/stack.schema.json (the JSON Schema editors use) from the typed spec."""
+    from tfstack.validate import write_json_schema
+
+    target = ROOT / "config" / "stack.schema.json"
+    changed = call(write_json_schema, target)
+    print(f"{target.relative_to(ROOT)} {'written' if changed else 'already up to date'}")
+
+
+ns = Collection(engine, test, validate, schema)

@@ -6,6 +6,7 @@ live in :mod:`tfstack.validate` so that this module stays a plain description of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
-SPEC_FORMAT = 1
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?[kmgKMG]?[bB]?$"
+METRICS_PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
+SPEC_FORMAT: Literal[1] = 1
 
 
 class _Frozen(BaseModel):
@@ -84,7 +88,7 @@ class ModelSpec(_Frozen):
 
 class Resources(_Frozen):
     cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
-    memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[kmgKMG]?[bB]?$")] | None = None
+    memory: Annotated[str, Field(pattern=MEMORY_PATTERN)] | None = None
 
 
 class ServingSpec(_Frozen):
@@ -130,14 +134,14 @@ class MonitoringSpec(_Frozen):
     """Prometheus metrics served on the REST port."""
 
     enabled: bool = True
-    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_.-]*$")] = "/monitoring/prometheus/metrics"
+    path: Annotated[str, Field(pattern=METRICS_PATH_PATTERN)] = "/monitoring/prometheus/metrics"
 
 
 class StackSpec(_Frozen):
     """A whole TF Serving deployment: ``config/stack.yaml``."""
 
     format: Literal[1] = SPEC_FORMAT
-    project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = Field(
+    project: Annotated[str, Field(pattern=PROJECT_PATTERN)] = Field(
         description="Compose project name; also the value of every tfstack label."
     )
     model_repository: str = Field(
@@ -149,6 +153,13 @@ class StackSpec(_Frozen):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
+    @classmethod
+    def from_yaml(cls, path: Path, *, check_disk: bool = True) -> StackSpec:
+        """Load and validate a spec file (see :func:`tfstack.validate.load_spec`)."""
+        from tfstack.validate import load_spec
+
+        return load_spec(path, check_disk=check_disk)
+
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema editors use for completion of ``stack.yaml``."""
@@ -156,6 +167,11 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "tfstack stack spec"
     return schema
+
+
+def json_schema_text() -> str:
+    """The schema as committed in ``config/stack.schema.json`` (stable key order, final newline)."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def spec_dir(spec_path: Path) -> Path:
