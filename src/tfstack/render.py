@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,15 +133,18 @@ def environment() -> jinja2.Environment:
 
 
 def _template_position(exc: BaseException) -> tuple[str | None, int | None]:
+    """Template file and line of a jinja error (jinja rewrites tracebacks to template lines)."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return exc.name or exc.filename, exc.lineno
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename.endswith(".j2"):
-            name = frame.filename.replace("\\", "/")
-            if "/templates/" in name:
-                name = name.rsplit("/templates/", 1)[1]
-            return name, frame.lineno
-    return None, None
+    found: tuple[str | None, int | None] = (None, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if "__jinja_exception__" in tb.tb_frame.f_globals:
+            filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+            name = filename.rsplit("/templates/", 1)[1] if "/templates/" in filename else None
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
 
 
 def render_template(name: str, context: Mapping[str, Any]) -> str:
