@@ -469,13 +469,17 @@ def read_yaml(path: Path) -> tuple[Any, _Lines, list[SpecProblem]]:
     if reader.problems:
         return None, reader.lines, reader.problems
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {_kind(data)}"
+        kind = "empty" if data is None else _a(_kind(data))
         return fail(
             f"the top level must be a mapping of spec fields, but it is {kind}",
             reader.lines.at(()),
             "start with `project: ...` and `models: ...`",
         )
     return data, reader.lines, []
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _kind(value: Any) -> str:
@@ -1106,7 +1110,7 @@ class _Checker:
             self.add(floc, f"{target} is nested too deeply to be a request body")
             return
         if not isinstance(body, dict):
-            self.add(floc, f"{target} must hold a JSON object, not a {_kind(body)}")
+            self.add(floc, f"{target} must hold a JSON object, not {_a(_kind(body))}")
             return
         self.check_body(sample, body, floc)
 
