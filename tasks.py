@@ -109,4 +109,57 @@ def schema(c: Context) -> None:
     print(f"{target.relative_to(ROOT)} {'written' if changed else 'already up to date'}")
 
 
-ns = Collection(engine, test, validate, schema)
+@task(
+    help={
+        "spec": f"the stack spec to render (default {DEFAULT_SPEC}; relative to the project root)",
+        "dry_run": "validate, render and check, then show what would change without writing",
+    }
+)
+def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
+    """Validate the spec, render compose/ and config/ files, check them, write them atomically."""
+    from tfstack.render import render_to_disk
+
+    report = call(render_to_disk, spec_file(spec), ROOT, dry_run=dry_run)
+    for change in report.changes:
+        verb = change.action
+        if dry_run and change.action != "unchanged":
+            verb = f"would {change.action}"
+        print(f"{verb:>15}  {change.path}")
+    if dry_run:
+        print("dry run: nothing written")
+    elif not report.written:
+        print("everything up to date")
+
+
+@task(help={"spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)"})
+def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
+    """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
+    from tfstack.files import format_plan
+    from tfstack.render import plan_render
+
+    changes = call(plan_render, spec_file(spec), ROOT)
+    print(format_plan(changes), end="")
+
+
+@task(
+    positional=["what"],
+    help={
+        "what": "the benchmark to run, e.g. render; `invoke bench -h` lists them",
+        "runs": "timed repetitions (default: the benchmark's own)",
+    },
+)
+def bench(c: Context, what: str | None = None, runs: int = 0) -> None:
+    """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
+    from tfstack.bench import describe_benchmarks, run_benchmark
+
+    if what in (None, "-h", "--help"):
+        # invoke hands a trailing --help to a missing positional; answer it here.
+        print(describe_benchmarks())
+        return
+    result = call(run_benchmark, what, runs=runs or None, say=say)
+    print(result.report())
+    if not result.met:
+        raise Exit(code=1)
+
+
+ns = Collection(engine, test, validate, schema, render, plan, bench)

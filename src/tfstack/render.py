@@ -558,7 +558,7 @@ def load_and_render(
     """Validate the spec (against the disk), render it and check the output; writes nothing."""
     from tfstack.validate import load_spec
 
-    spec = load_spec(spec_path, check_disk=True)
+    spec = load_spec(spec_path, check_disk=True, project_root=root)
     files = render_stack(spec, spec_path, root)
     check_rendered(files, root, compose=compose_check)
     return files
