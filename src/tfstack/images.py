@@ -1,0 +1,414 @@
+"""The modelserver runtime image: a build plan as data, performed through the docker SDK.
+
+:func:`plan_runtime_image` is pure: tags, build args, labels and the files of the build context
+come from its arguments. :func:`build_image` performs a plan with the engine's (legacy) builder,
+showing a live status line, and raises :class:`~tfstack.errors.BuildError` with the log tail when a
+step fails. :func:`ensure_runtime_image` chains engine -> base image -> wheelhouse -> build.
+
+The build context is assembled in a temporary directory holding only the Dockerfile, its scripts
+and the wheelhouse (hard links, not copies), so it stays small and its content, not its paths or
+times, decides the layer cache: the same inputs give a build whose every step is cached.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from tfstack.baseimage import BaseImagePlan, apply_base_image, plan_base_image
+from tfstack.errors import BuildError
+from tfstack.wheelhouse import (
+    WheelhousePlan,
+    apply_wheelhouse,
+    plan_wheelhouse,
+    runtime_version,
+    target_platform,
+)
+
+RUNTIME_REPOSITORY = "tfstack/serving-runtime"
+DOCKER_DIR = Path("runtime/docker")
+RUNTIME_DIR = Path("runtime")
+WHEELHOUSE_DIR = Path(".cache/wheelhouse")
+CONTEXT_SCRIPTS = ("Dockerfile", "tf_serving_entrypoint.sh", "prune.sh", "smoke.py")
+BUILD_TARGET = "runtime"
+MANAGED_LABEL = "org.tfstack.managed"
+# The CPU features the TensorFlow wheel is compiled for, spelled as TensorFlow's cpu_feature_guard
+# prints them. The tensorflow-cpu x86_64 wheel is built with -mavx (TF's `--config=avx_linux`): on a
+# CPU with AVX2/FMA/AVX-512 it logs "To enable the following instructions: AVX2 AVX512F ... FMA"
+# and never lists SSE3/SSE4.1/SSE4.2/AVX, so those are what it requires; a CPU without AVX aborts.
+ISA_BASELINES = {"x86_64": "x86_64:SSE3,SSE4.1,SSE4.2,AVX"}
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
+LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class ContextEntry:
+    """One file or directory of the build context: where it comes from and its path inside."""
+
+    source: Path
+    target: str  # POSIX path relative to the context root
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the labels record about the source: revision (``-dirty`` if edited) and its time."""
+
+    revision: str
+    created: str  # RFC 3339
+
+
+@dataclass(frozen=True)
+class ImageBuildPlan:
+    """Everything one image build needs, as plain data (printed by ``invoke images --dry-run``)."""
+
+    tags: tuple[str, ...]  # the first is the one the build names; the others are added after
+    target: str
+    build_args: Mapping[str, str]
+    labels: Mapping[str, str]
+    context: tuple[ContextEntry, ...]
+    no_cache: bool = False
+    dockerfile: str = "Dockerfile"
+
+    @property
+    def image(self) -> str:
+        return self.tags[0]
+
+    def describe(self) -> list[str]:
+        lines = [f"image {', '.join(self.tags)} (stage '{self.target}' of {self.dockerfile})"]
+        lines += [f"  build arg {key}={value}" for key, value in sorted(self.build_args.items())]
+        lines += [f"  label {key}={value}" for key, value in sorted(self.labels.items())]
+        lines.append("  context:")
+        lines += [f"    {entry.target}  <- {entry.source}" for entry in self.context]
+        if self.no_cache:
+            lines.append("  layer cache: off (--no-cache)")
+        return lines
+
+
+def tensorflow_version(requirements: Iterable[str]) -> str:
+    """The pinned TensorFlow version among the runtime's requirements."""
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        if name.strip().lower().replace("_", "-") in TENSORFLOW_DISTRIBUTIONS and version:
+            return version.strip()
+    raise BuildError(
+        "the runtime's dependencies pin no TensorFlow version",
+        hint='pin "tensorflow-cpu==X.Y.Z" in runtime/pyproject.toml',
+    )
+
+
+def isa_baseline(arch: str) -> str:
+    """The ISA label value for a TensorFlow wheel of ``arch`` (``<arch>:unknown`` if unknown)."""
+    return ISA_BASELINES.get(arch, f"{arch}:unknown")
+
+
+def plan_runtime_image(
+    *,
+    root: Path,
+    base_image: str,
+    wheelhouse: WheelhousePlan,
+    version: str,
+    source: SourceInfo,
+    no_cache: bool = False,
+    repository: str = RUNTIME_REPOSITORY,
+) -> ImageBuildPlan:
+    """The build of ``<repository>:<version>`` and ``:latest`` from the wheelhouse (pure)."""
+    docker_dir = root / DOCKER_DIR
+    context = [ContextEntry(docker_dir / name, name) for name in CONTEXT_SCRIPTS]
+    context += [
+        ContextEntry(wheelhouse.deps_dir, "wheelhouse/deps"),
+        ContextEntry(wheelhouse.app_dir, "wheelhouse/app"),
+    ]
+    labels = {
+        "org.opencontainers.image.title": "modelserver",
+        "org.opencontainers.image.description": "TF-Serving-compatible tensorflow_model_server "
+        "on the TensorFlow pip wheel",
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.revision": source.revision,
+        "org.opencontainers.image.created": source.created,
+        "org.opencontainers.image.licenses": "Apache-2.0",
+        "org.opencontainers.image.base.name": base_image,
+        "org.tfstack.tensorflow-version": tensorflow_version(wheelhouse.requirements),
+        "org.tfstack.isa": isa_baseline(wheelhouse.target.arch),
+        MANAGED_LABEL: "true",
+    }
+    return ImageBuildPlan(
+        tags=(f"{repository}:{version}", f"{repository}:latest"),
+        target=BUILD_TARGET,
+        build_args={"BASE_IMAGE": base_image},
+        labels=labels,
+        context=tuple(context),
+        no_cache=no_cache,
+    )
+
+
+def source_info(root: Path, *, paths: Iterable[str] = ("runtime",)) -> SourceInfo:
+    """The git commit of ``root`` (``-dirty`` when ``paths`` have uncommitted changes), and its
+    commit time: a time fixed by the source, so an unchanged tree gives identical labels and a
+    fully cached rebuild."""
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+            )
+        except OSError:
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    revision = git("rev-parse", "HEAD")
+    if revision is None:
+        return SourceInfo("unknown", datetime.fromtimestamp(0, UTC).isoformat())
+    if git("status", "--porcelain", "--", *paths):
+        revision += "-dirty"
+    created = git("log", "-1", "--format=%cI") or datetime.fromtimestamp(0, UTC).isoformat()
+    return SourceInfo(revision, created)
+
+
+# --- performing a plan -------------------------------------------------------------------------
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+@contextmanager
+def assembled_context(plan: ImageBuildPlan, *, parent: Path | None = None) -> Iterator[Path]:
+    """A temporary directory holding exactly the plan's context entries (removed afterwards)."""
+    for entry in plan.context:
+        if not entry.source.exists():
+            raise BuildError(
+                f"build context file {entry.source} is missing",
+                image=plan.image,
+                hint="run `invoke images` from a complete checkout (it makes the wheelhouse)",
+            )
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tfstack-context-", dir=parent) as tmp:
+        root = Path(tmp)
+        for entry in plan.context:
+            dest = root / entry.target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if entry.source.is_dir():
+                dest.mkdir()
+                for item in sorted(entry.source.iterdir()):
+                    if item.is_file():
+                        _link_or_copy(item, dest / item.name)
+            else:
+                _link_or_copy(entry.source, dest)
+        yield root
+
+
+@dataclass
+class BuildProgress:
+    """What a build has done so far; renders as the live status line."""
+
+    image: str
+    started: float = field(default_factory=time.monotonic)
+    step: str = "sending build context"
+    step_started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    cached: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __rich__(self) -> Text:
+        return Text(
+            f"building {self.image}  {self.elapsed():5.0f}s  {self.step[:100]}", style="cyan"
+        )
+
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """The outcome of a build: id, tags, size and how much of it came from the layer cache."""
+
+    id: str
+    tags: tuple[str, ...]
+    size_bytes: int
+    seconds: float
+    steps: int
+    cached_steps: int
+
+    def summary(self) -> str:
+        return (
+            f"built {', '.join(self.tags)} ({self.id[7:19]}): {self.size_bytes / 1e9:.2f} GB "
+            f"uncompressed, {self.seconds:.1f}s, {self.cached_steps}/{self.steps} steps cached"
+        )
+
+
+def _follow(
+    events: Iterable[dict[str, Any]], progress: BuildProgress, console: Console
+) -> str | None:
+    """Consume the build's event stream; returns the image id, raises BuildError on an error."""
+    image_id: str | None = None
+    for event in events:
+        if "error" in event:
+            raise BuildError(
+                f"{progress.step}: {str(event['error']).strip()}",
+                image=progress.image,
+                log_tail=progress.log[-LOG_TAIL_LINES:],
+                hint="fix the failing step (the Dockerfile is runtime/docker/Dockerfile); "
+                "`invoke images --dry-run` shows the inputs",
+            )
+        aux = event.get("aux")
+        if isinstance(aux, dict) and "ID" in aux:
+            image_id = str(aux["ID"])
+        for raw in str(event.get("stream", "")).splitlines():
+            line = raw.rstrip()
+            if not line:
+                continue
+            progress.log.append(line)
+            match = _STEP.match(line)
+            if match:
+                progress.step = line
+                progress.step_started = time.monotonic()
+                progress.steps = int(match.group(2))
+                console.print(f"  {line[:140]}", highlight=False, markup=False)
+            elif line.strip() == "---> Using cache":
+                progress.cached += 1
+            elif line.startswith("Successfully built "):
+                image_id = image_id or line.split()[-1]
+    return image_id
+
+
+def build_image(
+    client: docker.DockerClient, plan: ImageBuildPlan, *, console: Console, scratch: Path
+) -> BuiltImage:
+    """Perform a plan with the engine's builder; tags the result and reports its size."""
+    progress = BuildProgress(plan.image)
+    with assembled_context(plan, parent=scratch) as context:
+        try:
+            with Live(progress, console=console, refresh_per_second=4, transient=True):
+                events = client.api.build(
+                    path=str(context),
+                    dockerfile=plan.dockerfile,
+                    tag=plan.image,
+                    target=plan.target,
+                    buildargs=dict(plan.build_args),
+                    labels=dict(plan.labels),
+                    nocache=plan.no_cache,
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
+                )
+                image_id = _follow(events, progress, console)
+        except docker.errors.DockerException as exc:
+            raise BuildError(
+                f"the engine refused the build: {exc}",
+                image=plan.image,
+                log_tail=progress.log[-LOG_TAIL_LINES:],
+                hint=f"check that the base image {plan.build_args.get('BASE_IMAGE')} exists "
+                "(`docker images`) and the engine has disk space",
+            ) from exc
+    if image_id is None:
+        raise BuildError(
+            "the build ended without an image id",
+            image=plan.image,
+            log_tail=progress.log[-LOG_TAIL_LINES:],
+        )
+    repository_tags = [tag.rsplit(":", 1) for tag in plan.tags[1:]]
+    for repository, tag in repository_tags:
+        client.api.tag(image_id, repository, tag)
+    size = int(client.api.inspect_image(image_id)["Size"])
+    # The labels' build step and the final metadata steps count as steps with no "Using cache".
+    return BuiltImage(
+        id=image_id,
+        tags=plan.tags,
+        size_bytes=size,
+        seconds=progress.elapsed(),
+        steps=progress.steps,
+        cached_steps=progress.cached,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeImagePlans:
+    """The three plans behind ``invoke images``: base image, wheelhouse and image build."""
+
+    base: BaseImagePlan
+    wheelhouse: WheelhousePlan
+    image: ImageBuildPlan
+
+    def describe(self) -> list[str]:
+        return [self.base.describe(), *self.wheelhouse.describe(), *self.image.describe()]
+
+
+def engine_arch(client: docker.DockerClient) -> str:
+    return str(client.info().get("Architecture", "unknown"))
+
+
+def plan_runtime_build(
+    client: docker.DockerClient, *, root: Path, no_cache: bool = False, try_pull: bool = True
+) -> RuntimeImagePlans:
+    """What ``invoke images`` would do: the base image, the wheelhouse, the image build."""
+    base = plan_base_image(client, try_pull=try_pull)
+    wheelhouse = plan_wheelhouse(
+        root / WHEELHOUSE_DIR,
+        root / RUNTIME_DIR,
+        target_platform(base.suite, engine_arch(client)),
+    )
+    image = plan_runtime_image(
+        root=root,
+        base_image=base.image,
+        wheelhouse=wheelhouse,
+        version=runtime_version(root / RUNTIME_DIR / "pyproject.toml"),
+        source=source_info(root),
+        no_cache=no_cache,
+    )
+    return RuntimeImagePlans(base, wheelhouse, image)
+
+
+def apply_runtime_build(
+    client: docker.DockerClient,
+    plans: RuntimeImagePlans,
+    *,
+    root: Path,
+    say: Callable[[str], None],
+    console: Console | None = None,
+) -> BuiltImage:
+    """Base image -> wheelhouse -> image build; each part does only what its plan says."""
+    say(plans.base.describe())
+    apply_base_image(plans.base, say=say)
+    for line in plans.wheelhouse.describe():
+        say(line)
+    apply_wheelhouse(plans.wheelhouse, say=say)
+    say(f"building {', '.join(plans.image.tags)} on {plans.base.image}")
+    console = console or Console(stderr=True)
+    return build_image(client, plans.image, console=console, scratch=root / ".cache")
+
+
+def ensure_runtime_image(
+    client: docker.DockerClient,
+    *,
+    root: Path,
+    say: Callable[[str], None],
+    console: Console | None = None,
+    no_cache: bool = False,
+) -> BuiltImage:
+    """The runtime image, current with the source tree (a cached rebuild when nothing changed)."""
+    plans = plan_runtime_build(client, root=root, no_cache=no_cache)
+    return apply_runtime_build(client, plans, root=root, say=say, console=console)
