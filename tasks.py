@@ -162,4 +162,25 @@ def bench(c: Context, what: str | None = None, runs: int = 0) -> None:
         raise Exit(code=1)
 
 
-ns = Collection(engine, test, validate, schema, render, plan, bench)
+@task(
+    help={
+        "dry_run": "show the plans (base image, wheelhouse, image build) and change nothing",
+        "no_cache": "rebuild every layer instead of reusing the layer cache",
+    }
+)
+def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
+    """Build the runtime image tfstack/serving-runtime (no registry, no network inside the build)."""
+    from tfstack.engine import docker_client, ensure_engine
+    from tfstack.images import apply_runtime_build, plan_runtime_build
+
+    client = call(docker_client) if dry_run else call(ensure_engine, say=say)
+    plans = call(plan_runtime_build, client, root=ROOT, no_cache=no_cache, try_pull=not dry_run)
+    if dry_run:
+        print("\n".join(plans.describe()))
+        print("dry run: nothing downloaded or built")
+        return
+    built = call(apply_runtime_build, client, plans, root=ROOT, say=say)
+    print(built.summary())
+
+
+ns = Collection(engine, test, validate, schema, render, plan, bench, images)
