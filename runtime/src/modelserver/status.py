@@ -81,3 +81,18 @@ def not_found(message: str) -> ServingError:
 
 def failed_precondition(message: str) -> ServingError:
     return ServingError(Code.FAILED_PRECONDITION, message)
+
+
+def as_serving_error(exc: BaseException) -> ServingError | None:
+    """``exc`` as a :class:`ServingError`, also for an error type of the same shape declared by
+    another module of this package (``code`` + ``message``); None for anything else."""
+    if isinstance(exc, ServingError):
+        return exc
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None)
+    if type(exc).__name__ == "ServingError" and isinstance(code, int) and isinstance(message, str):
+        try:
+            return ServingError(Code(int(code)), message)
+        except ValueError:
+            return ServingError(Code.UNKNOWN, message)
+    return None

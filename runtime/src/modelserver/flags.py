@@ -1,0 +1,158 @@
+"""The command line of upstream's ``tensorflow_model_server``.
+
+Accepts ``--flag=value`` and ``--flag value``; booleans as ``--x``, ``--x=true|false|1|0``. Unknown
+arguments print ``unknown argument: ...`` and are ignored (upstream warns and continues). A value
+that does not parse is an error (upstream prints its usage and exits). The last occurrence wins, so
+arguments appended after the image's defaults override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+class FlagError(ValueError):
+    """A flag value that does not parse."""
+
+
+@dataclass
+class Flags:
+    port: int = 8500
+    grpc_socket_path: str = ""
+    rest_api_port: int = 0
+    rest_api_num_threads: int = 0
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    enable_batching: bool = False
+    enable_per_model_batching_parameters: bool = False
+    allow_version_labels: bool = True
+    allow_version_labels_for_unavailable_models: bool = False
+    batching_parameters_file: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    model_name: str = "default"
+    model_base_path: str = ""
+    num_load_threads: int = 0
+    num_unload_threads: int = 0
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    file_system_poll_wait_seconds: int = 1
+    flush_filesystem_caches: bool = True
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    tensorflow_session_config_file: str = ""
+    ssl_config_file: str = ""
+    platform_config_file: str = ""
+    per_process_gpu_memory_fraction: float = 0.0
+    saved_model_tags: str = "serve"
+    grpc_channel_arguments: str = ""
+    grpc_max_threads: int = 0
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    version: bool = False
+    monitoring_config_file: str = ""
+    remove_unused_fields_from_bundle_metagraph: bool = True
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = 1
+    num_tflite_interpreters_per_pool: int = 1
+    enable_signature_method_name_check: bool = False
+    xla_cpu_compilation_enabled: bool = False
+    enable_profiler: bool = True
+    enable_grpc_healthcheck_service: bool = False
+    skip_initialize_tpu: bool = False
+    mixed_precision: str = ""
+    thread_pool_factory_config_file: str = ""
+    # Not upstream: the largest REST request body accepted (bytes); bigger bodies get 413.
+    rest_api_max_body_bytes: int = 256 << 20
+    unknown: list[str] = field(default_factory=list)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Flags) if f.name != "unknown"}
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
+
+
+def _convert(name: str, kind: object, text: str) -> object:
+    try:
+        if kind in (int, "int"):
+            return int(text, 10)
+        if kind in (float, "float"):
+            return float(text)
+    except ValueError:
+        raise FlagError(f"Couldn't interpret value {text} for flag {name}.") from None
+    return text
+
+
+def parse_flags(argv: Sequence[str]) -> Flags:
+    """Parse arguments (without the program name) into :class:`Flags`."""
+    flags = Flags()
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            flags.unknown.append(arg)
+            continue
+        body = arg.lstrip("-")
+        name, has_value, value = body.partition("=")
+        spec = _FIELDS.get(name)
+        if spec is None:
+            flags.unknown.append(arg)
+            continue
+        if spec.type in (bool, "bool"):
+            if not has_value:
+                nxt = args[index].lower() if index < len(args) else ""
+                if nxt in _TRUE | _FALSE:
+                    value, index = nxt, index + 1
+                else:
+                    value = "true"
+            lowered = value.lower()
+            if lowered not in _TRUE | _FALSE:
+                raise FlagError(f"Couldn't interpret value {value} for flag {name}.")
+            setattr(flags, name, lowered in _TRUE)
+            continue
+        if not has_value:
+            if index >= len(args):
+                raise FlagError(f"Flag --{name} needs a value.")
+            value = args[index]
+            index += 1
+        setattr(flags, name, _convert(name, spec.type, value))
+    return flags
+
+
+def image_argv(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """The official image's entrypoint: ``--model_name=$MODEL_NAME
+    --model_base_path=$MODEL_BASE_PATH/$MODEL_NAME`` before the given arguments, when the
+    environment sets them (only inside the image, where ``MODEL_BASE_PATH`` is defined)."""
+    if "MODEL_BASE_PATH" not in environ and "MODEL_NAME" not in environ:
+        return list(argv)
+    name = environ.get("MODEL_NAME", "model")
+    base = environ.get("MODEL_BASE_PATH", "/models")
+    return [f"--model_name={name}", f"--model_base_path={base}/{name}", *argv]
+
+
+def usage() -> str:
+    lines = ["usage: tensorflow_model_server", "Flags:"]
+    for name, spec in _FIELDS.items():
+        default = spec.default
+        if isinstance(default, bool):
+            default_text = "true" if default else "false"
+        else:
+            default_text = str(default)
+        lines.append(f"\t--{name}={default_text}\t{spec.type}")
+    return "\n".join(lines)
+
+
+def warn_unknown(flags: Flags) -> None:
+    for arg in flags.unknown:
+        print(f"unknown argument: {arg}", file=sys.stderr, flush=True)
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,171 @@
+"""Protocol-buffer requests run against a servable: what gRPC and warmup share.
+
+TensorProtos are checked (shape, element count, content size) before anything is allocated, so a
+hostile request declaring a huge shape gets INVALID_ARGUMENT instead of exhausting memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelserver import codec
+from modelserver.servable import DEFAULT_SIGNATURE, MAX_TENSOR_ELEMENTS, Servable
+from modelserver.status import Code, ServingError, invalid_argument
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+# Filling a tensor from no values (zeros) is allowed only up to this many bytes.
+MAX_FILL_BYTES = 1 << 26
+
+_VALUE_FIELDS = (
+    "half_val",
+    "float_val",
+    "double_val",
+    "int_val",
+    "string_val",
+    "scomplex_val",
+    "int64_val",
+    "bool_val",
+    "dcomplex_val",
+    "uint32_val",
+    "uint64_val",
+)
+
+
+def tensor_to_ndarray(proto: Any) -> np.ndarray:
+    """A TensorProto as a numpy array, refusing malformed or oversized declarations."""
+    import tensorflow as tf
+
+    if proto.tensor_shape.unknown_rank:
+        raise invalid_argument("Unable to parse tensor proto: the tensor shape has unknown rank")
+    count = 1
+    for dim in proto.tensor_shape.dim:
+        if dim.size < 0:
+            raise invalid_argument(
+                f"Unable to parse tensor proto: negative dimension {dim.size} in the tensor shape"
+            )
+        count *= dim.size
+        if count > MAX_TENSOR_ELEMENTS:
+            raise invalid_argument(
+                "Unable to parse tensor proto: the declared shape has more than "
+                f"{MAX_TENSOR_ELEMENTS} elements"
+            )
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError as exc:
+        raise invalid_argument(
+            f"Unable to parse tensor proto: unsupported dtype {proto.dtype}"
+        ) from exc
+    if dtype == tf.string:
+        values = len(proto.string_val)
+        item = 0
+    else:
+        item = dtype.size
+        values = sum(len(getattr(proto, f)) for f in _VALUE_FIELDS if f != "string_val")
+    if proto.tensor_content:
+        if dtype == tf.string or len(proto.tensor_content) != count * item:
+            raise invalid_argument(
+                "Unable to parse tensor proto: tensor_content holds "
+                f"{len(proto.tensor_content)} bytes, the shape needs {count * item}"
+            )
+    elif values == 0:
+        if count * max(item, 8) > MAX_FILL_BYTES:
+            raise invalid_argument("Unable to parse tensor proto: no values for a large tensor")
+    elif values not in (1, count) and not (dtype.is_complex and values in (2, 2 * count)):
+        raise invalid_argument(
+            f"Unable to parse tensor proto: {values} values for a shape of {count} elements"
+        )
+    try:
+        array: np.ndarray = tf.make_ndarray(proto)
+    except Exception as exc:
+        raise invalid_argument(f"Unable to parse tensor proto: {exc}") from exc
+    return array
+
+
+def ndarray_to_tensor(array: np.ndarray) -> Any:
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(array)
+
+
+def fill_model_spec(target: Any, servable: Servable, signature_name: str | None) -> None:
+    """The resolved model spec upstream echoes: name, version and (for inference) signature."""
+    target.name = servable.name
+    target.version.value = servable.version
+    if signature_name is not None:
+        target.signature_name = signature_name or DEFAULT_SIGNATURE
+
+
+def run_predict(servable: Servable, request: Any, response: Any) -> None:
+    """Fill a PredictResponse for a PredictRequest."""
+    signature_name = request.model_spec.signature_name
+    inputs = {alias: tensor_to_ndarray(t) for alias, t in request.inputs.items()}
+    outputs = servable.predict(signature_name, inputs, list(request.output_filter))
+    for alias, value in outputs.items():
+        response.outputs[alias].CopyFrom(ndarray_to_tensor(value))
+    fill_model_spec(response.model_spec, servable, signature_name)
+
+
+def serialized_examples(input_proto: Any) -> list[bytes]:
+    """Serialized tf.Examples from an ``Input`` (context merged into every example)."""
+    return codec.examples_from_input_proto(input_proto)
+
+
+def run_classify(servable: Servable, request: Any, response: Any) -> None:
+    signature_name = request.model_spec.signature_name
+    found = servable.classify(signature_name, serialized_examples(request.input))
+    fill_classification(response.result, found)
+    fill_model_spec(response.model_spec, servable, signature_name)
+
+
+def fill_classification(result: Any, found: codec.Classifications) -> None:
+    for labels, scores in zip(found.labels, found.scores.tolist(), strict=True):
+        classifications = result.classifications.add()
+        for label, score in zip(labels, scores, strict=True):
+            item = classifications.classes.add()
+            item.label = label.decode("utf-8", errors="replace")
+            item.score = score
+
+
+def run_regress(servable: Servable, request: Any, response: Any) -> None:
+    signature_name = request.model_spec.signature_name
+    values = servable.regress(signature_name, serialized_examples(request.input))
+    for value in values.tolist():
+        response.result.regressions.add().value = value
+    fill_model_spec(response.model_spec, servable, signature_name)
+
+
+def run_multi_inference(servable: Servable, request: Any, response: Any) -> None:
+    """Upstream's MultiInference: one model, distinct signatures, classify/regress tasks only."""
+    if not request.tasks:
+        raise invalid_argument("MultiInferenceRequest must contain at least one task.")
+    examples = serialized_examples(request.input)
+    model_name = request.tasks[0].model_spec.name
+    seen: set[str] = set()
+    for task in request.tasks:
+        if task.model_spec.name != model_name:
+            raise invalid_argument(
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+            )
+        name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if name in seen:
+            raise invalid_argument(f"Duplicate evaluation of signature: {name}")
+        seen.add(name)
+    for task in request.tasks:
+        result = response.results.add()
+        signature_name = task.model_spec.signature_name
+        if task.method_name == CLASSIFY_METHOD:
+            fill_classification(
+                result.classification_result, servable.classify(signature_name, examples)
+            )
+        elif task.method_name == REGRESS_METHOD:
+            for value in servable.regress(signature_name, examples).tolist():
+                result.regression_result.regressions.add().value = value
+        else:
+            raise ServingError(
+                Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+            )
+        fill_model_spec(result.model_spec, servable, signature_name)

@@ -1,0 +1,93 @@
+"""``tensorflow_model_server``: the executable. Parses flags, runs the server, exits like upstream.
+
+Exit codes: 0 after SIGTERM/SIGINT (graceful), 255 when the server fails to start (upstream
+returns -1), 1 for a config file that does not parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from modelserver import __version__
+from modelserver.flags import FlagError, image_argv, parse_flags, usage, warn_unknown
+
+FAILED_START = 255
+
+
+class _TfLogFormatter(logging.Formatter):
+    """``2025-01-01 12:00:00.123456: I modelserver/server.py:123] message`` like TF's logging."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname[:1]
+        stamp = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        where = f"{record.module}.py:{record.lineno}"
+        text = f"{stamp}.{int(record.msecs * 1000):06d}: {level} modelserver/{where}] "
+        text += record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TfLogFormatter())
+    root = logging.getLogger("modelserver")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = image_argv(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        flags = parse_flags(args)
+    except FlagError as exc:
+        print(f"{exc}\n{usage()}", file=sys.stderr)
+        return FAILED_START
+    if flags.version:
+        import tensorflow as tf
+
+        print(f"TensorFlow ModelServer: {__version__}+modelserver")
+        print(f"TensorFlow Library: {tf.__version__}")
+        return 0
+    warn_unknown(flags)
+    configure_logging()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import uvloop
+
+    return uvloop.run(_serve(flags))
+
+
+async def _serve(flags: object) -> int:
+    from modelserver import config as config_module
+    from modelserver.flags import Flags
+    from modelserver.server import ModelServer, StartupError
+    from modelserver.status import ServingError
+
+    assert isinstance(flags, Flags)
+    try:
+        server = ModelServer(flags)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.request_stop)
+        await server.start()
+    except config_module.ConfigParseError as error:
+        print(error.parser_line, file=sys.stderr, flush=True)
+        print(f"Failed to start server. Error: {error}", flush=True)
+        return 1
+    except (StartupError, ServingError) as error:
+        print(f"Failed to start server. Error: {error}", flush=True)
+        return FAILED_START
+    await server.wait()
+    logging.getLogger("modelserver.server").info("Received a stop signal: shutting down")
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The model server: startup checks, model manager, gRPC and REST on one event loop, shutdown.
+
+Startup follows upstream: flags are checked, the startup config is applied and every model must be
+AVAILABLE (or failed: then startup fails) before any port opens; then gRPC, then REST. A config
+file polled with ``--model_config_file_poll_wait_seconds`` is re-applied when it changes (a parse
+error keeps the old config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from modelserver import config as config_module
+from modelserver.flags import Flags
+from modelserver.manager import ManagerOptions, ModelManager
+from modelserver.metrics import Metrics
+from modelserver.servable import Servable, SessionOptions, load_servable
+from modelserver.status import Code, ServingError, invalid_argument
+
+log = logging.getLogger("modelserver.server")
+
+
+class StartupError(Exception):
+    """The server cannot start; ``str`` is what follows ``Failed to start server. Error: ``."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    grpc_port: int
+    rest_port: int | None
+
+
+def session_options(flags: Flags) -> SessionOptions:
+    intra = flags.tensorflow_intra_op_parallelism
+    inter = flags.tensorflow_inter_op_parallelism
+    session = flags.tensorflow_session_parallelism
+    if intra > 0 and inter > 0 and session > 0:
+        raise invalid_argument(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism). both cannot be set."
+        )
+    if not (intra > 0 and inter > 0):
+        intra = inter = max(session, 0)
+    tags = tuple(t.strip() for t in flags.saved_model_tags.split(",") if t.strip()) or ("serve",)
+    return SessionOptions(intra_op_parallelism=intra, inter_op_parallelism=inter, tags=tags)
+
+
+def startup_config(flags: Flags) -> Any:
+    """The ModelServerConfig of the command line (config file, or name + base path)."""
+    if flags.model_config_file:
+        return config_module.load_model_server_config(flags.model_config_file)
+    if not flags.model_base_path:
+        raise invalid_argument(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    return config_module.single_model_config(flags.model_name, flags.model_base_path)
+
+
+class _QuietUvicorn:
+    """uvicorn.Server without its own signal handling (the model server owns SIGTERM/SIGINT)."""
+
+    @staticmethod
+    def make(config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        return Server(config)
+
+
+class ModelServer:
+    """One server instance. ``host`` and port overrides exist for in-process tests (0 = any)."""
+
+    def __init__(
+        self,
+        flags: Flags,
+        *,
+        host: str = "0.0.0.0",
+        grpc_port: int | None = None,
+        rest_port: int | None = None,
+        loader: Callable[[str, int, str], Servable] | None = None,
+    ) -> None:
+        self.flags = flags
+        self.host = host
+        self.grpc_port = flags.port if grpc_port is None else grpc_port
+        self.rest_port = (flags.rest_api_port or None) if rest_port is None else rest_port
+        self._check_flags()
+        self.session_options = session_options(flags)
+        self.monitoring = (
+            config_module.load_monitoring_config(flags.monitoring_config_file)
+            if flags.monitoring_config_file
+            else config_module.MonitoringConfig()
+        )
+        self.metrics = Metrics(enabled=self.monitoring.enable)
+        self.batcher: Any = None
+        self._loader = loader or self._load
+        retries = flags.max_num_load_retries
+        self.manager = ModelManager(
+            ManagerOptions(
+                file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
+                max_num_load_retries=max(retries, 0),
+                load_retry_interval_micros=max(flags.load_retry_interval_micros, 0),
+                allow_version_labels=flags.allow_version_labels,
+                allow_version_labels_for_unavailable_models=(
+                    flags.allow_version_labels_for_unavailable_models
+                ),
+                num_load_threads=flags.num_load_threads or 4,
+            ),
+            self._loader,
+        )
+        threads = flags.rest_api_num_threads or min(16, 4 * (os.cpu_count() or 1))
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self._config_text: bytes | None = None
+        self._grpc: Any = None
+        self._rest: Any = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+        self.endpoints: Endpoints | None = None
+
+    def _check_flags(self) -> None:
+        flags = self.flags
+        if flags.batching_parameters_file and not flags.enable_batching:
+            raise invalid_argument(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true."
+            )
+        if flags.monitoring_config_file and not (self.rest_port or flags.rest_api_port):
+            log.warning("--monitoring_config_file has no effect without --rest_api_port")
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load(self, name: str, version: int, path: str) -> Servable:
+        from modelserver.warmup import run_warmup
+
+        started = time.perf_counter()
+        ok = False
+        try:
+            servable = load_servable(name, version, path, self.session_options)
+            try:
+                if self.flags.enable_model_warmup:
+                    run_warmup(servable, self.flags.num_request_iterations_for_warmup)
+            except BaseException:
+                servable.close(timeout=0)
+                raise
+            ok = True
+            return servable
+        finally:
+            self.metrics.record_load(path, ok, (time.perf_counter() - started) * 1e6)
+
+    def reload(self, server_config: Any) -> None:
+        """Apply a ModelServerConfig (full replace); blocks until new models are AVAILABLE."""
+        models = config_module.model_configs(server_config)
+        self.manager.apply_config(models, wait=True)
+        self._config_text = server_config.SerializeToString(deterministic=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> Endpoints:
+        """Load the startup models, then open gRPC and REST; raises StartupError."""
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        try:
+            server_config = startup_config(self.flags)
+            await loop.run_in_executor(None, self.reload, server_config)
+        except ServingError as error:
+            self.manager.stop()
+            raise StartupError(str(error)) from error
+        self.manager.start()
+        self._setup_batching()
+        await self._start_grpc()
+        if self.rest_port is not None:
+            await self._start_rest()
+        if self.flags.model_config_file and self.flags.model_config_file_poll_wait_seconds > 0:
+            self._poll_task = asyncio.create_task(self._poll_config())
+        assert self.endpoints is not None
+        return self.endpoints
+
+    def _setup_batching(self) -> None:
+        """Server-side batching: provided by modelserver.batching (see its module)."""
+        if not self.flags.enable_batching:
+            return
+        import importlib
+
+        batching = importlib.import_module("modelserver.batching")
+        self.batcher = batching.from_flags(self.flags)
+
+    async def _start_grpc(self) -> None:
+        from modelserver import grpc_service
+
+        services = grpc_service.Services(
+            self.manager, self.executor, self.metrics, self.reload, predict=self._grpc_predict()
+        )
+        server = grpc_service.build_server(
+            services, grpc_service.channel_arguments(self.flags.grpc_channel_arguments)
+        )
+        address = f"{self.host}:{self.grpc_port}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise StartupError(f"UNAVAILABLE: Could not bind the gRPC server to {address}")
+        await server.start()
+        self._grpc = server
+        self.endpoints = Endpoints(port, None)
+        log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+
+    def _grpc_predict(self) -> Callable[[Servable, Any, Any], None] | None:
+        if self.batcher is None:
+            return None
+        from modelserver import inference
+
+        batcher = self.batcher
+
+        def predict(servable: Servable, request: Any, response: Any) -> None:
+            signature_name = request.model_spec.signature_name
+            inputs = {a: inference.tensor_to_ndarray(t) for a, t in request.inputs.items()}
+            outputs = batcher.predict(servable, signature_name, inputs, list(request.output_filter))
+            for alias, value in outputs.items():
+                response.outputs[alias].CopyFrom(inference.ndarray_to_tensor(value))
+            inference.fill_model_spec(response.model_spec, servable, signature_name)
+
+        return predict
+
+    async def _start_rest(self) -> None:
+        import uvicorn
+
+        from modelserver.rest import RestApi
+
+        predictor = None
+        if self.batcher is not None:
+            batcher = self.batcher
+
+            def predictor(servable: Servable, signature: str, tensors: dict[str, Any]) -> Any:
+                return batcher.predict(servable, signature, tensors, [])
+
+        app = RestApi(
+            self.manager,
+            self.executor,
+            self.metrics,
+            metrics_path=self.monitoring.path if self.monitoring.enable else None,
+            max_body_bytes=self.flags.rest_api_max_body_bytes,
+            timeout_seconds=self.flags.rest_api_timeout_in_ms / 1000,
+            predictor=predictor,
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.rest_port or 0))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(
+                f"UNAVAILABLE: Could not bind the REST server to {self.host}:{self.rest_port}: "
+                f"{exc.strerror}"
+            ) from exc
+        sock.listen(1024)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=75,
+            server_header=False,
+            date_header=False,
+        )
+        server = _QuietUvicorn.make(config)
+        self._rest = server
+        self._rest_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if self._rest_task.done():
+                self._rest_task.result()
+                raise StartupError("UNAVAILABLE: the REST server stopped during startup")
+            await asyncio.sleep(0.01)
+        assert self.endpoints is not None
+        self.endpoints = Endpoints(self.endpoints.grpc_port, port)
+        log.info("Exporting HTTP/REST API at:localhost:%d ...", port)
+
+    async def _poll_config(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.flags.model_config_file_poll_wait_seconds
+        path = self.flags.model_config_file
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                new_config = await loop.run_in_executor(
+                    None, config_module.load_model_server_config, path
+                )
+            except config_module.ConfigParseError as error:
+                log.error("%s; keeping the current config (%s)", error.parser_line, error)
+                continue
+            except ServingError as error:
+                log.error("Could not reload %s: %s; keeping the current config", path, error)
+                continue
+            if new_config.SerializeToString(deterministic=True) == self._config_text:
+                continue
+            log.info("Model config file %s changed: reloading", path)
+            try:
+                await loop.run_in_executor(None, self.reload, new_config)
+            except ServingError as error:
+                log.error("Reloading %s failed: %s", path, error)
+
+    def request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def wait(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: stop accepting, finish in-flight requests, unload models."""
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        if self._rest is not None:
+            self._rest.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._rest_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._rest_task, grace + 1)
+        if self.batcher is not None and hasattr(self.batcher, "close"):
+            self.batcher.close()
+        self.manager.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["Code", "Endpoints", "ModelServer", "StartupError"]
