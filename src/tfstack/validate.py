@@ -440,6 +440,8 @@ def read_yaml(path: Path) -> tuple[Any, _Lines, list[SpecProblem]]:
         return fail("is a directory, not a spec file", hint="point --spec at a .yaml file")
     except OSError as exc:
         return fail(f"cannot read the spec: {exc.strerror or exc}")
+    except ValueError as exc:  # e.g. a NUL character in the path
+        return fail(f"cannot read the spec: {exc}")
     if len(raw) > MAX_SPEC_BYTES:
         return fail(
             f"spec is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB",
@@ -783,9 +785,13 @@ class _Checker:
         )
         self.problems: list[SpecProblem] = []
         self.inventory: list[ModelInventory] = []
-        repo = Path(spec.model_repository)
         # Resolved once (spec.model_host_dir resolves per call, too slow for 200 models).
-        self.repository_dir = repo if repo.is_absolute() else (self.spec_dir / repo).resolve()
+        repo = spec.model_repository
+        joined = repo if os.path.isabs(repo) else os.path.join(self.spec_dir, repo)
+        try:
+            self.repository_dir = Path(joined if os.path.isabs(repo) else os.path.realpath(joined))
+        except (OSError, ValueError):  # symlink loops, NUL characters: reported below
+            self.repository_dir = Path(os.path.normpath(joined))
 
     def host_dir(self, model: ModelSpec) -> Path:
         """The model's directory on the host, as :func:`tfstack.spec.model_host_dir` gives it."""
@@ -824,6 +830,8 @@ class _Checker:
 
     def check_repository(self) -> bool:
         repo = self.spec.model_repository
+        if _nul_in_path(self, ("model_repository",), repo):
+            return False
         if not repo.strip():
             self.add(
                 ("model_repository",),
@@ -842,8 +850,8 @@ class _Checker:
             return False
         if self.check_disk:
             host = self.repository_dir
-            if not host.is_dir():
-                what = "is not a directory" if host.exists() else "does not exist"
+            if not os.path.isdir(host):
+                what = "is not a directory" if os.path.exists(host) else "does not exist"
                 self.add(
                     ("model_repository",),
                     f"model repository {host} {what}",
@@ -886,9 +894,11 @@ class _Checker:
             self.check_samples(model, loc)
 
     def check_model_path(self, model: ModelSpec, loc: Loc) -> bool:
-        if model.path is None or Path(model.path).is_absolute():
+        if model.path is None or (Path(model.path).is_absolute() and "\0" not in model.path):
             return True
         relative = model.path
+        if _nul_in_path(self, (*loc, "path"), relative):
+            return False
         normal = os.path.normpath(relative) if relative.strip() else "."
         if normal == "." or _escapes(Path("/repository"), relative):
             self.add(
@@ -917,8 +927,8 @@ class _Checker:
         except NotADirectoryError:
             self.add(loc, f"{host_dir} is a file, not a model directory")
             return _DiskVersions(False)
-        except OSError as exc:
-            self.add(loc, f"cannot list {host_dir}: {exc.strerror or exc}")
+        except (OSError, ValueError) as exc:
+            self.add(loc, f"cannot list {host_dir}: {getattr(exc, 'strerror', None) or exc}")
             return _DiskVersions(False)
         found = _DiskVersions(True)
         problems_before = len(self.problems)
@@ -1057,6 +1067,8 @@ class _Checker:
         assert sample.body_file is not None
         floc = (*loc, "body_file")
         name = sample.body_file
+        if _nul_in_path(self, floc, name):
+            return
         if not name.strip():
             self.add(floc, "must not be empty", "name a JSON file relative to the spec")
             return
@@ -1092,8 +1104,8 @@ class _Checker:
                 "paths are relative to the spec's directory",
             )
             return
-        except OSError as exc:
-            self.add(floc, f"cannot read {target}: {exc.strerror or exc}")
+        except (OSError, ValueError) as exc:
+            self.add(floc, f"cannot read {target}: {getattr(exc, 'strerror', None) or exc}")
             return
         try:
             body = json.loads(raw)
@@ -1282,6 +1294,14 @@ class _Checker:
                 f"'{path}' has empty, '.' or '..' segments",
                 "use a plain path such as /monitoring/prometheus/metrics",
             )
+
+
+def _nul_in_path(checker: _Checker, loc: Loc, path: str) -> bool:
+    """Report (and say so) a path holding a NUL character, which no file system accepts."""
+    if "\0" not in path:
+        return False
+    checker.add(loc, "path contains a NUL character", "remove the \\0 escape")
+    return True
 
 
 def _versions(versions: Sequence[int]) -> str:

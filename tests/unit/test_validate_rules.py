@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tfstack.errors import SpecError
-from tfstack.validate import check_spec, load_spec
+from tfstack.validate import check_spec, load_spec, validate_spec
 
 from .specfixtures import Project, messages, only, valid_spec
 
@@ -500,3 +500,54 @@ def test_every_semantic_problem_is_reported(project: Project) -> None:
     text = str(caught.value)
     assert text.startswith("invalid stack spec: 4 problems\n  - ")
     assert all(m in text for m in messages(caught.value.problems))
+
+
+# -- hostile paths ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "loc"),
+    [
+        ("model_repository", "model_repository"),
+        ("model_path", "models[1].path"),
+        ("absolute_model_path", "models[1].path"),
+        ("body_file", "models[0].samples[0].body_file"),
+    ],
+)
+def test_nul_characters_in_paths(project: Project, field: str, loc: str) -> None:
+    """A "\\0" escape in a path is a problem, not a ValueError from the file system."""
+    spec = valid_spec()
+    if field == "model_repository":
+        spec["model_repository"] = "../mod\0els"
+    elif field == "model_path":
+        model(spec, 1)["path"] = "a\0b"
+    elif field == "absolute_model_path":
+        model(spec, 1)["path"] = "/a\0b"
+    else:
+        model(spec)["samples"] = [{"body_file": "samples/\0.json"}]
+    problem = only(project.problems(spec))
+    assert (problem.yaml_path, problem.message) == (loc, "path contains a NUL character")
+
+
+def test_nul_character_in_spec_path(tmp_path: Path) -> None:
+    """Even the spec's own path may be hostile."""
+    assert "cannot read the spec" in only(validate_spec(tmp_path / "a\0b.yaml")).message
+
+
+def test_symlink_loop_as_model_directory(project: Project) -> None:
+    """A model directory that is a symlink loop is reported, not raised."""
+    link = project.root / "models" / "loop"
+    link.symlink_to(link)
+    spec = valid_spec()
+    spec["models"].append({"name": "loop"})
+    problem = only(project.problems(spec))
+    assert problem.yaml_path == "models[2]"
+    assert "loop" in problem.message
+
+
+def test_symlink_loop_as_repository(tmp_path: Path) -> None:
+    """A model repository that is a symlink loop is reported, not raised."""
+    project = Project(tmp_path)
+    (tmp_path / "models").symlink_to(tmp_path / "models")
+    problem = only(project.problems(valid_spec()))
+    assert problem.yaml_path == "model_repository"
