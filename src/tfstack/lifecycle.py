@@ -1,0 +1,725 @@
+"""``invoke up`` / ``down``: from ``config/stack.yaml`` to a serving stack, idempotently.
+
+Plan, then apply. :func:`plan_up` is pure: given what runs (container config hashes, image, the
+model config the server last accepted, whether every model is ready) it decides one action:
+
+- ``start``: nothing runs yet (or the container stopped): ``docker compose up``;
+- ``recreate``: server flags, mounts, ports or the image changed: ``docker compose up`` recreates;
+- ``reload``: only models, labels or policies changed: the new ``ModelServerConfig`` is sent with
+  gRPC ``HandleReloadConfigRequest`` (works with the official server too); no restart. Labels that
+  would point at versions not AVAILABLE yet are held back for a second reload (contract section 4);
+- ``noop``: nothing changed; nothing is touched.
+
+:func:`up` performs it: validate → demo models → render (atomic) → image → plan → ISA guard and
+port check → compose up or reload → wait for every declared version and label → smoke requests
+from the spec's samples → status. :func:`down` removes exactly what tfstack created.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from tfstack import render as render_module
+from tfstack.client import (
+    Endpoints,
+    GrpcClient,
+    ModelRef,
+    RestClient,
+    ServingRequestError,
+    matches_expected,
+    summarize,
+)
+from tfstack.errors import BuildError, StackError, TfstackError
+from tfstack.spec import SampleRequest, StackSpec, spec_dir
+from tfstack.stack import ComposeProject, ContainerInfo, Stack, port_conflicts, raise_for_conflicts
+from tfstack.status import StackStatus, observe
+from tfstack.waiting import (
+    ModelExpectation,
+    ModelsReady,
+    Poll,
+    Readiness,
+    assess,
+    observe_model,
+)
+
+Say = Callable[[str], None]
+SERVICE = "serving"
+APPLIED_CONFIG = "state/applied-models.config"
+"""The models.config the running server last accepted (at start or by reload), per project root."""
+DEFAULT_TIMEOUT_S = 180.0
+RELOAD_TIMEOUT_S = 120.0
+
+
+class UpAction(StrEnum):
+    START = "start"
+    RECREATE = "recreate"
+    RELOAD = "reload"
+    NOOP = "noop"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated spec with what the model repository holds."""
+
+    spec: StackSpec
+    spec_path: Path
+    root: Path  # project root: compose/, config/, state/ live here
+    expectations: tuple[ModelExpectation, ...]
+
+
+def project_root_for(spec_path: Path) -> Path:
+    """``<root>/config/stack.yaml`` → ``<root>``."""
+    return spec_path.resolve().parent.parent
+
+
+def load(spec_path: Path, root: Path | None = None) -> Loaded:
+    """Validate the spec against the disk; expectations = the versions each policy serves."""
+    from tfstack.validate import check_spec
+
+    root = root or project_root_for(spec_path)
+    report = check_spec(spec_path, check_disk=True, project_root=root)
+    spec = report.raise_for_problems()
+    served = {item.name: item.served for item in report.inventory}
+    expectations = tuple(
+        ModelExpectation(model.name, tuple(served.get(model.name, ())), dict(model.labels))
+        for model in spec.models
+    )
+    return Loaded(spec, spec_path, root, expectations)
+
+
+def endpoints_for(spec: StackSpec) -> Endpoints:
+    """Where to reach the stack from this host (a wildcard bind is reached on 127.0.0.1)."""
+    host = spec.serving.bind_address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return Endpoints(host, spec.serving.rest_port, spec.serving.grpc_port)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (pure)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What runs, as far as planning cares."""
+
+    containers: tuple[ContainerInfo, ...]
+    desired_hashes: Mapping[str, str]  # service -> compose config hash of the rendered file
+    desired_image_id: str | None
+    applied_models_config: str | None  # what the server last accepted (None: unknown)
+    desired_models_config: str
+    models_ready: bool | None = None  # every declared version and label AVAILABLE (None: unknown)
+
+
+@dataclass(frozen=True)
+class UpPlan:
+    action: UpAction
+    reasons: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.action.value}: {'; '.join(self.reasons)}"
+
+
+def plan_up(observed: Observed) -> UpPlan:
+    """Decide what ``up`` must do (see the module docstring)."""
+    serving = [c for c in observed.containers if c.service == SERVICE]
+    if not serving:
+        return UpPlan(UpAction.START, ("no serving container exists",))
+    recreate: list[str] = []
+    for container in serving:
+        wanted = observed.desired_hashes.get(container.service)
+        if wanted is not None and container.config_hash != wanted:
+            recreate.append(
+                f"{container.name}: compose configuration changed (flags, ports, mounts)"
+            )
+        if observed.desired_image_id and container.image_id != observed.desired_image_id:
+            recreate.append(f"{container.name}: image changed")
+    if set(observed.desired_hashes) - {c.service for c in observed.containers}:
+        missing = sorted(set(observed.desired_hashes) - {c.service for c in observed.containers})
+        recreate.append(f"services without a container: {', '.join(missing)}")
+    if recreate:
+        return UpPlan(UpAction.RECREATE, tuple(recreate))
+    stopped = [c.name for c in serving if c.state != "running"]
+    if stopped:
+        return UpPlan(UpAction.START, (f"not running: {', '.join(stopped)}",))
+    reasons: list[str] = []
+    if observed.applied_models_config is None:
+        reasons.append("the model config the server holds is unknown")
+    elif _config_body(observed.applied_models_config) != _config_body(
+        observed.desired_models_config
+    ):
+        reasons.append("models, labels or policies changed")
+    if observed.models_ready is False:
+        reasons.append("not every declared version and label is AVAILABLE")
+    if reasons:
+        return UpPlan(UpAction.RELOAD, tuple(reasons))
+    return UpPlan(UpAction.NOOP, ("nothing changed",))
+
+
+def _config_body(text: str) -> str:
+    """models.config without comment lines (the header names the spec file, not the models)."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def first_step_labels(
+    desired: Mapping[str, Mapping[str, int]],
+    available: Mapping[str, set[int]],
+    current: Mapping[str, Mapping[str, int | None]],
+) -> dict[str, dict[str, int]]:
+    """Labels safe to send now: a label may only point at an AVAILABLE version (contract §4).
+
+    A label whose target is not AVAILABLE yet keeps its current target when that one is
+    AVAILABLE (clients using it keep working), else it waits for the second reload.
+    """
+    result: dict[str, dict[str, int]] = {}
+    for model, labels in desired.items():
+        safe: dict[str, int] = {}
+        for label, version in labels.items():
+            if version in available.get(model, set()):
+                safe[label] = version
+                continue
+            old = current.get(model, {}).get(label)
+            if old is not None and old in available.get(model, set()):
+                safe[label] = old
+        result[model] = safe
+    return result
+
+
+@dataclass(frozen=True)
+class ReloadStep:
+    """One HandleReloadConfigRequest: labels per model and versions to keep loaded."""
+
+    labels: Mapping[str, Mapping[str, int]]
+    keep_versions: Mapping[str, tuple[int, ...]]  # model -> versions held for labels (step 1)
+
+
+def plan_reload(
+    expectations: Sequence[ModelExpectation],
+    available: Mapping[str, set[int]],
+    current: Mapping[str, Mapping[str, int | None]],
+) -> list[ReloadStep]:
+    """One step when every label can move now, else two (hold-back, then the final labels)."""
+    desired = {e.name: dict(e.labels) for e in expectations}
+    first = first_step_labels(desired, available, current)
+    if first == desired:
+        return [ReloadStep(desired, {})]
+    keep: dict[str, tuple[int, ...]] = {}
+    for expectation in expectations:
+        held = {
+            v
+            for label, v in first[expectation.name].items()
+            if v != desired[expectation.name][label]
+        }
+        if held - set(expectation.versions):
+            keep[expectation.name] = tuple(sorted(set(expectation.versions) | held))
+    return [ReloadStep(first, keep), ReloadStep(desired, {})]
+
+
+def step_config_text(desired_text: str, step: ReloadStep) -> Any:
+    """The ModelServerConfig message for a reload step: labels replaced, held versions kept."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(desired_text, config)
+    for entry in config.model_config_list.config:
+        entry.version_labels.clear()
+        for label, version in sorted(step.labels.get(entry.name, {}).items()):
+            entry.version_labels[label] = version
+        if entry.name in step.keep_versions:
+            entry.model_version_policy.Clear()
+            entry.model_version_policy.specific.versions.extend(step.keep_versions[entry.name])
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Applying
+
+
+@dataclass
+class SmokeResult:
+    model: str
+    sample: str
+    target: str  # "default", "version 2", "label stable"
+    ok: bool
+    detail: str = ""
+    answer: Any = None
+
+
+@dataclass
+class UpReport:
+    plan: UpPlan
+    status: StackStatus
+    smoke: list[SmokeResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    sample: tuple[str, Any, Any] | None = None  # (request line, body, answer)
+
+
+def applied_config_path(root: Path) -> Path:
+    return root / APPLIED_CONFIG
+
+
+def read_applied(root: Path) -> str | None:
+    try:
+        return applied_config_path(root).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def record_applied(root: Path, text: str) -> None:
+    from tfstack.files import write_files_atomically
+
+    write_files_atomically(root, {APPLIED_CONFIG: text})
+
+
+def forget_applied(root: Path) -> None:
+    applied_config_path(root).unlink(missing_ok=True)
+
+
+def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
+    """The image id of ``image``: present, else pulled, else (the runtime image) built."""
+    import docker.errors
+
+    from tfstack.images import RUNTIME_REPOSITORY
+
+    try:
+        return str(client.images.get(image).id)
+    except docker.errors.ImageNotFound:
+        pass
+    if image.split(":", 1)[0] == RUNTIME_REPOSITORY:
+        from tfstack.images import ensure_runtime_image
+
+        say(f"image {image} is missing: building it (first time: several minutes)")
+        ensure_runtime_image(client, root=source_root, say=say)
+        return str(client.images.get(image).id)
+    say(f"image {image} is missing: pulling it")
+    try:
+        client.images.pull(image)
+        return str(client.images.get(image).id)
+    except docker.errors.DockerException as exc:
+        raise BuildError(
+            f"image {image} is not on the engine and cannot be pulled: {exc}",
+            image=image,
+            hint="load it (`docker load`), or use the runtime image "
+            f"{RUNTIME_REPOSITORY}:latest, which `invoke images` builds locally",
+        ) from exc
+
+
+def sample_body(sample: SampleRequest, spec_path: Path) -> dict[str, Any]:
+    if sample.body is not None:
+        return dict(sample.body)
+    assert sample.body_file is not None
+    path = spec_dir(spec_path) / sample.body_file
+    body = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(body, dict):
+        raise StackError(f"{path}: a sample body must be a JSON object")
+    return body
+
+
+def smoke(loaded: Loaded, rest: RestClient) -> list[SmokeResult]:
+    """Every sample against each model's default, every declared version and every label.
+
+    Every request must answer 200; ``expect`` is checked on the default (unpinned) request, since
+    versions may differ in math on purpose.
+    """
+    results: list[SmokeResult] = []
+    for model, expectation in zip(loaded.spec.models, loaded.expectations, strict=True):
+        targets: list[tuple[str, ModelRef]] = [("default", ModelRef(model.name))]
+        targets += [(f"version {v}", ModelRef(model.name, version=v)) for v in expectation.versions]
+        targets += [(f"label {k}", ModelRef(model.name, label=k)) for k in sorted(model.labels)]
+        for sample in model.samples:
+            body = sample_body(sample, loaded.spec_path)
+            for target, ref in targets:
+                try:
+                    answer = rest.predict(
+                        ref, body, method=sample.method, signature=sample.signature_name
+                    )
+                except ServingRequestError as exc:
+                    results.append(SmokeResult(model.name, sample.name, target, False, exc.message))
+                    continue
+                ok, detail = True, ""
+                if target == "default" and sample.expect is not None:
+                    ok = matches_expected(answer, sample.expect, sample.tolerance)
+                    if not ok:
+                        detail = (
+                            f"expected {summarize(sample.expect)} (tolerance {sample.tolerance}), "
+                            f"got {summarize(answer)}"
+                        )
+                results.append(SmokeResult(model.name, sample.name, target, ok, detail, answer))
+    return results
+
+
+def raise_for_smoke(results: Sequence[SmokeResult]) -> None:
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return
+    lines = [f"{r.model} ({r.target}) sample {r.sample}: {r.detail}" for r in failed]
+    raise StackError(
+        "smoke requests failed:\n" + "\n".join(f"    {line}" for line in lines),
+        service=SERVICE,
+        hint="the models are AVAILABLE but answer wrongly: check the SavedModels and the "
+        "samples' `expect` in the spec",
+    )
+
+
+def observe_labels(
+    rest: RestClient, expectations: Sequence[ModelExpectation]
+) -> tuple[dict[str, set[int]], dict[str, dict[str, int | None]]]:
+    """AVAILABLE versions per model and where each declared label points now (REST)."""
+    available: dict[str, set[int]] = {}
+    current: dict[str, dict[str, int | None]] = {}
+    for expectation in expectations:
+        observation = observe_model(rest, expectation)
+        available[expectation.name] = {s.version for s in observation.versions if s.available}
+        current[expectation.name] = dict(observation.labels)
+    return available, current
+
+
+class Lifecycle:
+    """``up`` / ``down`` / ``status`` for one spec; collaborators injectable for tests."""
+
+    def __init__(
+        self,
+        spec_path: Path,
+        *,
+        root: Path | None = None,
+        source_root: Path | None = None,
+        client: Any = None,
+        say: Say = lambda text: None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.spec_path = spec_path
+        self.root = (root or project_root_for(spec_path)).resolve()
+        self.source_root = (source_root or Path(__file__).resolve().parents[2]).resolve()
+        self._client = client
+        self.say = say
+        self.progress = progress
+
+    # -- collaborators ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from tfstack.engine import ensure_engine
+
+            self._client = ensure_engine(say=self.say)
+        return self._client
+
+    def stack(self, spec: StackSpec) -> Stack:
+        return Stack(ComposeProject.for_root(spec.project, self.root), self.client)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def ensure_models(self) -> None:
+        """Generate the demo models the demo spec needs when they are missing."""
+        from tfstack.validate import load_spec
+
+        spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
+        try:
+            demo_models = importlib.import_module("tfstack.demo_models")
+        except ImportError:
+            return
+        ensure = getattr(demo_models, "ensure_demo_models", None)
+        if ensure is not None:
+            ensure(spec, self.spec_path, say=self.say)
+
+    def render(self, loaded: Loaded) -> dict[str, str]:
+        files = render_module.render_stack(loaded.spec, loaded.spec_path, self.root)
+        render_module.check_rendered(files, self.root)
+        from tfstack.files import write_files_atomically
+
+        written = write_files_atomically(
+            self.root, files, remove=render_module.stale_files(files, self.root)
+        )
+        if written:
+            self.say("rendered " + ", ".join(written))
+        return files
+
+    def wait_ready(
+        self,
+        loaded: Loaded,
+        stack: Stack,
+        *,
+        timeout: float,
+        expectations: Sequence[ModelExpectation] | None = None,
+    ) -> Readiness:
+        endpoints = endpoints_for(loaded.spec)
+        rest = RestClient(endpoints.rest_url, timeout=10)
+
+        def alive() -> str | None:
+            containers = stack.service_containers(SERVICE)
+            if not containers:
+                return "is gone"
+            for container in containers:
+                if container.state in ("exited", "dead"):
+                    return f"{container.name} exited with code {container.exit_code}"
+            return None
+
+        def report(readiness: Readiness | None, error: BaseException | None) -> None:
+            if self.progress is None:
+                return
+            if readiness is None:
+                self.progress("waiting for the server to open its ports")
+            else:
+                pending = "; ".join(f"{m}: {why}" for m, why in readiness.pending.items())
+                done = len(readiness.ready)
+                total = done + len(readiness.pending) + len({f[0] for f in readiness.failures})
+                self.progress(
+                    f"{done}/{total} models ready" + (f" (waiting: {pending})" if pending else "")
+                )
+
+        try:
+            return ModelsReady(
+                rest,
+                tuple(expectations if expectations is not None else loaded.expectations),
+                Poll(timeout=timeout, interval=0.25),
+                service_alive=alive,
+                log_tail=lambda: stack.log_tail(SERVICE, 25),
+                on_progress=report,
+            ).wait()
+        finally:
+            rest.close()
+
+    def observe(self, loaded: Loaded, stack: Stack, files: Mapping[str, str]) -> Observed:
+        containers = tuple(stack.containers())
+        hashes = stack.config_hashes() if containers else {}
+        image_id: str | None = None
+        try:
+            image_id = str(self.client.images.get(loaded.spec.serving.image).id)
+        except Exception:
+            image_id = None
+        ready: bool | None = None
+        running = [c for c in containers if c.service == SERVICE and c.state == "running"]
+        if running:
+            endpoints = endpoints_for(loaded.spec)
+            rest = RestClient(endpoints.rest_url, timeout=5)
+            try:
+                observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
+                ready = assess(loaded.expectations, observed).ok
+            except Exception:
+                ready = None
+            finally:
+                rest.close()
+        return Observed(
+            containers=containers,
+            desired_hashes=hashes,
+            desired_image_id=image_id,
+            applied_models_config=read_applied(self.root),
+            desired_models_config=files[render_module.MODELS_CONFIG],
+            models_ready=ready,
+        )
+
+    def hot_reload(
+        self, loaded: Loaded, stack: Stack, desired_text: str, *, timeout: float
+    ) -> None:
+        """Send the new config with gRPC; labels to not-yet-AVAILABLE versions in a second step."""
+        endpoints = endpoints_for(loaded.spec)
+        rest = RestClient(endpoints.rest_url, timeout=10)
+        try:
+            available, current = observe_labels(rest, loaded.expectations)
+        finally:
+            rest.close()
+        steps = plan_reload(loaded.expectations, available, current)
+        with GrpcClient(endpoints.grpc_target, timeout=timeout) as grpc_client:
+            for index, step in enumerate(steps, 1):
+                config = step_config_text(desired_text, step)
+                from google.protobuf import text_format
+
+                self.say(
+                    f"hot reload {index}/{len(steps)}: "
+                    + (
+                        "final labels"
+                        if index == len(steps)
+                        else "labels held back until their versions are AVAILABLE"
+                    )
+                )
+                try:
+                    grpc_client.reload_config(text_format.MessageToString(config), timeout=timeout)
+                except ServingRequestError as exc:
+                    if self._models_failed(loaded):
+                        # The config was taken but a model failed to load: report that (the
+                        # final wait raises LoadFailed with each version's error).
+                        self.say(f"reload answered: {exc.message}")
+                        return
+                    self._restore_models_config()
+                    raise StackError(
+                        f"the server rejected the new model config: {exc.message}",
+                        service=SERVICE,
+                        log_tail=stack.log_tail(SERVICE, 15),
+                        hint="the previous models keep serving and config/models.config was "
+                        "restored; fix the spec and run `invoke up` again",
+                    ) from exc
+                if index < len(steps):
+                    partial = [
+                        ModelExpectation(e.name, e.versions, dict(step.labels.get(e.name, {})))
+                        for e in loaded.expectations
+                    ]
+                    self.wait_ready(loaded, stack, timeout=timeout, expectations=partial)
+
+    def _models_failed(self, loaded: Loaded) -> bool:
+        """Whether some declared version ended with a load error (the server took the config)."""
+        rest = RestClient(endpoints_for(loaded.spec).rest_url, timeout=5)
+        try:
+            observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
+        except Exception:
+            return False
+        finally:
+            rest.close()
+        return bool(assess(loaded.expectations, observed).failures)
+
+    def _restore_models_config(self) -> None:
+        previous = read_applied(self.root)
+        if previous is None:
+            return
+        from tfstack.files import write_files_atomically
+
+        write_files_atomically(self.root, {render_module.MODELS_CONFIG: previous})
+
+    def up(self, *, timeout: float = DEFAULT_TIMEOUT_S, dry_run: bool = False) -> UpReport:
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+
+        def lap(name: str) -> None:
+            timings[name] = round(time.monotonic() - started - sum(timings.values()), 3)
+
+        self.ensure_models()
+        loaded = load(self.spec_path, self.root)
+        lap("validate")
+        if dry_run:
+            files = render_module.render_stack(loaded.spec, loaded.spec_path, self.root)
+        else:
+            files = self.render(loaded)
+        lap("render")
+        client = self.client
+        stack = self.stack(loaded.spec)
+        if not dry_run:
+            ensure_image(
+                client, loaded.spec.serving.image, source_root=self.source_root, say=self.say
+            )
+        lap("image")
+        observed = self.observe(loaded, stack, files)
+        plan = plan_up(observed)
+        self.say(f"plan: {plan.describe()}")
+        lap("plan")
+        if dry_run:
+            return UpReport(plan, self.status(loaded, stack), timings=timings)
+        desired_text = files[render_module.MODELS_CONFIG]
+        if plan.action in (UpAction.START, UpAction.RECREATE):
+            from tfstack.isa import check_image_isa
+
+            check_image_isa(client, loaded.spec.serving.image, service=SERVICE)
+            endpoints = endpoints_for(loaded.spec)
+            raise_for_conflicts(
+                port_conflicts(
+                    client,
+                    loaded.spec.serving.bind_address,
+                    _host_ports(loaded.spec),
+                    own_project=loaded.spec.project,
+                )
+            )
+            forget_applied(self.root)
+            stack.up()
+            self.say(f"containers up; waiting for models on {endpoints.rest_url}")
+            lap("compose up")
+        elif plan.action is UpAction.RELOAD:
+            self.hot_reload(loaded, stack, desired_text, timeout=min(timeout, RELOAD_TIMEOUT_S))
+            lap("reload")
+        try:
+            self.wait_ready(loaded, stack, timeout=timeout)
+        finally:
+            if plan.action is not UpAction.NOOP and _server_accepted(stack):
+                record_applied(self.root, desired_text)
+        lap("wait")
+        rest = RestClient(endpoints_for(loaded.spec).rest_url)
+        try:
+            results = smoke(loaded, rest)
+        finally:
+            rest.close()
+        lap("smoke")
+        raise_for_smoke(results)
+        report = UpReport(plan, self.status(loaded, stack), results, timings)
+        report.sample = _sample_line(loaded, results)
+        return report
+
+    def status(self, loaded: Loaded | None = None, stack: Stack | None = None) -> StackStatus:
+        if loaded is None:
+            from tfstack.validate import load_spec
+
+            spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
+            try:
+                loaded = load(self.spec_path, self.root)
+            except TfstackError:
+                loaded = Loaded(
+                    spec,
+                    self.spec_path,
+                    self.root,
+                    tuple(ModelExpectation(m.name, (), dict(m.labels)) for m in spec.models),
+                )
+        stack = stack or self.stack(loaded.spec)
+        endpoints = endpoints_for(loaded.spec)
+        rest = RestClient(endpoints.rest_url, timeout=5)
+        try:
+            return observe(
+                project=loaded.spec.project,
+                spec_path=str(self.spec_path),
+                rest=rest,
+                expectations=loaded.expectations,
+                containers=stack.service_containers(SERVICE),
+                host=endpoints.host,
+                rest_port=endpoints.rest_port,
+                grpc_port=endpoints.grpc_port,
+            )
+        finally:
+            rest.close()
+
+    def down(self, *, volumes: bool = False) -> list[str]:
+        from tfstack.validate import load_spec
+
+        spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
+        removed = self.stack(spec).down(volumes=volumes)
+        forget_applied(self.root)
+        return removed
+
+
+def _host_ports(spec: StackSpec) -> list[int]:
+    count = spec.serving.replicas
+    return [
+        port
+        for start in (spec.serving.grpc_port, spec.serving.rest_port)
+        for port in range(start, start + count)
+    ]
+
+
+def _server_accepted(stack: Stack) -> bool:
+    """The server runs (so it holds the config on disk or the one just reloaded)."""
+    try:
+        return any(c.state == "running" for c in stack.service_containers(SERVICE))
+    except Exception:
+        return False
+
+
+def _sample_line(loaded: Loaded, results: Sequence[SmokeResult]) -> tuple[str, Any, Any] | None:
+    for model in loaded.spec.models:
+        for sample in model.samples:
+            for result in results:
+                if result.model == model.name and result.sample == sample.name and result.ok:
+                    if result.target != "default":
+                        continue
+                    body = sample_body(sample, loaded.spec_path)
+                    if len(json.dumps(body)) > 300:
+                        continue
+                    endpoints = endpoints_for(loaded.spec)
+                    line = f"POST {endpoints.rest_url}/v1/models/{model.name}:{sample.method}"
+                    return line, body, result.answer
+    return None

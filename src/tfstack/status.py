@@ -1,0 +1,333 @@
+"""What a stack is doing right now: models, versions, labels and services, as data.
+
+:func:`observe` asks the engine (containers) and the server (REST) and returns a
+:class:`StackStatus`; :meth:`StackStatus.to_json` is the stable ``invoke status --json`` document
+described in docs/status-json.md (bump ``SCHEMA_VERSION`` on any incompatible change);
+:func:`render_table` lays it out with rich for people.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from tfstack.client import RestClient
+from tfstack.stack import ContainerInfo
+from tfstack.waiting import ModelExpectation, ModelObservation, observe_model
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    labels: tuple[str, ...] = ()
+    declared: bool = True
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        error = None
+        if self.error_code not in (None, "", "OK") or self.error_message:
+            error = {"code": self.error_code or "UNKNOWN", "message": self.error_message or ""}
+        return {
+            "version": self.version,
+            "state": self.state,
+            "labels": list(self.labels),
+            "declared": self.declared,
+            "error": error,
+        }
+
+
+@dataclass(frozen=True)
+class LabelStatus:
+    name: str
+    declared: int | None  # the version the spec gives it
+    serving: int | None  # the version the server resolves it to (None: unknown to the server)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"declared": self.declared, "serving": self.serving}
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    declared_versions: tuple[int, ...]
+    versions: tuple[VersionStatus, ...] = ()
+    labels: tuple[LabelStatus, ...] = ()
+    error: str | None = None  # the server's answer when it knows no version of the model
+
+    @property
+    def ok(self) -> bool:
+        states = {v.version: v.state for v in self.versions}
+        return (
+            self.error is None
+            and all(states.get(v) == "AVAILABLE" for v in self.declared_versions)
+            and all(label.serving == label.declared for label in self.labels)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "declared_versions": list(self.declared_versions),
+            "versions": [v.to_json() for v in self.versions],
+            "labels": {label.name: label.to_json() for label in self.labels},
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    container: str
+    container_id: str
+    state: str
+    health: str | None
+    started_at: str
+    image_id: str
+    exit_code: int | None = None
+    endpoints: Mapping[str, str] = field(default_factory=dict)  # "rest"/"grpc" -> address
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "running" and self.health in (None, "healthy")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "container": self.container,
+            "container_id": self.container_id,
+            "state": self.state,
+            "health": self.health,
+            "exit_code": self.exit_code,
+            "started_at": self.started_at,
+            "image_id": self.image_id,
+            "endpoints": dict(self.endpoints),
+        }
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    project: str
+    spec: str
+    observed_at: str
+    endpoints: Mapping[str, str]
+    services: tuple[ServiceStatus, ...] = ()
+    models: tuple[ModelStatus, ...] = ()
+    server_error: str | None = None  # the REST API did not answer at all
+    rollout: Mapping[str, Any] | None = None  # filled by the rollout work; None when idle
+
+    @property
+    def ok(self) -> bool:
+        return (
+            bool(self.services)
+            and all(s.ok for s in self.services)
+            and self.server_error is None
+            and all(m.ok for m in self.models)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "project": self.project,
+            "spec": self.spec,
+            "observed_at": self.observed_at,
+            "ok": self.ok,
+            "endpoints": dict(self.endpoints),
+            "server_error": self.server_error,
+            "services": [s.to_json() for s in self.services],
+            "models": [m.to_json() for m in self.models],
+            "rollout": dict(self.rollout) if self.rollout is not None else None,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Building from observations (pure)
+
+
+def service_status(
+    container: ContainerInfo, *, host: str, rest_port: int, grpc_port: int
+) -> ServiceStatus:
+    """A container's published REST/gRPC addresses (as the engine reports them)."""
+    endpoints: dict[str, str] = {}
+    for name, port in (("rest", rest_port), ("grpc", grpc_port)):
+        for ip, published in container.ports.get(f"{port}/tcp", []):
+            address = f"{ip or host}:{published}"
+            endpoints[name] = f"http://{address}" if name == "rest" else address
+            break
+    return ServiceStatus(
+        name=container.service,
+        container=container.name,
+        container_id=container.id,
+        state=container.state,
+        health=container.health,
+        started_at=container.started_at,
+        image_id=container.image_id,
+        exit_code=container.exit_code,
+        endpoints=endpoints,
+    )
+
+
+def model_status(
+    expectation: ModelExpectation, observation: ModelObservation | None
+) -> ModelStatus:
+    """Join what the spec declares with what the server reports for one model."""
+    if observation is None or observation.error is not None:
+        return ModelStatus(
+            expectation.name,
+            expectation.versions,
+            labels=tuple(
+                LabelStatus(name, version, None)
+                for name, version in sorted(expectation.labels.items())
+            ),
+            error=observation.error if observation else "not observed",
+        )
+    by_version: dict[int, list[str]] = {}
+    for label, version in observation.labels.items():
+        if version is not None:
+            by_version.setdefault(version, []).append(label)
+    versions = tuple(
+        VersionStatus(
+            version=state.version,
+            state=state.state,
+            labels=tuple(sorted(by_version.get(state.version, []))),
+            declared=state.version in expectation.versions,
+            error_code=state.error_code,
+            error_message=state.error_message,
+        )
+        for state in observation.versions
+    )
+    labels = tuple(
+        LabelStatus(name, version, observation.labels.get(name))
+        for name, version in sorted(expectation.labels.items())
+    )
+    return ModelStatus(expectation.name, expectation.versions, versions, labels)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def observe(
+    *,
+    project: str,
+    spec_path: str,
+    rest: RestClient,
+    expectations: Sequence[ModelExpectation],
+    containers: Sequence[ContainerInfo],
+    host: str,
+    rest_port: int,
+    grpc_port: int,
+    rollout: Mapping[str, Any] | None = None,
+) -> StackStatus:
+    """Ask the server about every declared model (REST) and combine with the containers."""
+    services = tuple(
+        service_status(c, host=host, rest_port=rest_port, grpc_port=grpc_port) for c in containers
+    )
+    server_error: str | None = None
+    models: list[ModelStatus] = []
+    running = any(s.state == "running" for s in services)
+    for expectation in expectations:
+        observation: ModelObservation | None = None
+        if running and server_error is None:
+            try:
+                observation = observe_model(rest, expectation)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                server_error = (
+                    f"the REST API at {rest.base_url} does not answer: {type(exc).__name__}"
+                )
+        if observation is None:
+            observation = ModelObservation(
+                expectation.name,
+                error=server_error or "no serving container is running",
+            )
+        models.append(model_status(expectation, observation))
+    if not running:
+        server_error = "no serving container is running"
+    return StackStatus(
+        project=project,
+        spec=spec_path,
+        observed_at=now_iso(),
+        endpoints={"rest": f"http://{host}:{rest_port}", "grpc": f"{host}:{grpc_port}"},
+        services=services,
+        models=tuple(models),
+        server_error=server_error,
+        rollout=rollout,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering for people
+
+_STATE_STYLE = {
+    "AVAILABLE": "green",
+    "LOADING": "yellow",
+    "START": "yellow",
+    "UNLOADING": "yellow",
+    "END": "red",
+}
+
+
+def render_table(status: StackStatus) -> Any:
+    """A rich renderable: a models table, a services table and the endpoints."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    models = Table(title=f"models of {status.project}", title_justify="left", expand=False)
+    for column in ("model", "version", "state", "labels", "error"):
+        models.add_column(column, overflow="fold")
+    for model in status.models:
+        if model.error is not None or not model.versions:
+            models.add_row(model.name, "-", Text("UNKNOWN", style="red"), "", model.error or "")
+        for version in model.versions:
+            style = _STATE_STYLE.get(version.state, "")
+            name = f"v{version.version}" + ("" if version.declared else " (undeclared)")
+            error = version.to_json()["error"]
+            models.add_row(
+                model.name,
+                name,
+                Text(version.state, style=style),
+                ", ".join(version.labels),
+                f"{error['code']}: {error['message']}" if error else "",
+            )
+        for label in model.labels:
+            if label.serving != label.declared:
+                models.add_row(
+                    model.name,
+                    f"label {label.name}",
+                    Text("PENDING", style="yellow"),
+                    f"declared v{label.declared}",
+                    "server resolves it to "
+                    + (str(label.serving) if label.serving is not None else "nothing"),
+                )
+    services = Table(title="services", title_justify="left", expand=False)
+    for column in ("service", "container", "state", "health", "endpoints"):
+        services.add_column(column, overflow="fold")
+    for service in status.services:
+        state = service.state + (
+            f" (exit {service.exit_code})" if service.exit_code is not None else ""
+        )
+        services.add_row(
+            service.name,
+            f"{service.container} ({service.container_id[:12]})",
+            Text(state, style="green" if service.state == "running" else "red"),
+            service.health or "-",
+            "  ".join(f"{k} {v}" for k, v in sorted(service.endpoints.items())),
+        )
+    if not status.services:
+        services.add_row("-", "no containers", Text("down", style="red"), "-", "")
+    parts: list[Any] = [models, services]
+    if status.server_error:
+        parts.append(Text(f"server: {status.server_error}", style="red"))
+    if status.rollout:
+        parts.append(Text(f"rollout in progress: {status.rollout}", style="yellow"))
+    verdict = Text("OK" if status.ok else "NOT OK", style="bold green" if status.ok else "bold red")
+    parts.append(Text.assemble("stack ", verdict, f"  (observed {status.observed_at})"))
+    return Group(*parts)
