@@ -65,7 +65,7 @@ LABEL_SPEC_DIGEST = "org.tfstack.spec-digest"
 
 PROBE_COMMAND = "modelserver-probe"
 HEALTHCHECK_INTERVAL = "3s"
-HEALTHCHECK_TIMEOUT = "3s"
+HEALTHCHECK_TIMEOUT = "10s"  # the probe asks about every model; a hung server fails it
 HEALTHCHECK_RETRIES = 3
 HEALTHCHECK_START_PERIOD = "120s"  # ports open only after every model loaded (or failed)
 STOP_GRACE_PERIOD = "15s"

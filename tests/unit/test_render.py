@@ -401,7 +401,7 @@ def test_healthcheck_runs_the_probe(tmp_path: Path) -> None:
             "--model-config=/config/models.config",
         ],
         "interval": "3s",
-        "timeout": "3s",
+        "timeout": "10s",
         "retries": 3,
         "start_period": "120s",
     }
