@@ -1178,11 +1178,13 @@ class _Checker:
                     f"with {n} replicas the gRPC ports {grpc.start}-{grpc.stop - 1} and "
                     f"REST ports {rest.start}-{rest.stop - 1} overlap"
                 )
-            self.add(
-                (*loc, "rest_port"),
-                message,
-                "use distinct ports (replica i publishes grpc_port+i and rest_port+i)",
+            hint = (
+                "use two different ports, e.g. 8500 and 8501"
+                if n == 1
+                else "N replicas publish the host port ranges grpc_port..grpc_port+N-1 and "
+                "rest_port..rest_port+N-1; move rest_port"
             )
+            self.add((*loc, "rest_port"), message, hint)
         for name, ports in (("grpc_port", grpc), ("rest_port", rest)):
             if ports.stop - 1 > 65535:
                 self.add(

@@ -379,7 +379,7 @@ def test_ports_must_differ(project: Project) -> None:
 
 
 def test_replica_port_ranges_must_not_overlap(project: Project) -> None:
-    """With replicas, each publishes grpc_port+i and rest_port+i; the ranges must not overlap."""
+    """N replicas publish port ranges grpc_port..+N-1 and rest_port..+N-1; they must not overlap."""
     assert "overlap" in only(serving(project, replicas=3, grpc_port=8500, rest_port=8502)).message
     assert serving(project, replicas=3, grpc_port=8500, rest_port=8600) == []
 
