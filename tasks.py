@@ -183,4 +183,179 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
     print(built.summary())
 
 
-ns = Collection(engine, test, validate, schema, render, plan, bench, images)
+@task(
+    help={
+        "spec": f"the stack spec (default {DEFAULT_SPEC}; relative to the project root)",
+        "timeout": "seconds to wait for every model version and label to be AVAILABLE",
+        "dry_run": "validate, render in memory, print the plan (noop/reload/...); change nothing",
+    }
+)
+def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bool = False) -> None:
+    """Start the stack, or apply changes (hot reload if only models changed); wait for it."""
+    import json
+
+    from rich.console import Console
+
+    from tfstack.lifecycle import Lifecycle
+    from tfstack.status import render_table
+
+    console = Console(stderr=True)
+    with console.status("tfstack up") as live:
+
+        def progress(text: str) -> None:
+            live.update(f"tfstack up: {text}")
+
+        def tell(text: str) -> None:
+            console.print(f"tfstack: {text}", highlight=False, markup=False)
+
+        lifecycle = Lifecycle(
+            spec_file(spec), root=ROOT, source_root=ROOT, say=tell, progress=progress
+        )
+        report = call(lifecycle.up, timeout=timeout, dry_run=dry_run)
+    out = Console()
+    if dry_run:
+        print(f"would {report.plan.describe()}")
+        return
+    out.print(render_table(report.status))
+    print(f"REST: {report.status.endpoints['rest']}   gRPC: {report.status.endpoints['grpc']}")
+    if report.sample is not None:
+        line, body, answer = report.sample
+        print(f"sample: {line} {json.dumps(body)}")
+        print(f"answer: {json.dumps(answer)}")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
+    print(f"{report.plan.action.value} done in {sum(report.timings.values()):.1f}s ({timings})")
+
+
+@task(
+    help={
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "volumes": "also remove the volumes tfstack created for the stack",
+    }
+)
+def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
+    """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
+    from tfstack.lifecycle import Lifecycle
+
+    removed = call(
+        Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).down, volumes=volumes
+    )
+    for item in removed:
+        print(f"removed {item}")
+    print("stack down")
+
+
+@task(
+    help={
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "json_": "print the stable JSON document (docs/status-json.md) instead of tables",
+    }
+)
+def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
+    """Per model and version: state, labels, error; per service: container, health, endpoints."""
+    import json
+
+    from rich.console import Console
+
+    from tfstack.lifecycle import Lifecycle
+    from tfstack.status import render_table
+
+    result = call(Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).status)
+    if json_:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        Console().print(render_table(result))
+    if not result.ok:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "model": "model name",
+        "version": "a version number (default: the server's choice, the highest served)",
+        "label": "a version label such as stable (instead of --version)",
+        "grpc": "use the gRPC API instead of REST",
+        "data": 'the request body as JSON ({"instances": [...]}), or @file.json',
+        "signature": "signature name (default serving_default)",
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+    }
+)
+def predict(  # noqa: PLR0917 (invoke maps parameters to options)
+    c: Context,
+    model: str = "",
+    data: str = "",
+    version: str = "",
+    label: str = "",
+    grpc: bool = False,
+    signature: str = "",
+    spec: str = DEFAULT_SPEC,
+) -> None:
+    """Send one predict request to the running stack and print the answer as JSON."""
+    import json
+
+    from tfstack.client import ModelRef
+    from tfstack.lifecycle import parse_data
+    from tfstack.lifecycle import predict as run_predict
+
+    if not model or not data:
+        raise Exit("tfstack: error: --model and --data are required (see --help)", code=2)
+    body = call(parse_data, data, cwd=Path.cwd())
+    if version and not version.isdigit():
+        raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
+    ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
+    answer = call(
+        run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None, root=ROOT
+    )
+    print(json.dumps(answer))
+
+
+@task(
+    help={
+        "model": "model name",
+        "grpc": "ask the gRPC API instead of REST",
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+    }
+)
+def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT_SPEC) -> None:
+    """Signatures, inputs and outputs (dtypes, shapes) of a served model, like saved_model_cli."""
+    from tfstack.client import format_signatures
+    from tfstack.lifecycle import inspect as run_inspect
+
+    if not model:
+        raise Exit("tfstack: error: --model is required (see --help)", code=2)
+    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc, root=ROOT)
+    print(format_signatures(metadata))
+
+
+@task(
+    help={
+        "follow": "keep printing new lines until Ctrl-C",
+        "tail": "how many past lines to show (default 200; 0 = all)",
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+    }
+)
+def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_SPEC) -> None:
+    """Print the serving containers' logs (docker compose logs)."""
+    from tfstack.lifecycle import Lifecycle
+
+    lifecycle = Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say)
+    text = call(lifecycle.logs, follow=follow, tail=tail or None)
+    if text:
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
+ns = Collection(
+    engine,
+    test,
+    validate,
+    schema,
+    render,
+    plan,
+    bench,
+    images,
+    up,
+    down,
+    status,
+    predict,
+    inspect,
+    logs,
+)

@@ -683,3 +683,34 @@ __all__: Sequence[str] = (
     "Tensor",
     "VersionState",
 )
+
+
+def _shape_text(shape: Mapping[str, Any] | None) -> str:
+    if not shape or shape.get("unknown_rank"):
+        return "unknown_rank"
+    sizes = [str(int(dim.get("size", -1))) for dim in shape.get("dim", [])]
+    if len(sizes) == 1:
+        return f"({sizes[0]})"
+    return "(" + ", ".join(sizes) + ")"
+
+
+def format_signatures(metadata: Mapping[str, Any]) -> str:
+    """Signatures, inputs and outputs like ``saved_model_cli show --all``, from server metadata."""
+    spec = metadata.get("model_spec", {})
+    signatures = metadata.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
+    lines = [f"model {spec.get('name', '?')} version {spec.get('version', '?')}", ""]
+    lines.append("MetaGraphDef with tag-set: 'serve' contains the following SignatureDefs:")
+    for key in sorted(signatures):
+        signature = signatures[key]
+        lines += ["", f"signature_def['{key}']:"]
+        for kind, word in (("inputs", "input"), ("outputs", "output")):
+            lines.append(f"  The given SavedModel SignatureDef contains the following {word}(s):")
+            for name, info in sorted(signature.get(kind, {}).items()):
+                lines += [
+                    f"    {kind}['{name}'] tensor_info:",
+                    f"        dtype: {info.get('dtype', 'DT_INVALID')}",
+                    f"        shape: {_shape_text(info.get('tensor_shape'))}",
+                    f"        name: {info.get('name', '')}",
+                ]
+        lines.append(f"  Method name is: {signature.get('method_name', '')}")
+    return "\n".join(lines)
