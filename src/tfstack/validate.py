@@ -600,7 +600,9 @@ def _describe(error: Mapping[str, Any], loc: Loc) -> tuple[str, str | None]:
     if kind in ("list_type", "tuple_type"):
         return f"expected a list, {got}", None
     if kind == "literal_error":
-        return f"expected {ctx.get('expected', 'one of the allowed values')}, {got}", None
+        expected = str(ctx.get("expected", "one of the allowed values"))
+        expected = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", expected))
+        return f"expected {expected}, {got}", None
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         return f"expected {_PATTERN_TEXT.get(pattern, f'text matching {pattern}')}, {got}", None

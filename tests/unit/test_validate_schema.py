@@ -120,6 +120,14 @@ def test_bad_project_name_says_what_compose_accepts(project: Project) -> None:
     assert problem.message.startswith("expected a Compose project name: lowercase letters")
 
 
+def test_sample_method_lists_the_choices(project: Project) -> None:
+    """A wrong enum value lists the accepted ones."""
+    text = "project: demo\nmodels:\n  - name: a\n    samples: [{method: infer, body: {}}]\n"
+    problem = only(check(project, text))
+    assert problem.yaml_path == "models[0].samples[0].method"
+    assert problem.message == "expected 'predict', 'classify' or 'regress', got \"infer\""
+
+
 def test_format_version_is_checked(project: Project) -> None:
     """An unknown spec format is refused (future formats need a newer tfstack)."""
     problem = only(check(project, "format: 2\nproject: demo\nmodels: [{name: a}]\n"))
@@ -181,7 +189,7 @@ def test_bad_policy_gets_one_clear_message(
         ("{latest: 0}", "models[0].policy.latest", "must be >= 1, got 0"),
         ("{specific: []}", "models[0].policy.specific", "must have at least 1 item"),
         ("{specific: [1, x]}", "models[0].policy.specific[1]", 'expected a whole number, got "x"'),
-        ("{all: false}", "models[0].policy.all", "expected True, got false"),
+        ("{all: false}", "models[0].policy.all", "expected true, got false"),
     ],
 )
 def test_policy_errors_inside_the_chosen_kind(
