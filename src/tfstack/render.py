@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -97,6 +98,18 @@ def yaml_str(value: object) -> str:
     return '"' + "".join(_yaml_escape_char(c) for c in str(value)) + '"'
 
 
+_PLAIN_KEY = re.compile(r"^[a-z][a-z0-9_.-]*$")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def yaml_key(value: object) -> str:
+    """A mapping key: plain when it is a simple lower-case identifier, else double-quoted."""
+    text = str(value)
+    if _PLAIN_KEY.match(text) and text not in _YAML_WORDS and "$" not in text:
+        return text
+    return compose_str(text)
+
+
 def compose_str(value: object) -> str:
     """Like :func:`yaml_str`, with ``$`` doubled so Compose keeps it literal (no interpolation)."""
     return yaml_str(str(value).replace("$", "$$"))
@@ -127,6 +140,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["yaml_str"] = yaml_str
     env.filters["compose_str"] = compose_str
+    env.filters["yaml_key"] = yaml_key
     env.filters["proto_str"] = textproto.quote
     env.filters["comment"] = comment_text
     return env

@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tfstack import textproto
-from tfstack.render import COMPOSE_FILE, MODELS_CONFIG, compose_str, render_stack, yaml_str
+from tfstack.render import (
+    COMPOSE_FILE,
+    MODELS_CONFIG,
+    compose_str,
+    render_stack,
+    yaml_key,
+    yaml_str,
+)
 from tfstack.spec import StackSpec
 
 HOSTILE = [
@@ -75,6 +82,15 @@ def test_proto_quote_round_trips_and_is_one_ascii_line(value: str) -> None:
     (only,) = config.model_config_list.config
     assert only.name == value
     assert only.base_path == value
+
+
+@pytest.mark.parametrize("value", [*HOSTILE, "serving", "org.tfstack.project", "yes", "null"])
+def test_yaml_key_round_trips(value: str) -> None:
+    """yaml_key leaves simple identifiers plain and quotes anything YAML could misread."""
+    loaded = yaml.safe_load(f"{yaml_key(value)}: 1\n")
+    assert loaded == {value.replace("$", "$$"): 1}
+    if value in ("serving", "org.tfstack.project"):
+        assert yaml_key(value) == value
 
 
 @given(st.text())

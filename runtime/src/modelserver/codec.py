@@ -3,10 +3,10 @@
 Interface (for rest.py / grpc_service.py; this module never imports TensorFlow at import time):
 
 Errors
-  ``ServingError(code: Code, message: str)``  the one exception every function here raises.
-      ``.code`` is the TF error code (``Code.INVALID_ARGUMENT`` ...), ``.http_status`` the REST
-      status of contract section 5, ``.json_body()`` the upstream ``{"error": "..."}`` body (bytes).
-  ``error_body(message) -> bytes``  the same body for any message.
+  ``ServingError(code: Code, message: str)`` (from ``modelserver.status``, re-exported here) is
+      the one exception every function here raises: ``.code`` is the TF error code
+      (``Code.INVALID_ARGUMENT`` ...), ``.http_status`` the REST status of contract section 5.
+  ``error_body(message) -> bytes``  the upstream ``{"error": "..."}`` body.
 
 Limits
   ``Limits(max_body_bytes, max_depth, max_elements)``; ``DEFAULT_LIMITS``. A body over
@@ -60,8 +60,11 @@ from typing import Any, NoReturn
 import numpy as np
 import orjson
 
+from modelserver.status import HTTP_STATUS, Code, ServingError
+
 __all__ = [
     "DEFAULT_LIMITS",
+    "HTTP_STATUS",
     "Classifications",
     "Code",
     "DecodedInputs",
@@ -89,69 +92,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class Code(enum.IntEnum):
-    """TensorFlow / gRPC status codes (same numbers as ``grpc.StatusCode``)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
-
-
-# REST status per TF code, as tensorflow_model_server maps them (contract section 5).
-HTTP_STATUS: dict[Code, int] = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
-
-class ServingError(Exception):
-    """A request failed with a TF status code and an upstream-style message."""
-
-    def __init__(self, code: Code, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 500)
-
-    def json_body(self) -> bytes:
-        return error_body(self.message)
-
-    def __repr__(self) -> str:
-        return f"ServingError({self.code.name}, {self.message!r})"
 
 
 def error_body(message: str) -> bytes:

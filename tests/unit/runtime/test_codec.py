@@ -381,6 +381,6 @@ def test_error_codes_map_to_the_contract_http_statuses() -> None:
     }
     for code, status in expected.items():
         assert ServingError(code, "m").http_status == status
-    assert json.loads(ServingError(Code.NOT_FOUND, 'a "quoted" text').json_body()) == {
+    assert json.loads(codec.error_body('a "quoted" text')) == {
         "error": 'a "quoted" text'
     }
