@@ -136,29 +136,35 @@ class Servable:
             raise status_from_exception(exc) from exc
         return dict(zip(output_keys, values, strict=True))
 
+    def prepare_predict(
+        self, signature_name: str, inputs: Mapping[str, Any], output_filter: Sequence[str] = ()
+    ) -> list[str]:
+        """Upstream's Predict checks: input aliases exactly the signature's, a valid output
+        filter; returns the output aliases to fetch."""
+        signature = self.signature(signature_name)
+        check_inputs(signature, inputs)
+        if not output_filter:
+            return sorted(signature.outputs)
+        seen: set[str] = set()
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise invalid_argument(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to"
+                    f" be in the set {{{','.join(sorted(signature.outputs))}}}."
+                )
+            if alias in seen:
+                raise invalid_argument(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        return list(output_filter)
+
     def predict(
         self,
         signature_name: str,
         inputs: Mapping[str, Any],
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
-        """Upstream's Predict: input aliases must match the signature exactly; optional filter."""
-        signature = self.signature(signature_name)
-        check_inputs(signature, inputs)
-        if output_filter:
-            seen: set[str] = set()
-            for alias in output_filter:
-                if alias not in signature.outputs:
-                    raise invalid_argument(
-                        f"output tensor alias not found in signature: {alias} Outputs expected to"
-                        f" be in the set {{{','.join(sorted(signature.outputs))}}}."
-                    )
-                if alias in seen:
-                    raise invalid_argument(f"duplicate output tensor alias: {alias}")
-                seen.add(alias)
-            outputs = list(output_filter)
-        else:
-            outputs = sorted(signature.outputs)
+        """Upstream's Predict: checked inputs, optional output filter, one session run."""
+        outputs = self.prepare_predict(signature_name, inputs, output_filter)
         return self.run(signature_name, inputs, outputs)
 
     def classify(self, signature_name: str, examples: Sequence[bytes]) -> codec.Classifications:

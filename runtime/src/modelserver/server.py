@@ -17,14 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelserver import config as config_module
 from modelserver.flags import Flags
-from modelserver.manager import ManagerOptions, ModelManager
+from modelserver.manager import ManagerOptions, ModelManager, State
 from modelserver.metrics import Metrics
 from modelserver.servable import Servable, SessionOptions, load_servable
 from modelserver.status import Code, ServingError, invalid_argument
+
+if TYPE_CHECKING:
+    from modelserver.batched import BatchedPredictor
 
 log = logging.getLogger("modelserver.server")
 
@@ -105,7 +108,7 @@ class ModelServer:
             else config_module.MonitoringConfig()
         )
         self.metrics = Metrics(enabled=self.monitoring.enable)
-        self.batcher: Any = None
+        self.batcher: BatchedPredictor | None = None
         self._loader = loader or self._load
         retries = flags.max_num_load_retries
         self.manager = ModelManager(
@@ -120,6 +123,7 @@ class ModelServer:
                 num_load_threads=flags.num_load_threads or 4,
             ),
             self._loader,
+            on_event=self._on_model_event,
         )
         threads = flags.rest_api_num_threads or min(16, 4 * (os.cpu_count() or 1))
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
@@ -160,6 +164,12 @@ class ModelServer:
         finally:
             self.metrics.record_load(path, ok, (time.perf_counter() - started) * 1e6)
 
+    def _on_model_event(
+        self, kind: str, name: str, version: int, state: State, error: ServingError | None
+    ) -> None:
+        if kind == "state" and state == State.END and self.batcher is not None:
+            self.batcher.forget(name, version)
+
     def reload(self, server_config: Any) -> None:
         """Apply a ModelServerConfig (full replace); blocks until new models are AVAILABLE."""
         models = config_module.model_configs(server_config)
@@ -172,13 +182,15 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
+            self._setup_batching()
             server_config = startup_config(self.flags)
             await loop.run_in_executor(None, self.reload, server_config)
         except ServingError as error:
             self.manager.stop()
+            if self.batcher is not None:
+                self.batcher.close()
             raise StartupError(str(error)) from error
         self.manager.start()
-        self._setup_batching()
         await self._start_grpc()
         if self.rest_port is not None:
             await self._start_rest()
@@ -188,13 +200,18 @@ class ModelServer:
         return self.endpoints
 
     def _setup_batching(self) -> None:
-        """Server-side batching: provided by modelserver.batching (see its module)."""
+        """One batch scheduler for every model when --enable_batching (modelserver.batching)."""
         if not self.flags.enable_batching:
             return
-        import importlib
+        from modelserver.batched import BatchedPredictor
+        from modelserver.batching import BatchingConfigError
 
-        batching = importlib.import_module("modelserver.batching")
-        self.batcher = batching.from_flags(self.flags)
+        try:
+            self.batcher = BatchedPredictor.from_file(self.flags.batching_parameters_file)
+        except (BatchingConfigError, OSError) as exc:
+            raise invalid_argument(
+                f"Invalid batching parameters file {self.flags.batching_parameters_file}: {exc}"
+            ) from exc
 
     async def _start_grpc(self) -> None:
         from modelserver import grpc_service
@@ -331,7 +348,7 @@ class ModelServer:
         if self._rest_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._rest_task, grace + 1)
-        if self.batcher is not None and hasattr(self.batcher, "close"):
+        if self.batcher is not None:
             self.batcher.close()
         self.manager.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
