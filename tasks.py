@@ -8,6 +8,7 @@ message and an exit code (2 for bad input, 1 for failures). `./tfstack --list` s
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -343,6 +344,38 @@ def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_
         print(text, end="" if text.endswith("\n") else "\n")
 
 
+@task(
+    help={
+        "root": "model repository to write (default models; relative to the project root)",
+        "force": "rewrite models that already exist",
+        "skip_resnet": "skip ResNet-50 (the slow, ~100 MB model)",
+        "dry_run": "show what would be written without writing",
+    }
+)
+def models(
+    c: Context,
+    root: str = "models",
+    force: bool = False,
+    skip_resnet: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Write the demo model repository with TensorFlow (half_plus_two, half_plus_three, resnet)."""
+    from tfstack.demo_models import plan_demo_models, write_demo_models
+
+    target = Path(root) if Path(root).is_absolute() else ROOT / root
+    if dry_run:
+        for step in plan_demo_models(target, force=force, include_resnet=not skip_resnet):
+            print(f"would {step.action:>7}  {step.path}  ({step.model.description})")
+        return
+    started = time.monotonic()
+    results = call(write_demo_models, target, force=force, include_resnet=not skip_resnet, say=say)
+    for result in results:
+        verb = "wrote" if result.written else "kept"
+        took = f" in {result.seconds:.1f} s" if result.written else ""
+        print(f"{verb:>5}  {result.path}  {result.size_bytes / 1e6:.1f} MB{took}")
+    print(f"model repository {target} ready in {time.monotonic() - started:.1f} s")
+
+
 ns = Collection(
     engine,
     test,
@@ -358,4 +391,5 @@ ns = Collection(
     predict,
     inspect,
     logs,
+    models,
 )

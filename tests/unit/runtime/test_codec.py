@@ -381,6 +381,4 @@ def test_error_codes_map_to_the_contract_http_statuses() -> None:
     }
     for code, status in expected.items():
         assert ServingError(code, "m").http_status == status
-    assert json.loads(codec.error_body('a "quoted" text')) == {
-        "error": 'a "quoted" text'
-    }
+    assert json.loads(codec.error_body('a "quoted" text')) == {"error": 'a "quoted" text'}
