@@ -58,7 +58,7 @@ UPSTREAM_BASE = "ubuntu:22.04"
 UPSTREAM_BAZEL = "7.4.1"
 DEBIAN_BAZEL = "4.2.3"  # bookworm's bazel-bootstrap
 RUNTIME_UID = 10001
-COMMITTED_DIR = Path("docker/tfserving")
+COMMITTED_DIR = Path("dockerfiles/tfserving")
 DEVEL_DOCKERFILE = "Dockerfile.devel"
 RUNTIME_DOCKERFILE = "Dockerfile"
 TOOLCHAINS = ("upstream", "debian")
@@ -147,7 +147,7 @@ def render_dockerfiles(
 
 
 def write_committed_dockerfiles(root: Path) -> list[Path]:
-    """Refresh the rendered copies kept in the repository (docker/tfserving/)."""
+    """Refresh the rendered copies kept in the repository (dockerfiles/tfserving/)."""
     devel, runtime = render_dockerfiles(committed_variant())
     directory = root / COMMITTED_DIR
     directory.mkdir(parents=True, exist_ok=True)
@@ -829,3 +829,22 @@ def apply_optimized_build(
     )
     delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     return OptimizedBuildResult(devel, runtime, delta)
+
+
+def build_optimized(
+    client: docker.DockerClient,
+    request: BuildRequest,
+    *,
+    say: Callable[[str], None],
+    show: Callable[[str], None],
+    dry_run: bool,
+    console: Console | None = None,
+) -> tuple[OptimizedBuildPlan, OptimizedBuildResult | None]:
+    """Gather the facts, plan, ``show`` the plan, and (unless ``dry_run``) build."""
+    facts = gather_facts(client, say=say, dry_run=dry_run)
+    plan = plan_optimized_build(request, facts)
+    for line in plan.describe():
+        show(line)
+    if dry_run:
+        return plan, None
+    return plan, apply_optimized_build(client, plan, console=console)
