@@ -209,7 +209,9 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
         def tell(text: str) -> None:
             console.print(f"tfstack: {text}", highlight=False, markup=False)
 
-        lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=tell, progress=progress)
+        lifecycle = Lifecycle(
+            spec_file(spec), root=ROOT, source_root=ROOT, say=tell, progress=progress
+        )
         report = call(lifecycle.up, timeout=timeout, dry_run=dry_run)
     out = Console()
     if dry_run:
@@ -235,7 +237,9 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
     from tfstack.lifecycle import Lifecycle
 
-    removed = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).down, volumes=volumes)
+    removed = call(
+        Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).down, volumes=volumes
+    )
     for item in removed:
         print(f"removed {item}")
     print("stack down")
@@ -256,7 +260,7 @@ def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
     from tfstack.lifecycle import Lifecycle
     from tfstack.status import render_table
 
-    result = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).status)
+    result = call(Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).status)
     if json_:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -299,7 +303,9 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     if version and not version.isdigit():
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
-    answer = call(run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None)
+    answer = call(
+        run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None, root=ROOT
+    )
     print(json.dumps(answer))
 
 
@@ -317,7 +323,7 @@ def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT
 
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
-    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc)
+    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc, root=ROOT)
     print(format_signatures(metadata))
 
 
@@ -332,7 +338,7 @@ def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_
     """Print the serving containers' logs (docker compose logs)."""
     from tfstack.lifecycle import Lifecycle
 
-    lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=say)
+    lifecycle = Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say)
     text = call(lifecycle.logs, follow=follow, tail=tail or None)
     if text:
         print(text, end="" if text.endswith("\n") else "\n")
