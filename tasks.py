@@ -372,62 +372,10 @@ def models(
     for result in results:
         verb = "wrote" if result.written else "kept"
         took = f" in {result.seconds:.1f} s" if result.written else ""
-        print(f"{verb:>5}  {result.path}  {result.size_bytes / 1e6:.1f} MB{took}")
+        size = result.size_bytes
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        print(f"{verb:>5}  {result.path}  {shown}{took}")
     print(f"model repository {target} ready in {time.monotonic() - started:.1f} s")
-
-
-@task(
-    help={
-        "version": "tensorflow/serving release tag or commit (default 2.20.0; never a branch)",
-        "target": "portable | x86-64-v2 | x86-64-v3 | x86-64-v4 | native | a cpuinfo flag list "
-        "such as avx2,fma (default: detected from the build host)",
-        "source": "build from this local tensorflow/serving tree instead of downloading",
-        "toolchain": "upstream (Ubuntu 22.04 + Bazel 7.4.1) or debian (offline bazel-bootstrap)",
-        "repository": "image repository for the tags <repository>:<version>-<isa>[-devel]",
-        "jobs": "Bazel --jobs (default: sized from the engine's CPUs and memory)",
-        "dry_run": "print the full plan (images, build args, Bazel options, memory) and stop",
-        "no_cache": "do not reuse Docker layers (the Bazel cache still serves)",
-        "write_dockerfiles": "only refresh the rendered copies in dockerfiles/tfserving/",
-    }
-)
-def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
-    c: Context,
-    version: str = "",
-    target: str = "",
-    source: str = "",
-    toolchain: str = "upstream",
-    repository: str = "tfstack/tfserving",
-    jobs: int = 0,
-    dry_run: bool = False,
-    no_cache: bool = False,
-    write_dockerfiles: bool = False,
-) -> None:
-    """Build tensorflow_model_server for a CPU target: devel image (Bazel), then runtime image."""
-    from tfstack import optimized
-
-    if write_dockerfiles:
-        for path in call(optimized.write_committed_dockerfiles, ROOT):
-            print(f"wrote {path.relative_to(ROOT)}")
-        return
-    from tfstack.engine import docker_client, ensure_engine
-
-    client = call(docker_client) if dry_run else call(ensure_engine, say=say)
-    request = optimized.BuildRequest(
-        version=version or None,
-        target=target or None,
-        source=Path(source).resolve() if source else None,
-        toolchain=toolchain,
-        repository=repository,
-        jobs=jobs or None,
-        no_cache=no_cache,
-    )
-    _, result = call(
-        optimized.build_optimized, client, request, say=say, show=print, dry_run=dry_run
-    )
-    if result is None:
-        print("dry run: nothing built")
-        return
-    print("\n".join(result.summary()))
 
 
 ns = Collection(
@@ -446,5 +394,4 @@ ns = Collection(
     inspect,
     logs,
     models,
-    build_optimized,
 )
