@@ -209,9 +209,9 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
         def tell(text: str) -> None:
             console.print(f"tfstack: {text}", highlight=False, markup=False)
 
-        lifecycle = Lifecycle(
-            spec_file(spec), root=ROOT, source_root=ROOT, say=tell, progress=progress
-        )
+        # No root=ROOT: the stack's project root is the spec's grandparent (<root>/config/
+        # stack.yaml), so `--spec /elsewhere/config/stack.yaml` runs a stack living elsewhere.
+        lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=tell, progress=progress)
         report = call(lifecycle.up, timeout=timeout, dry_run=dry_run)
     out = Console()
     if dry_run:
@@ -237,9 +237,7 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
     from tfstack.lifecycle import Lifecycle
 
-    removed = call(
-        Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).down, volumes=volumes
-    )
+    removed = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).down, volumes=volumes)
     for item in removed:
         print(f"removed {item}")
     print("stack down")
@@ -260,7 +258,7 @@ def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
     from tfstack.lifecycle import Lifecycle
     from tfstack.status import render_table
 
-    result = call(Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say).status)
+    result = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).status)
     if json_:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -303,9 +301,7 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     if version and not version.isdigit():
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
-    answer = call(
-        run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None, root=ROOT
-    )
+    answer = call(run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None)
     print(json.dumps(answer))
 
 
@@ -323,7 +319,7 @@ def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT
 
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
-    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc, root=ROOT)
+    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc)
     print(format_signatures(metadata))
 
 
@@ -338,7 +334,7 @@ def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_
     """Print the serving containers' logs (docker compose logs)."""
     from tfstack.lifecycle import Lifecycle
 
-    lifecycle = Lifecycle(spec_file(spec), root=ROOT, source_root=ROOT, say=say)
+    lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=say)
     text = call(lifecycle.logs, follow=follow, tail=tail or None)
     if text:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -378,6 +374,60 @@ def models(
     print(f"model repository {target} ready in {time.monotonic() - started:.1f} s")
 
 
+@task(
+    help={
+        "version": "tensorflow/serving release tag or commit (default 2.20.0; never a branch)",
+        "target": "portable | x86-64-v2 | x86-64-v3 | x86-64-v4 | native | a cpuinfo flag list "
+        "such as avx2,fma (default: detected from the build host)",
+        "source": "build from this local tensorflow/serving tree instead of downloading",
+        "toolchain": "upstream (Ubuntu 22.04 + Bazel 7.4.1) or debian (offline bazel-bootstrap)",
+        "repository": "image repository for the tags <repository>:<version>-<isa>[-devel]",
+        "jobs": "Bazel --jobs (default: sized from the engine's CPUs and memory)",
+        "dry_run": "print the full plan (images, build args, Bazel options, memory) and stop",
+        "no_cache": "do not reuse Docker layers (the Bazel cache still serves)",
+        "write_dockerfiles": "only refresh the rendered copies in dockerfiles/tfserving/",
+    }
+)
+def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
+    c: Context,
+    version: str = "",
+    target: str = "",
+    source: str = "",
+    toolchain: str = "upstream",
+    repository: str = "tfstack/tfserving",
+    jobs: int = 0,
+    dry_run: bool = False,
+    no_cache: bool = False,
+    write_dockerfiles: bool = False,
+) -> None:
+    """Build tensorflow_model_server for a CPU target: devel image (Bazel), then runtime image."""
+    from tfstack import optimized
+
+    if write_dockerfiles:
+        for path in call(optimized.write_committed_dockerfiles, ROOT):
+            print(f"wrote {path.relative_to(ROOT)}")
+        return
+    from tfstack.engine import docker_client, ensure_engine
+
+    client = call(docker_client) if dry_run else call(ensure_engine, say=say)
+    request = optimized.BuildRequest(
+        version=version or None,
+        target=target or None,
+        source=Path(source).resolve() if source else None,
+        toolchain=toolchain,
+        repository=repository,
+        jobs=jobs or None,
+        no_cache=no_cache,
+    )
+    _, result = call(
+        optimized.build_optimized, client, request, say=say, show=print, dry_run=dry_run
+    )
+    if result is None:
+        print("dry run: nothing built")
+        return
+    print("\n".join(result.summary()))
+
+
 ns = Collection(
     engine,
     test,
@@ -394,4 +444,5 @@ ns = Collection(
     inspect,
     logs,
     models,
+    build_optimized,
 )
