@@ -45,7 +45,13 @@ RUNTIME_REPOSITORY = "tfstack/serving-runtime"
 DOCKER_DIR = Path("runtime/docker")
 RUNTIME_DIR = Path("runtime")
 WHEELHOUSE_DIR = Path(".cache/wheelhouse")
-CONTEXT_SCRIPTS = ("Dockerfile", "tf_serving_entrypoint.sh", "prune.sh", "smoke.py")
+CONTEXT_SCRIPTS = (
+    "Dockerfile",
+    "tf_serving_entrypoint.sh",
+    "prune.sh",
+    "smoke.py",
+    "overlay.py",
+)
 BUILD_TARGET = "runtime"
 MANAGED_LABEL = "org.tfstack.managed"
 # The CPU features the TensorFlow wheel is compiled for, spelled as TensorFlow's cpu_feature_guard
@@ -225,8 +231,9 @@ class BuildProgress:
     started: float = field(default_factory=time.monotonic)
     step: str = "sending build context"
     step_started: float = field(default_factory=time.monotonic)
+    step_cached: bool = False
     steps: int = 0
-    cached: int = 0
+    rebuilt: list[str] = field(default_factory=list)  # steps that ran instead of hitting the cache
     log: list[str] = field(default_factory=list)
 
     def elapsed(self) -> float:
@@ -237,8 +244,26 @@ class BuildProgress:
             f"building {self.image}  {self.elapsed():5.0f}s  {self.step[:100]}", style="cyan"
         )
 
+    def finish_step(self, console: Console) -> None:
+        """Print the step that just ended with its outcome: cached, or how long it ran."""
+        match = _STEP.match(self.step)
+        if match is None:
+            return
+        instruction = match.group(3).split(maxsplit=1)[0].upper()
+        if self.step_cached:
+            outcome = "cached"
+        elif instruction in _NEVER_CACHED:
+            outcome = ""
+        else:
+            outcome = f"{time.monotonic() - self.step_started:.1f}s"
+            self.rebuilt.append(self.step)
+        suffix = f"  [{outcome}]" if outcome else ""
+        console.print(f"  {self.step[:110]}{suffix}", highlight=False, markup=False, soft_wrap=True)
+
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# Steps the legacy builder never reports as cached because there is nothing to cache.
+_NEVER_CACHED = frozenset({"FROM", "ARG"})
 
 
 @dataclass(frozen=True)
@@ -250,12 +275,20 @@ class BuiltImage:
     size_bytes: int
     seconds: float
     steps: int
-    cached_steps: int
+    rebuilt_steps: tuple[str, ...]
+
+    @property
+    def image(self) -> str:
+        return self.tags[0]
 
     def summary(self) -> str:
+        if self.rebuilt_steps:
+            cache = f"{len(self.rebuilt_steps)} of {self.steps} steps rebuilt"
+        else:
+            cache = f"all {self.steps} steps cached"
         return (
             f"built {', '.join(self.tags)} ({self.id[7:19]}): {self.size_bytes / 1e9:.2f} GB "
-            f"uncompressed, {self.seconds:.1f}s, {self.cached_steps}/{self.steps} steps cached"
+            f"uncompressed, {self.seconds:.1f}s, {cache}"
         )
 
 
@@ -283,14 +316,16 @@ def _follow(
             progress.log.append(line)
             match = _STEP.match(line)
             if match:
-                progress.step = line
+                progress.finish_step(console)
+                progress.step = " ".join(line.split())
                 progress.step_started = time.monotonic()
+                progress.step_cached = False
                 progress.steps = int(match.group(2))
-                console.print(f"  {line[:140]}", highlight=False, markup=False)
             elif line.strip() == "---> Using cache":
-                progress.cached += 1
+                progress.step_cached = True
             elif line.startswith("Successfully built "):
                 image_id = image_id or line.split()[-1]
+    progress.finish_step(console)
     return image_id
 
 
@@ -334,14 +369,13 @@ def build_image(
     for repository, tag in repository_tags:
         client.api.tag(image_id, repository, tag)
     size = int(client.api.inspect_image(image_id)["Size"])
-    # The labels' build step and the final metadata steps count as steps with no "Using cache".
     return BuiltImage(
         id=image_id,
         tags=plan.tags,
         size_bytes=size,
         seconds=progress.elapsed(),
         steps=progress.steps,
-        cached_steps=progress.cached,
+        rebuilt_steps=tuple(progress.rebuilt),
     )
 
 

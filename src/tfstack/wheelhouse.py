@@ -17,6 +17,7 @@ half-filled wheelhouse behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -326,8 +327,24 @@ def _wheels(directory: Path) -> tuple[str, ...]:
 def apply_wheelhouse(
     plan: WheelhousePlan, *, say: Callable[[str], None], run: Runner = _default_runner
 ) -> Wheelhouse:
-    """Download and build what the plan says is missing; returns the complete wheelhouse."""
+    """Download and build what the plan says is missing; returns the complete wheelhouse.
+
+    Holds an exclusive lock on the wheelhouse while it works, so concurrent builds (two test
+    sessions, say) take turns instead of swapping directories under each other; what the other
+    process completed meanwhile is not done again.
+    """
     plan.root.mkdir(parents=True, exist_ok=True)
+    with (plan.root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        plan = replace(
+            plan,
+            deps_current=_manifest_current(plan.deps_dir, plan.deps_inputs()),
+            app_current=_manifest_current(plan.app_dir, plan.app_inputs()),
+        )
+        return _apply_locked(plan, say=say, run=run)
+
+
+def _apply_locked(plan: WheelhousePlan, *, say: Callable[[str], None], run: Runner) -> Wheelhouse:
     if not plan.deps_current:
         say(f"downloading wheels for {' '.join(plan.requirements)} (TensorFlow is ~250 MB)")
         staging = Path(tempfile.mkdtemp(prefix="deps.", dir=plan.root))
