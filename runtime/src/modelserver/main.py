@@ -81,6 +81,11 @@ async def _serve(flags: object) -> int:
         print(f"Failed to start server. Error: {error}", flush=True)
         return 1
     except (StartupError, ServingError) as error:
+        cause = error.__cause__
+        if isinstance(cause, config_module.ConfigParseError):
+            print(cause.parser_line, file=sys.stderr, flush=True)
+            print(f"Failed to start server. Error: {cause}", flush=True)
+            return 1
         print(f"Failed to start server. Error: {error}", flush=True)
         return FAILED_START
     await server.wait()
