@@ -17,7 +17,6 @@ from the spec's samples → status. :func:`down` removes exactly what tfstack cr
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -422,17 +421,29 @@ class Lifecycle:
     # -- steps ------------------------------------------------------------------------------
 
     def ensure_models(self) -> None:
-        """Generate the demo models the demo spec needs when they are missing."""
+        """Write the demo models the demo spec names when they are missing (TensorFlow, offline).
+
+        Only for the checkout's own ``config/stack.yaml``: any other spec brings its own models
+        (a missing directory there is a validation error, never silently filled).
+        """
+        if self.spec_path.resolve() != (self.source_root / "config" / "stack.yaml").resolve():
+            return
+        from tfstack.demo_models import plan_demo_models, write_demo_models
+        from tfstack.spec import model_repository_dir
         from tfstack.validate import load_spec
 
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
-        try:
-            demo_models = importlib.import_module("tfstack.demo_models")
-        except ImportError:
-            return
-        ensure = getattr(demo_models, "ensure_demo_models", None)
-        if ensure is not None:
-            ensure(spec, self.spec_path, say=self.say)
+        names = {model.name for model in spec.models}
+        repository = model_repository_dir(spec, self.spec_path)
+        include_resnet = "resnet" in names
+        missing = [
+            step
+            for step in plan_demo_models(repository, include_resnet=include_resnet)
+            if step.action != "keep" and step.model.name in names
+        ]
+        if missing:
+            self.say(f"writing the demo models into {repository} (first run only)")
+            write_demo_models(repository, include_resnet=include_resnet, say=self.say)
 
     def render(self, loaded: Loaded) -> dict[str, str]:
         files = render_module.render_stack(loaded.spec, loaded.spec_path, self.root)

@@ -96,7 +96,8 @@ class ServiceStatus:
 
     @property
     def ok(self) -> bool:
-        return self.state == "running" and self.health in (None, "healthy")
+        """Running and not unhealthy ("starting" is fine: model states are checked directly)."""
+        return self.state == "running" and self.health != "unhealthy"
 
     def to_json(self) -> dict[str, Any]:
         return {
