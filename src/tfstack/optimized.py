@@ -540,30 +540,47 @@ class BazelSummary:
 
     processes: int | None = None
     remote_cache_hits: int = 0
+    executed: int = 0  # actions that really ran (sandboxed or local), not cached or internal
     elapsed_s: float | None = None
     critical_path_s: float | None = None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_PROCESSES = re.compile(r"INFO: (\d+) process(?:es)?(?:: (.*))?\.")
+_PROCESSES = re.compile(r"INFO: (\d+) process(?:es)?(?:: (.*?))?\.?$")
 _ELAPSED = re.compile(r"INFO: Elapsed time: ([\d.]+)s, Critical Path: ([\d.]+)s")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _BAZEL_PROGRESS = re.compile(r"^\[[\d,]+ / [\d,]+\]")
+_NOT_EXECUTED = ("internal", "remote cache hit", "disk cache hit")
 
 
 def parse_bazel_summary(lines: Iterable[str]) -> BazelSummary:
-    processes, hits, elapsed, critical = None, 0, None, None
+    summary = BazelSummary()
     for raw in lines:
-        line = _ANSI.sub("", raw)
+        line = _ANSI.sub("", raw).strip()
         match = _PROCESSES.search(line)
         if match:
-            processes = int(match.group(1))
-            hit = re.search(r"(\d+) remote cache hit", match.group(2) or "")
-            hits = int(hit.group(1)) if hit else 0
+            kinds: dict[str, int] = {}
+            for part in (match.group(2) or "").split(","):
+                count, _, kind = part.strip().partition(" ")
+                if count.isdigit():
+                    kinds[kind] = kinds.get(kind, 0) + int(count)
+            summary = BazelSummary(
+                int(match.group(1)),
+                kinds.get("remote cache hit", 0),
+                sum(n for kind, n in kinds.items() if kind not in _NOT_EXECUTED),
+                summary.elapsed_s,
+                summary.critical_path_s,
+            )
         match = _ELAPSED.search(line)
         if match:
-            elapsed, critical = float(match.group(1)), float(match.group(2))
-    return BazelSummary(processes, hits, elapsed, critical)
+            summary = BazelSummary(
+                summary.processes,
+                summary.remote_cache_hits,
+                summary.executed,
+                float(match.group(1)),
+                float(match.group(2)),
+            )
+    return summary
 
 
 @dataclass
