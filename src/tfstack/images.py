@@ -54,6 +54,7 @@ CONTEXT_SCRIPTS = (
 )
 BUILD_TARGET = "runtime"
 MANAGED_LABEL = "org.tfstack.managed"
+STAGE_LABEL = "org.tfstack.stage"  # set by the Dockerfile: deps, devel or runtime
 # The CPU features the TensorFlow wheel is compiled for, spelled as TensorFlow's cpu_feature_guard
 # prints them. The tensorflow-cpu x86_64 wheel is built with -mavx (TF's `--config=avx_linux`): on a
 # CPU with AVX2/FMA/AVX-512 it logs "To enable the following instructions: AVX2 AVX512F ... FMA"
@@ -369,6 +370,7 @@ def build_image(
     for repository, tag in repository_tags:
         client.api.tag(image_id, repository, tag)
     size = int(client.api.inspect_image(image_id)["Size"])
+    remove_superseded(client, keep=image_id)
     return BuiltImage(
         id=image_id,
         tags=plan.tags,
@@ -377,6 +379,22 @@ def build_image(
         steps=progress.steps,
         rebuilt_steps=tuple(progress.rebuilt),
     )
+
+
+def remove_superseded(client: docker.DockerClient, *, keep: str) -> list[str]:
+    """Remove earlier runtime images that lost their tags to a newer build (they share all but
+    their last layers with it). Images still used by a container are left alone."""
+    removed: list[str] = []
+    filters = {"dangling": True, "label": [f"{MANAGED_LABEL}=true", f"{STAGE_LABEL}=runtime"]}
+    for image in client.api.images(filters=filters, quiet=True):
+        if image == keep:
+            continue
+        try:
+            client.api.remove_image(image, noprune=False)
+        except docker.errors.APIError:
+            continue  # in use by a container, or already gone
+        removed.append(image)
+    return removed
 
 
 @dataclass(frozen=True)

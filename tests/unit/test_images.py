@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 import tasks
 from invoke.context import MockContext
@@ -193,6 +194,8 @@ class FakeAPI:
         self.build_kwargs: dict[str, Any] = {}
         self.context_files: list[str] = []
         self.tags: list[tuple[str, str, str]] = []
+        self.removed: list[str] = []
+        self.image_filters: dict[str, Any] = {}
 
     def build(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.build_kwargs = kwargs
@@ -207,6 +210,15 @@ class FakeAPI:
 
     def inspect_image(self, image: str) -> dict[str, Any]:
         return {"Id": image, "Size": 1_363_000_000}
+
+    def images(self, filters: dict[str, Any], quiet: bool) -> list[str]:
+        self.image_filters = filters
+        return ["sha256:" + "c" * 64, "sha256:old", "sha256:busy"]
+
+    def remove_image(self, image: str, noprune: bool) -> None:
+        if image == "sha256:busy":
+            raise docker.errors.APIError("conflict: image is being used by running container")
+        self.removed.append(image)
 
 
 class FakeClient:
@@ -251,6 +263,19 @@ def test_build_passes_the_plan_to_the_engine_and_tags_latest(tmp_path: Path) -> 
     assert built.rebuilt_steps == ()
     assert "1.36 GB uncompressed" in built.summary()
     assert "all 3 steps cached" in built.summary()
+
+
+def test_build_removes_runtime_images_it_superseded(tmp_path: Path) -> None:
+    """Old runtime images left untagged by a rebuild are removed; the new one and any still in
+    use by a container stay."""
+    repo = fake_repo(tmp_path)
+    client = FakeClient(WARM_EVENTS)
+    build_image(client, make_plan(root=repo), console=quiet_console(), scratch=repo / ".cache")  # type: ignore[arg-type]
+    assert client.api.removed == ["sha256:old"]
+    assert client.api.image_filters == {
+        "dangling": True,
+        "label": ["org.tfstack.managed=true", "org.tfstack.stage=runtime"],
+    }
 
 
 def test_steps_that_ran_are_told_apart_from_cached_ones(tmp_path: Path) -> None:
