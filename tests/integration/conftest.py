@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 from tfstack.engine import ensure_engine
+from tfstack.images import BuiltImage, ensure_runtime_image
 
 # Ryuk (testcontainers' reaper) needs an image from a registry; we clean up through labels.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -19,3 +22,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client = ensure_engine()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def runtime_image(docker_client: docker.DockerClient) -> BuiltImage:
+    """The modelserver runtime image, current with the working tree: built on first use, later a
+    layer-cached rebuild of a few seconds (a changed server adds only a small layer).
+
+    Run containers from ``runtime_image.id``: another session's build may move the tags.
+    """
+    root = Path(__file__).resolve().parents[2]
+    built = ensure_runtime_image(
+        docker_client, root=root, say=lambda text: print(f"tfstack: {text}", file=sys.stderr)
+    )
+    print(f"tfstack: {built.summary()}", file=sys.stderr)
+    return built
