@@ -231,7 +231,7 @@ def test_models_ready_timeout_when_the_server_never_answers() -> None:
         [ModelExpectation("m", (1,))],
         poll(clock, timeout=3),
     )
-    with pytest.raises(WaitTimeout, match="never answered on http://127.0.0.1:18501"):
+    with pytest.raises(WaitTimeout, match=r"never answered on http://127\.0\.0\.1:18501"):
         wait.wait()
 
 
@@ -261,7 +261,11 @@ def test_describe_models_lines() -> None:
     """describe_models gives one readable line per model, including load errors."""
     lines = describe_models(
         EXPECT,
-        {"a": ModelObservation("a", (VersionState(1, "END", "NOT_FOUND", "no file"),), {"stable": 1})},
+        {
+            "a": ModelObservation(
+                "a", (VersionState(1, "END", "NOT_FOUND", "no file"),), {"stable": 1}
+            )
+        },
     )
     assert lines == [
         "a: v1 END (NOT_FOUND: no file) (expected 1, 2); labels stable->1",

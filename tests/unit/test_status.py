@@ -1,0 +1,206 @@
+"""The status model: joining spec and observations, the stable --json schema, the rich table."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+
+from tfstack.client import ModelRef, VersionState
+from tfstack.stack import ContainerInfo
+from tfstack.status import (
+    SCHEMA_VERSION,
+    model_status,
+    observe,
+    render_table,
+    service_status,
+)
+from tfstack.waiting import ModelExpectation, ModelObservation
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
+
+
+def container(**changes: Any) -> ContainerInfo:
+    base: dict[str, Any] = dict(
+        id="c" * 64,
+        name="demo-serving-1",
+        service="serving",
+        state="running",
+        health="healthy",
+        exit_code=None,
+        started_at="2026-01-01T00:00:00Z",
+        image_id="sha256:abc",
+        config_hash="h",
+        ports={"18501/tcp": [("127.0.0.1", "18501")], "18500/tcp": [("127.0.0.1", "18500")]},
+    )
+    base.update(changes)
+    return ContainerInfo(**base)
+
+
+class FakeRest:
+    base_url = "http://127.0.0.1:18501"
+
+    def __init__(self, answers: dict[tuple[str, str | None], Any]) -> None:
+        self.answers = answers
+
+    def model_status(self, ref: ModelRef, timeout: float | None = None) -> list[VersionState]:
+        answer = self.answers[(ref.name, ref.label)]
+        if isinstance(answer, Exception):
+            raise answer
+        return list(answer)
+
+
+EXPECT = [
+    ModelExpectation("half_plus_two", (1, 2), {"stable": 1, "canary": 2}),
+    ModelExpectation("broken", (1,)),
+]
+
+
+def sample_status() -> Any:
+    from tfstack.client import ServingRequestError
+
+    rest = FakeRest(
+        {
+            ("half_plus_two", None): [VersionState(1, "AVAILABLE"), VersionState(2, "AVAILABLE")],
+            ("half_plus_two", "stable"): [VersionState(1, "AVAILABLE")],
+            ("half_plus_two", "canary"): ServingRequestError("unknown label", status=400),
+            ("broken", None): [VersionState(1, "END", "DATA_LOSS", "corrupt saved_model.pb")],
+        }
+    )
+    return observe(
+        project="demo",
+        spec_path="config/stack.yaml",
+        rest=rest,  # type: ignore[arg-type]
+        expectations=EXPECT,
+        containers=[container()],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+
+
+def test_status_json_has_exactly_the_documented_fields() -> None:
+    """--json keys match docs/status-json.md (a stable contract other tools read)."""
+    document = sample_status().to_json()
+    assert document["schema_version"] == SCHEMA_VERSION == 1
+    doc = DOC.read_text()
+    example = json.loads(re.search(r"```json\n(.*?)```", doc, re.S).group(1))  # type: ignore[union-attr]
+    assert set(document) == set(example)
+    assert set(document["services"][0]) == set(example["services"][0])
+    assert set(document["models"][0]) == set(example["models"][0])
+    assert set(document["models"][0]["versions"][0]) == set(example["models"][0]["versions"][0])
+    for key in document:
+        assert f"`{key}`" in doc, f"top-level field {key} is not documented"
+    json.dumps(document)  # serialisable as is
+
+
+def test_status_reports_versions_labels_and_errors() -> None:
+    """Per version: state, labels, error; per label: declared vs serving; verdicts follow."""
+    status = sample_status()
+    document = status.to_json()
+    two, broken = document["models"]
+    assert two["versions"] == [
+        {"version": 1, "state": "AVAILABLE", "labels": ["stable"], "declared": True, "error": None},
+        {"version": 2, "state": "AVAILABLE", "labels": [], "declared": True, "error": None},
+    ]
+    assert two["labels"] == {
+        "canary": {"declared": 2, "serving": None},
+        "stable": {"declared": 1, "serving": 1},
+    }
+    assert not two["ok"], "canary does not resolve yet"
+    assert broken["versions"][0]["error"] == {
+        "code": "DATA_LOSS",
+        "message": "corrupt saved_model.pb",
+    }
+    assert not broken["ok"]
+    assert document["ok"] is False
+    assert document["services"][0]["endpoints"] == {
+        "rest": "http://127.0.0.1:18501",
+        "grpc": "127.0.0.1:18500",
+    }
+
+
+def test_status_without_a_running_container_does_not_ask_the_server() -> None:
+    """With no running container, models say so and the server is never contacted."""
+
+    class Exploding(FakeRest):
+        def model_status(self, ref: ModelRef, timeout: float | None = None) -> list[VersionState]:
+            raise AssertionError("must not be called")
+
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=Exploding({}),  # type: ignore[arg-type]
+        expectations=EXPECT,
+        containers=[container(state="exited", exit_code=1, health=None)],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+    document = status.to_json()
+    assert document["server_error"] == "no serving container is running"
+    assert document["models"][0]["error"] == "no serving container is running"
+    assert document["services"][0]["exit_code"] == 1
+    assert not status.ok
+
+
+def test_status_when_the_rest_port_does_not_answer() -> None:
+    """A running container whose REST API refuses connections is a server_error, not a crash."""
+    rest = FakeRest({("half_plus_two", None): requests.ConnectionError("refused")})
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=rest,  # type: ignore[arg-type]
+        expectations=EXPECT[:1],
+        containers=[container()],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+    assert status.server_error is not None and "does not answer" in status.server_error
+    assert not status.ok
+
+
+def test_ok_stack_and_starting_health() -> None:
+    """Every model ready with the container running is OK, even while health is still starting."""
+    rest = FakeRest({("m", None): [VersionState(3, "AVAILABLE")]})
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=rest,  # type: ignore[arg-type]
+        expectations=[ModelExpectation("m", (3,))],
+        containers=[container(health="starting")],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+    assert status.ok
+    unhealthy = service_status(container(health="unhealthy"), host="h", rest_port=1, grpc_port=2)
+    assert not unhealthy.ok
+
+
+def test_model_status_marks_undeclared_versions() -> None:
+    """A version the server holds but the spec no longer serves is flagged undeclared."""
+    status = model_status(
+        ModelExpectation("m", (2,)),
+        ModelObservation("m", (VersionState(1, "UNLOADING"), VersionState(2, "AVAILABLE"))),
+    )
+    assert [(v.version, v.declared) for v in status.versions] == [(1, False), (2, True)]
+    assert status.ok
+
+
+def test_render_table_shows_states_errors_and_endpoints() -> None:
+    """The table people read names each version's state, labels and load error."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, color_system=None).print(render_table(sample_status()))
+    text = buffer.getvalue()
+    assert re.search(r"half_plus_two\s+│ v1\s+│ AVAILABLE\s+│ stable", text)
+    assert "DATA_LOSS: corrupt saved_model.pb" in text
+    assert "label canary" in text and "PENDING" in text
+    assert "rest http://127.0.0.1:18501" in text
+    assert "stack NOT OK" in text
