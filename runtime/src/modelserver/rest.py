@@ -173,10 +173,20 @@ class RestApi:
             if self.timeout is None:
                 payload = await future
             else:
+                expired: list[bool] = []
+                handle = loop.call_later(self.timeout, _expire, future, expired)
                 try:
-                    payload = await asyncio.wait_for(future, self.timeout)
-                except TimeoutError:
-                    raise ServingError(Code.DEADLINE_EXCEEDED, "Request timed out") from None
+                    payload = await future
+                except asyncio.CancelledError:
+                    if not expired:
+                        raise
+                    raise ServingError(
+                        Code.DEADLINE_EXCEEDED,
+                        f"Request timed out after {self.timeout * 1000:.0f} ms "
+                        "(--rest_api_timeout_in_ms)",
+                    ) from None
+                finally:
+                    handle.cancel()
         except Exception as exc:
             error = as_serving_error(exc) or ServingError(
                 Code.INTERNAL, f"{type(exc).__name__}: {exc}"
@@ -209,10 +219,13 @@ class RestApi:
                 raise invalid_argument(
                     f'Serving signature name: "{signature_name}" not found in signature def'
                 )
-            specs = {
-                alias: codec.TensorSpec.from_tensor_info(info)
-                for alias, info in signature.inputs.items()
-            }
+            specs = servable.cache.get(("rest-specs", signature_name))
+            if specs is None:
+                specs = {
+                    alias: codec.TensorSpec.from_tensor_info(info)
+                    for alias, info in signature.inputs.items()
+                }
+                servable.cache[("rest-specs", signature_name)] = specs
             decoded = codec.decode_predict_inputs(request, specs, self.limits)
             outputs = self.predictor(servable, signature_name, decoded.tensors)
         return codec.encode_predict_response(outputs, decoded.format)
@@ -264,6 +277,12 @@ def metadata_json(servable: Servable) -> bytes:
         + "\n}\n}\n"
     )
     return text.encode("utf-8")
+
+
+def _expire(future: asyncio.Future[bytes], expired: list[bool]) -> None:
+    if not future.done():
+        expired.append(True)
+        future.cancel()
 
 
 def _bind(

@@ -70,6 +70,8 @@ class Servable:
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
         self._closed = False
+        # Per-servable memo for callers (e.g. REST input specs per signature).
+        self.cache: dict[Any, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     @contextmanager

@@ -291,6 +291,7 @@ class ModelServer:
             log_level="warning",
             timeout_keep_alive=75,
             server_header=False,
+            proxy_headers=False,
             date_header=False,
         )
         server = _QuietUvicorn.make(config)
