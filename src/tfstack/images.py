@@ -55,11 +55,13 @@ CONTEXT_SCRIPTS = (
 BUILD_TARGET = "runtime"
 MANAGED_LABEL = "org.tfstack.managed"
 STAGE_LABEL = "org.tfstack.stage"  # set by the Dockerfile: deps, devel or runtime
-# The CPU features the TensorFlow wheel is compiled for, spelled as TensorFlow's cpu_feature_guard
-# prints them. The tensorflow-cpu x86_64 wheel is built with -mavx (TF's `--config=avx_linux`): on a
-# CPU with AVX2/FMA/AVX-512 it logs "To enable the following instructions: AVX2 AVX512F ... FMA"
-# and never lists SSE3/SSE4.1/SSE4.2/AVX, so those are what it requires; a CPU without AVX aborts.
-ISA_BASELINES = {"x86_64": "x86_64:SSE3,SSE4.1,SSE4.2,AVX"}
+SUPERSEDED_GRACE_S = 3600.0
+# The CPU features the TensorFlow wheel is compiled for (the format tfstack.isa parses). Measured,
+# not assumed: on this AVX-512 host, TF 2.21's cpu_feature_guard logs "To enable the following
+# instructions: AVX2 AVX512F AVX512_VNNI ... FMA" and never SSE3/SSE4.1/SSE4.2/AVX, so the x86_64
+# tensorflow-cpu wheel is built with -mavx (which implies SSE3, SSSE3, SSE4.1, SSE4.2); a CPU
+# without AVX aborts at import. tests/integration/test_runtime_image.py re-checks this in the image.
+ISA_BASELINES = {"x86_64": "x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX"}
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
 LOG_TAIL_LINES = 25
 
@@ -381,19 +383,24 @@ def build_image(
     )
 
 
-def remove_superseded(client: docker.DockerClient, *, keep: str) -> list[str]:
+def remove_superseded(
+    client: docker.DockerClient, *, keep: str, grace_s: float = SUPERSEDED_GRACE_S
+) -> list[str]:
     """Remove earlier runtime images that lost their tags to a newer build (they share all but
-    their last layers with it). Images still used by a container are left alone."""
+    their last layers with it). Images still used by a container, or younger than ``grace_s``
+    (another test session may be about to start one by id), are left alone."""
     removed: list[str] = []
     filters = {"dangling": True, "label": [f"{MANAGED_LABEL}=true", f"{STAGE_LABEL}=runtime"]}
-    for image in client.api.images(filters=filters, quiet=True):
-        if image == keep:
+    now = time.time()
+    for image in client.api.images(filters=filters):
+        image_id = str(image["Id"])
+        if image_id == keep or now - float(image.get("Created", now)) < grace_s:
             continue
         try:
-            client.api.remove_image(image, noprune=False)
+            client.api.remove_image(image_id, noprune=False)
         except docker.errors.APIError:
             continue  # in use by a container, or already gone
-        removed.append(image)
+        removed.append(image_id)
     return removed
 
 

@@ -104,7 +104,7 @@ def test_labels_record_versions_revision_and_isa(
     labels = docker_client.api.inspect_image(runtime_image.id)["Config"]["Labels"]
     assert labels["org.tfstack.managed"] == "true"
     assert labels["org.tfstack.tensorflow-version"] == "2.21.0"
-    assert labels["org.tfstack.isa"] == "x86_64:SSE3,SSE4.1,SSE4.2,AVX"
+    assert labels["org.tfstack.isa"] == "x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX"
     assert labels["org.opencontainers.image.version"] == "0.1.0"
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", labels["org.opencontainers.image.created"])
     commit = labels["org.opencontainers.image.revision"].removesuffix("-dirty")

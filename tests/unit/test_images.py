@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def test_plan_labels_record_versions_revision_and_isa() -> None:
     assert labels["org.opencontainers.image.created"] == SOURCE.created
     assert labels["org.opencontainers.image.base.name"] == "tfstack/debian:bookworm"
     assert labels["org.tfstack.tensorflow-version"] == "2.21.0"
-    assert labels["org.tfstack.isa"] == "x86_64:SSE3,SSE4.1,SSE4.2,AVX"
+    assert labels["org.tfstack.isa"] == "x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX"
     assert labels["org.tfstack.managed"] == "true"
     assert make_plan(arch="aarch64").labels["org.tfstack.isa"] == "aarch64:unknown"
 
@@ -121,7 +122,7 @@ def test_describe_lists_tags_args_labels_and_context() -> None:
     text = "\n".join(make_plan(no_cache=True).describe())
     assert "tfstack/serving-runtime:0.1.0, tfstack/serving-runtime:latest" in text
     assert "build arg BASE_IMAGE=tfstack/debian:bookworm" in text
-    assert "label org.tfstack.isa=x86_64:SSE3,SSE4.1,SSE4.2,AVX" in text
+    assert "label org.tfstack.isa=x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX" in text
     assert "wheelhouse/deps  <- " in text
     assert "layer cache: off" in text
 
@@ -211,9 +212,15 @@ class FakeAPI:
     def inspect_image(self, image: str) -> dict[str, Any]:
         return {"Id": image, "Size": 1_363_000_000}
 
-    def images(self, filters: dict[str, Any], quiet: bool) -> list[str]:
+    def images(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         self.image_filters = filters
-        return ["sha256:" + "c" * 64, "sha256:old", "sha256:busy"]
+        hour_ago = time.time() - 3700
+        return [
+            {"Id": "sha256:" + "c" * 64, "Created": time.time()},
+            {"Id": "sha256:old", "Created": hour_ago},
+            {"Id": "sha256:busy", "Created": hour_ago},
+            {"Id": "sha256:recent", "Created": time.time() - 60},
+        ]
 
     def remove_image(self, image: str, noprune: bool) -> None:
         if image == "sha256:busy":
@@ -266,8 +273,8 @@ def test_build_passes_the_plan_to_the_engine_and_tags_latest(tmp_path: Path) -> 
 
 
 def test_build_removes_runtime_images_it_superseded(tmp_path: Path) -> None:
-    """Old runtime images left untagged by a rebuild are removed; the new one and any still in
-    use by a container stay."""
+    """Old runtime images left untagged by a rebuild are removed; the new one, any still in use
+    by a container and any built within the last hour (another session may hold its id) stay."""
     repo = fake_repo(tmp_path)
     client = FakeClient(WARM_EVENTS)
     build_image(client, make_plan(root=repo), console=quiet_console(), scratch=repo / ".cache")  # type: ignore[arg-type]
