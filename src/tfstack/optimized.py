@@ -245,6 +245,7 @@ class BuildRequest:
     no_cache: bool = False  # Docker layer cache off (the Bazel cache still serves)
     cache_volume: str = CACHE_VOLUME
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    extra_bazel_options: tuple[str, ...] = ()  # appended to TF_SERVING_BAZEL_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,7 @@ def plan_optimized_build(request: BuildRequest, facts: BuildFacts) -> OptimizedB
     )
     devel_tag, runtime_tag = image_tags(request.repository, version, target)
     build_options = " ".join(target.build_options)
-    bazel_options = " ".join((*resources.options, *cache.options))
+    bazel_options = " ".join((*resources.options, *cache.options, *request.extra_bazel_options))
     if request.source is not None:
         source_description = (
             f"local tree {request.source} (sha256:{tree_digest(request.source)[:16]})"
