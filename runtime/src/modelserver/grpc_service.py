@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -48,6 +49,16 @@ def resolve_spec(manager: ModelManager, spec: Any) -> Servable:
     if kind == "version_label":
         return manager.resolve(spec.name, label=spec.version_label)
     return manager.resolve(spec.name)
+
+
+def serving_spec(manager: ModelManager, spec: Any) -> AbstractContextManager[Servable]:
+    """Hold the servable a ModelSpec addresses for one request."""
+    kind = spec.WhichOneof("version_choice")
+    if kind == "version":
+        return manager.serving(spec.name, version=spec.version.value)
+    if kind == "version_label":
+        return manager.serving(spec.name, label=spec.version_label)
+    return manager.serving(spec.name)
 
 
 def fill_status(response: Any, records: list[VersionRecord]) -> None:
@@ -131,8 +142,7 @@ class Services(
         self, request: Any, response: Any, run: Callable[[Servable, Any, Any], None]
     ) -> Callable[[], Any]:
         def work() -> Any:
-            servable = resolve_spec(self.manager, request.model_spec)
-            with servable.in_use():
+            with serving_spec(self.manager, request.model_spec) as servable:
                 run(servable, request, response)
             return response
 
@@ -161,9 +171,8 @@ class Services(
         spec = request.tasks[0].model_spec
 
         def work() -> Any:
-            servable = resolve_spec(self.manager, spec)
             response = inference_pb2.MultiInferenceResponse()
-            with servable.in_use():
+            with serving_spec(self.manager, spec) as servable:
                 inference.run_multi_inference(servable, request, response)
             return response
 

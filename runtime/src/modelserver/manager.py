@@ -20,8 +20,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -498,6 +499,22 @@ class ModelManager:
         if servable is None:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return servable
+
+    @contextmanager
+    def serving(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> Iterator[Servable]:
+        """Resolve and hold a servable for one request. A servable that starts unloading between
+        resolution and use is resolved again, so a rollout never fails a request."""
+        for _ in range(5):
+            servable = self.resolve(name, version, label)
+            if servable.try_acquire():
+                try:
+                    yield servable
+                finally:
+                    servable.release()
+                return
+        raise ServingError(Code.UNAVAILABLE, f"Model {name} is changing versions; retry")
 
     def label_version(self, name: str, label: str) -> int:
         route = self._routes.get(name)

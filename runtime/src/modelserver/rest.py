@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from google.protobuf import json_format
@@ -208,11 +209,16 @@ class RestApi:
             return self.manager.resolve(model, label=label)
         return self.manager.resolve(model, version=version)
 
+    def _serving(
+        self, model: str, version_text: str | None, label: str | None
+    ) -> AbstractContextManager[Servable]:
+        version = None if label is not None else _version(version_text)
+        return self.manager.serving(model, version=version, label=label)
+
     # -- handlers (run in the thread pool) -----------------------------------------------------
     def _predict(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_predict_request(body, self.limits)
-        servable = self._resolve(model, version, label)
-        with servable.in_use():
+        with self._serving(model, version, label) as servable:
             signature_name = request.signature_name or DEFAULT_SIGNATURE
             signature = servable.signatures.get(signature_name)
             if signature is None:
@@ -232,15 +238,13 @@ class RestApi:
 
     def _classify(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_examples_request(body, self.limits)
-        servable = self._resolve(model, version, label)
-        with servable.in_use():
+        with self._serving(model, version, label) as servable:
             found = servable.classify(request.signature_name, request.examples)
         return codec.encode_classify_response(found)
 
     def _regress(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_examples_request(body, self.limits)
-        servable = self._resolve(model, version, label)
-        with servable.in_use():
+        with self._serving(model, version, label) as servable:
             values = servable.regress(request.signature_name, request.examples)
         return codec.encode_regress_response(values)
 

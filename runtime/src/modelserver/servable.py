@@ -74,22 +74,31 @@ class Servable:
         self.cache: dict[Any, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        """Hold the servable for one request; False once it is closing."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()
+
     @contextmanager
     def in_use(self) -> Iterator[Servable]:
         """Hold the servable for one request; ``close`` waits until every holder is done."""
-        with self._lock:
-            if self._closed:
-                raise ServingError(
-                    Code.UNAVAILABLE, f"Servable {self.name} version {self.version} is unloading"
-                )
-            self._inflight += 1
+        if not self.try_acquire():
+            raise ServingError(
+                Code.UNAVAILABLE, f"Servable {self.name} version {self.version} is unloading"
+            )
         try:
             yield self
         finally:
-            with self._lock:
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._idle.notify_all()
+            self.release()
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new requests, wait for in-flight ones, then free the session."""

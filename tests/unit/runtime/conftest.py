@@ -94,8 +94,12 @@ class RunningServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = ModelServer(flags, host="127.0.0.1", grpc_port=0, rest_port=0)
-        self.endpoints: Endpoints = self._run(self.server.start(), timeout=120)
+        try:
+            self.server = ModelServer(flags, host="127.0.0.1", grpc_port=0, rest_port=0)
+            self.endpoints: Endpoints = self._run(self.server.start(), timeout=120)
+        except BaseException:
+            self._close_loop()
+            raise
         import grpc
 
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.endpoints.grpc_port}")
@@ -135,8 +139,12 @@ class RunningServer:
     def stop(self) -> None:
         self.channel.close()
         self._run(self.server.stop(grace=1))
+        self._close_loop()
+
+    def _close_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()
 
 
 def start_server(*args: str) -> RunningServer:

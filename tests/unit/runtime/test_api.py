@@ -207,6 +207,7 @@ def test_rest_classify_and_regress(served: RunningServer) -> None:
             "Malformed request: POST /v1/models/hp:explain",
         ),
         ("DELETE", "/v1/models/hp", None, 400, "Malformed request: DELETE /v1/models/hp"),
+        ("GET", "/v1/models", None, 400, "Missing model name in request."),
     ],
 )
 def test_rest_error_texts(  # noqa: PLR0917 (parametrized cases)
@@ -458,3 +459,22 @@ def test_grpc_reload_rejects_label_on_unavailable_version(served: RunningServer)
     with pytest.raises(grpc.RpcError) as caught:
         stub.HandleReloadConfigRequest(empty, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_accepts_messages_over_the_default_4mb(served: RunningServer) -> None:
+    """The server takes requests up to 2 GB; a client raising its own limit sends 8 MB."""
+    options = [
+        ("grpc.max_send_message_length", 1 << 26),
+        ("grpc.max_receive_message_length", 1 << 26),
+    ]
+    with grpc.insecure_channel(
+        f"127.0.0.1:{served.endpoints.grpc_port}", options=options
+    ) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        values = np.arange(2_000_000, dtype=np.float32)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "hp"
+        request.model_spec.version.value = 1
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(values))
+        response = stub.Predict(request, timeout=60)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]), values * 0.5 + 2)

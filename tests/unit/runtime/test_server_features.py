@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,3 +127,51 @@ def test_grpc_reload_adds_a_model_and_blocks_until_available(
     assert json.loads(server.request("GET", "/v1/models/b")[1])["model_version_status"][0][
         "state"
     ] in ("AVAILABLE", "UNLOADING", "END")
+
+
+def test_rollout_and_rollback_under_load_fail_no_request(
+    models: ModelFiles, tmp_path: Path, server_factory: Any
+) -> None:
+    """While versions change (new one in, old one out, then back) every request succeeds."""
+    models.place(tmp_path / "m", 1)
+    server: RunningServer = server_factory(
+        "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--file_system_poll_wait_seconds=1"
+    )
+    answers: list[Any] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            answers.append(server.post_json("/v1/models/m:predict", {"instances": [2.0]}))
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load)
+        models.place(tmp_path / "m", 2, "v2")
+        wait_for(
+            lambda: (
+                server.get_json("/v1/models/m/versions/1")[1]["model_version_status"][0]["state"]
+                == "END"
+            )
+        )
+        shutil.rmtree(tmp_path / "m" / "2")
+        wait_for(
+            lambda: (
+                server.get_json("/v1/models/m/versions/1")[1]["model_version_status"][0]["state"]
+                == "AVAILABLE"
+            )
+        )
+        wait_for(
+            lambda: (
+                server.get_json("/v1/models/m/versions/2")[1]["model_version_status"][0]["state"]
+                == "END"
+            )
+        )
+        stop.set()
+    results = {json.dumps(a) for a in answers}
+    assert results <= {
+        json.dumps([200, {"predictions": [3.0]}]),
+        json.dumps([200, {"predictions": [4.0]}]),
+    }
+    assert json.dumps([200, {"predictions": [4.0]}]) in results
+    assert len(answers) > 20
