@@ -397,6 +397,7 @@ class Lifecycle:
         client: Any = None,
         say: Say = lambda text: None,
         progress: Callable[[str], None] | None = None,
+        engine: Callable[..., Any] | None = None,
     ) -> None:
         self.spec_path = spec_path
         self.root = (root or project_root_for(spec_path)).resolve()
@@ -404,15 +405,19 @@ class Lifecycle:
         self._client = client
         self.say = say
         self.progress = progress
+        self._engine = engine
 
     # -- collaborators ------------------------------------------------------------------------
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            from tfstack.engine import ensure_engine
+            if self._engine is not None:
+                self._client = self._engine()
+            else:
+                from tfstack.engine import ensure_engine
 
-            self._client = ensure_engine(say=self.say)
+                self._client = ensure_engine(say=self.say)
         return self._client
 
     def stack(self, spec: StackSpec) -> Stack:
