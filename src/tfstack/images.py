@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from tfstack.baseimage import BaseImagePlan, apply_base_image, plan_base_image
+from tfstack.baseimage import LOCAL_BASE, BaseImagePlan, apply_base_image, plan_base_image
 from tfstack.errors import BuildError
 from tfstack.wheelhouse import (
     WheelhousePlan,
@@ -93,6 +93,10 @@ class ImageBuildPlan:
     context: tuple[ContextEntry, ...]
     no_cache: bool = False
     dockerfile: str = "Dockerfile"
+    # "none" when the base carries python3 and venv (tfstack's own base): the build then cannot
+    # reach any network, which proves everything came from the wheelhouse. A base without python3
+    # (debian:*-slim) needs apt, hence the default network.
+    network_mode: str | None = "none"
 
     @property
     def image(self) -> str:
@@ -106,6 +110,8 @@ class ImageBuildPlan:
         lines += [f"    {entry.target}  <- {entry.source}" for entry in self.context]
         if self.no_cache:
             lines.append("  layer cache: off (--no-cache)")
+        network = "none" if self.network_mode == "none" else "default (base needs apt)"
+        lines.append(f"  network during the build: {network}")
         return lines
 
 
@@ -135,6 +141,7 @@ def plan_runtime_image(
     source: SourceInfo,
     no_cache: bool = False,
     repository: str = RUNTIME_REPOSITORY,
+    base_has_python: bool = True,
 ) -> ImageBuildPlan:
     """The build of ``<repository>:<version>`` and ``:latest`` from the wheelhouse (pure)."""
     docker_dir = root / DOCKER_DIR
@@ -163,6 +170,7 @@ def plan_runtime_image(
         labels=labels,
         context=tuple(context),
         no_cache=no_cache,
+        network_mode="none" if base_has_python else None,
     )
 
 
@@ -348,6 +356,7 @@ def build_image(
                     buildargs=dict(plan.build_args),
                     labels=dict(plan.labels),
                     nocache=plan.no_cache,
+                    network_mode=plan.network_mode,
                     rm=True,
                     forcerm=True,
                     pull=False,
@@ -437,6 +446,8 @@ def plan_runtime_build(
         version=runtime_version(root / RUNTIME_DIR / "pyproject.toml"),
         source=source_info(root),
         no_cache=no_cache,
+        # tfstack's debootstrapped base carries python3 (BASE_PACKAGES); upstream's slim does not.
+        base_has_python=base.image == LOCAL_BASE.format(suite=base.suite),
     )
     return RuntimeImagePlans(base, wheelhouse, image)
 

@@ -75,6 +75,14 @@ def test_plan_tags_version_and_latest() -> None:
     assert make_plan(no_cache=True).no_cache
 
 
+def test_build_is_offline_unless_the_base_lacks_python() -> None:
+    """On tfstack's base the build runs with no network at all; only a base without python3
+    (upstream's slim image) gets the default network for apt."""
+    assert make_plan().network_mode == "none"
+    assert "  network during the build: none" in make_plan().describe()
+    assert make_plan(base_has_python=False).network_mode is None
+
+
 def test_plan_labels_record_versions_revision_and_isa() -> None:
     """Labels say what the image carries: versions, source revision and time, ISA, managed."""
     labels = make_plan().labels
@@ -262,6 +270,7 @@ def test_build_passes_the_plan_to_the_engine_and_tags_latest(tmp_path: Path) -> 
     assert kwargs["buildargs"] == {"BASE_IMAGE": "tfstack/debian:bookworm"}
     assert kwargs["labels"] == dict(plan.labels)
     assert kwargs["pull"] is False and kwargs["decode"] is True and kwargs["nocache"] is False
+    assert kwargs["network_mode"] == "none"
     assert "Dockerfile" in client.api.context_files
     assert client.api.tags == [("sha256:" + "c" * 64, "tfstack/serving-runtime", "latest")]
     assert built.id == "sha256:" + "c" * 64
