@@ -28,7 +28,7 @@ from tfstack.errors import UsageError
 
 Say = Callable[[str], None]
 
-BENCHMARK_MODULES: tuple[str, ...] = ()
+BENCHMARK_MODULES: tuple[str, ...] = ("tfstack.bench_up",)
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
 
