@@ -170,7 +170,7 @@ def bench(c: Context, what: str | None = None, runs: int = 0) -> None:
     }
 )
 def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
-    """Build the runtime image tfstack/serving-runtime (no registry, no network inside the build)."""
+    """Build the runtime image tfstack/serving-runtime: no registry, no network in the build."""
     from tfstack.engine import docker_client, ensure_engine
     from tfstack.images import apply_runtime_build, plan_runtime_build
 
