@@ -428,6 +428,85 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
     print("\n".join(result.summary()))
 
 
+@task(
+    help={
+        "model": "the model to roll out",
+        "version": "the new version number (higher than every served version)",
+        "source": "a SavedModel directory or a Keras .keras/.h5 file to stage as that version",
+        "canary": "stop after labelling the new version `canary` (stable stays)",
+        "promote": "promote the canary in progress to stable",
+        "dry_run": "print the plan and the config transitions; change nothing",
+        "allow_signature_change": "accept signatures incompatible with the stable version",
+        "resume": "finish an interrupted rollout from its journal",
+        "abort": "undo an interrupted or failed rollout from its journal",
+        "retire_previous": "also unload the previous stable version after the drain",
+        "drain": "seconds between promotion and unloading retired versions (default 2)",
+        "latency_factor": "max candidate/stable median latency in the side instance (default 2)",
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+    }
+)
+def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
+    c: Context,
+    model: str = "",
+    version: int = 0,
+    source: str = "",
+    canary: bool = False,
+    promote: bool = False,
+    dry_run: bool = False,
+    allow_signature_change: bool = False,
+    resume: bool = False,
+    abort: bool = False,
+    retire_previous: bool = False,
+    drain: float = 2.0,
+    latency_factor: float = 2.0,
+    spec: str = DEFAULT_SPEC,
+) -> None:
+    """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
+    from tfstack.rollout import Context as RolloutContext
+    from tfstack.rollout import RolloutRequest, run_rollout
+
+    if not model:
+        raise Exit("tfstack: error: --model is required (see --help)", code=2)
+    if not (version or promote or resume or abort):
+        raise Exit("tfstack: error: --version is required for a rollout (see --help)", code=2)
+    spec_path = spec_file(spec)
+    source_path = str(Path(source).resolve()) if source else None
+    request = RolloutRequest(
+        model=model,
+        version=version or None,
+        source=source_path,
+        canary=canary,
+        promote=promote,
+        allow_signature_change=allow_signature_change,
+        keep_previous=not retire_previous,
+        drain_s=drain,
+        latency_factor=latency_factor,
+    )
+    context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
+    outcome = call(run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort)
+    print(outcome.summary)
+
+
+@task(
+    help={
+        "model": "the model to roll back",
+        "dry_run": "print the plan and the config transitions; change nothing",
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+    }
+)
+def rollback(c: Context, model: str = "", dry_run: bool = False, spec: str = DEFAULT_SPEC) -> None:
+    """Move labels back to the previous version (reloaded if retired); unload the bad one."""
+    from tfstack.rollout import Context as RolloutContext
+    from tfstack.rollout import run_rollback
+
+    if not model:
+        raise Exit("tfstack: error: --model is required (see --help)", code=2)
+    spec_path = spec_file(spec)
+    context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
+    outcome = call(run_rollback, context, dry_run=dry_run)
+    print(outcome.summary)
+
+
 ns = Collection(
     engine,
     test,
@@ -445,4 +524,6 @@ ns = Collection(
     logs,
     models,
     build_optimized,
+    rollout,
+    rollback,
 )
