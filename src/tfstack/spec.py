@@ -49,7 +49,8 @@ class SampleRequest(_Frozen):
     """A request used for smoke tests after start, verification during rollouts and benchmarks.
 
     ``body`` is a TF Serving REST request body (``{"instances": ...}`` or ``{"inputs": ...}``;
-    ``examples`` for classify/regress). ``body_file`` names a JSON file (relative to the spec) instead.
+    ``examples`` for classify/regress). ``body_file`` names a JSON file (relative to the spec)
+    instead.
     """
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
@@ -112,9 +113,9 @@ class ServingSpec(_Frozen):
     user: str = Field(default="1000:1000", description="uid:gid the server runs as (never root).")
     healthcheck: bool = Field(
         default=True,
-        description="Add a Compose healthcheck running `modelserver-probe` in the container; healthy "
-        "only when every declared model version and label is AVAILABLE. Set false for images without "
-        "the probe (the official tensorflow/serving image has none).",
+        description="Add a Compose healthcheck running `modelserver-probe` in the container; "
+        "healthy only when every declared model version and label is AVAILABLE. Set false for "
+        "images without the probe (the official tensorflow/serving image has none).",
     )
 
 
@@ -183,7 +184,7 @@ CONTAINER_CONFIG_DIR = "/config"
 
 
 def model_repository_dir(spec: StackSpec, spec_path: Path) -> Path:
-    """The host directory mounted read-only at /models (relative paths are from the spec's folder)."""
+    """The host directory mounted read-only at /models (relative to the spec's folder)."""
     root = Path(spec.model_repository)
     return root if root.is_absolute() else (spec_dir(spec_path) / root).resolve()
 
