@@ -44,6 +44,10 @@ def configure_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = image_argv(sys.argv[1:] if argv is None else argv, os.environ)
+    if any(arg in ("--help", "-help", "-h", "--helpfull") for arg in args):
+        # Like upstream: the flag list, and no attempt to start a server.
+        print(usage())
+        return 0
     try:
         flags = parse_flags(args)
     except FlagError as exc:

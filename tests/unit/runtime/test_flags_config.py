@@ -135,3 +135,12 @@ def test_session_parallelism_flags() -> None:
                 ]
             )
         )
+
+
+def test_help_prints_the_flag_list_and_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tensorflow_model_server --help` lists flags and exits instead of starting a server."""
+    from modelserver.main import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--rest_api_port=0" in out and "--model_config_file" in out
