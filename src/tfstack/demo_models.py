@@ -380,7 +380,10 @@ def write_resnet(path: Path, *, seed: int = RESNET_SEED) -> None:
         }
 
     module = tf.Module()
-    module.network = network
+    # Track the backing tf.Variables, not the Keras 3 wrappers: tracking ``network`` saves a
+    # second set of variables that the TF1/C++ SavedModel loader (TF Serving's) restores while
+    # the serving graph reads the uninitialised first set ("Could not find variable ...").
+    module.weights_ = [weight.value for weight in network.weights]
     module.serve = tf.function(
         serve, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
     )
