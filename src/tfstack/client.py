@@ -659,7 +659,7 @@ def matches_expected(actual: Any, expected: Any, tolerance: float) -> bool:
             )
         )
     if isinstance(expected, bool) or isinstance(actual, bool):
-        return bool(actual == expected)
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
         return math.isclose(actual, expected, rel_tol=0.0, abs_tol=tolerance)
     equal: bool = actual == expected
