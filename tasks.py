@@ -484,7 +484,8 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     )
     context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
     outcome = call(run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort)
-    print(outcome.summary)
+    if not outcome.dry_run:
+        print(outcome.summary)
 
 
 @task(
@@ -504,7 +505,8 @@ def rollback(c: Context, model: str = "", dry_run: bool = False, spec: str = DEF
     spec_path = spec_file(spec)
     context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
     outcome = call(run_rollback, context, dry_run=dry_run)
-    print(outcome.summary)
+    if not outcome.dry_run:
+        print(outcome.summary)
 
 
 ns = Collection(

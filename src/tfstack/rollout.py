@@ -610,7 +610,8 @@ def _failure_error(
     evidence = list(exc.evidence) if isinstance(exc, RolloutError) else []
     message = exc.message if isinstance(exc, TfstackError) else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, RolloutError):
-        message = str(exc).split("\n", 1)[0]
+        first = str(exc).split("\n", 1)[0]
+        message = first.split(": ", 1)[1] if first.startswith("model ") and ": " in first else first
     restored = (
         "the previous config, labels and versions were restored"
         if result.restored

@@ -251,6 +251,8 @@ def observe(
         models.append(model_status(expectation, observation))
     if not running:
         server_error = "no serving container is running"
+    if rollout is None:
+        rollout = _rollouts_in_progress(project, spec_path)
     return StackStatus(
         project=project,
         spec=spec_path,
@@ -261,6 +263,18 @@ def observe(
         server_error=server_error,
         rollout=rollout,
     )
+
+
+def _rollouts_in_progress(project: str, spec_path: str) -> Mapping[str, Any] | None:
+    """Unfinished rollouts from the journals under ``<root>/state/rollouts/<project>/``."""
+    from pathlib import Path
+
+    from tfstack.journal import status_summary
+
+    try:
+        return status_summary(Path(spec_path).resolve().parent.parent, project)
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------

