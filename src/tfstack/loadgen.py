@@ -233,9 +233,11 @@ class LoadGenerator:
         return self.report
 
     def wait(self) -> LoadReport:
-        """Run until a cap is reached, then return the report."""
-        if self._thread is not None:
-            self._thread.join()
+        """Run (starting if needed) until a cap is reached, then return the report."""
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        self._thread.join()
         return self.stop()
 
     def __enter__(self) -> LoadGenerator:
