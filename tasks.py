@@ -7,6 +7,7 @@ message and an exit code (2 for bad input, 1 for failures). `./tfstack --list` s
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from invoke.tasks import task
 from tfstack.errors import TfstackError
 
 ROOT = Path(__file__).resolve().parent
+# TensorFlow's C++ INFO lines (oneDNN, CPU features) drown tfstack's own output when tasks import
+# it (models, rollout); warnings and errors still show. Set at the application edge only.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_SPEC = "config/stack.yaml"
 
 T = TypeVar("T")
@@ -147,9 +151,13 @@ def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
     help={
         "what": "the benchmark to run, e.g. render; `invoke bench -h` lists them",
         "runs": "timed repetitions (default: the benchmark's own)",
+        "image": "bench this image instead of the local server (serve; repeat for two)",
     },
+    iterable=["image"],
 )
-def bench(c: Context, what: str | None = None, runs: int = 0) -> None:
+def bench(
+    c: Context, what: str | None = None, runs: int = 0, image: list[str] | None = None
+) -> None:
     """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
     from tfstack.bench import describe_benchmarks, run_benchmark
 
@@ -157,7 +165,7 @@ def bench(c: Context, what: str | None = None, runs: int = 0) -> None:
         # invoke hands a trailing --help to a missing positional; answer it here.
         print(describe_benchmarks())
         return
-    result = call(run_benchmark, what, runs=runs or None, say=say)
+    result = call(run_benchmark, what, runs=runs or None, say=say, images=tuple(image or ()))
     print(result.report())
     if not result.met:
         raise Exit(code=1)
