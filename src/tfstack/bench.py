@@ -28,7 +28,11 @@ from tfstack.errors import UsageError
 
 Say = Callable[[str], None]
 
-BENCHMARK_MODULES: tuple[str, ...] = ("tfstack.bench_up", "tfstack.bench_rollout")
+BENCHMARK_MODULES: tuple[str, ...] = (
+    "tfstack.bench_up",
+    "tfstack.bench_serve",
+    "tfstack.bench_rollout",
+)
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
 
@@ -38,6 +42,8 @@ class BenchContext:
 
     runs: int | None = None
     say: Say = lambda text: None
+    images: tuple[str, ...] = ()
+    """Images to bench instead of the local server (``invoke bench serve --image``)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,11 @@ def _name(item: Benchmark) -> str:
 
 
 def run_benchmark(
-    what: str, *, runs: int | None = None, say: Say = lambda text: None
+    what: str,
+    *,
+    runs: int | None = None,
+    say: Say = lambda text: None,
+    images: tuple[str, ...] = (),
 ) -> BenchResult:
     """Run the benchmark called ``what``; UsageError (exit 2) for an unknown name or bad runs."""
     _load_plugins()
@@ -118,7 +128,9 @@ def run_benchmark(
     if runs is not None and not 1 <= runs <= 1000:
         raise UsageError(f"--runs must be between 1 and 1000, not {runs}")
     chosen = BENCHMARKS[what]
-    return chosen.function(BenchContext(runs=runs or chosen.default_runs, say=say))
+    return chosen.function(
+        BenchContext(runs=runs or chosen.default_runs, say=say, images=tuple(images))
+    )
 
 
 # --------------------------------------------------------------------------- render (target #10)
