@@ -137,29 +137,42 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 def run_load(spec: LoadSpec) -> LoadResult:
     """Run ``spec`` in a separate client process (pinned to ``spec.cpus`` when given)."""
-    command = [sys.executable, "-c", "from tfstack.bench_serve import _load_main; _load_main()"]
-    if spec.cpus is not None:
-        command = ["taskset", "-c", spec.cpus, *command]
-    budget = min(spec.seconds, HARD_MAX_SECONDS) + spec.warmup_s + 60
-    result = subprocess.run(
-        command, input=spec.to_json(), capture_output=True, text=True, timeout=budget, check=False
-    )
-    if result.returncode != 0:
-        raise StackError(
-            f"the bench load client failed ({spec.kind} on port {spec.port}): "
-            f"{result.stderr.strip()[-800:]}"
+    with tempfile.TemporaryDirectory(prefix="tfstack-load-") as tmp:
+        output = Path(tmp) / "result.json"
+        command = [
+            sys.executable,
+            "-c",
+            "from tfstack.bench_serve import _load_main; _load_main()",
+            str(output),
+        ]
+        if spec.cpus is not None:
+            command = ["taskset", "-c", spec.cpus, *command]
+        budget = min(spec.seconds, HARD_MAX_SECONDS) + spec.warmup_s + 60
+        result = subprocess.run(
+            command,
+            input=spec.to_json(),
+            capture_output=True,
+            text=True,
+            timeout=budget,
+            check=False,
         )
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+        if result.returncode != 0 or not output.exists():
+            raise StackError(
+                f"the bench load client failed ({spec.kind} on port {spec.port}): "
+                f"{result.stderr.strip()[-800:]}"
+            )
+        data = json.loads(output.read_text(encoding="utf-8"))
     return LoadResult(**data)
 
 
 def _load_main() -> None:
-    """Entry of the load client process: spec as JSON on stdin, result as JSON on stdout."""
+    """Entry of the load client process: spec as JSON on stdin, result as JSON into the file
+    named by the first argument (not stdout: the event loop may make stdout non-blocking)."""
     import uvloop
 
     spec = LoadSpec.from_json(sys.stdin.read())
     result = uvloop.run(_drive(spec))
-    print(json.dumps(result.__dict__))
+    Path(sys.argv[1]).write_text(json.dumps(result.__dict__), encoding="utf-8")
 
 
 async def _drive(spec: LoadSpec) -> LoadResult:
