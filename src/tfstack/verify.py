@@ -54,6 +54,7 @@ LATENCY_FLOOR_S = 0.005
 LATENCY_ROUNDS = 15
 WARMUP_ROUNDS = 3
 READY_TIMEOUT_S = 180.0
+VERIFIER_CPU_SHARES = 128
 
 Say = Callable[[str], None]
 
@@ -266,6 +267,9 @@ class SideInstance:
                 str(self.config_dir): {"bind": CONFIG_MOUNT, "mode": "ro"},
             },
             tmpfs={"/tmp": "size=64m"},
+            # Low CPU weight: under contention the serving containers (weight 1024) win, so the
+            # side instance's model load does not show in production latency.
+            cpu_shares=VERIFIER_CPU_SHARES,
             security_opt=["no-new-privileges"],
             cap_drop=["ALL"],
             **kwargs,
