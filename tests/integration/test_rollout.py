@@ -343,3 +343,52 @@ def test_rollback_returns_every_client_to_the_previous_version(
     assert spec_model(scenario)["policy"] == {"specific": [1]}
     assert served_versions(scenario).get(2) != "AVAILABLE"
     assert (scenario.model_dir / "2").is_dir()  # rollback never deletes a version
+
+
+def test_canary_promote_retire_and_rollback_of_a_retired_version(
+    scenario: RolloutScenario, candidates: dict[str, Path]
+) -> None:
+    """--canary stops with stable on v1 (only `canary` and unlabelled clients get v2); --promote
+    with retirement moves stable to v2 and unloads v1 after the drain; rollback then loads v1
+    again before moving the label. Zero failed requests throughout."""
+    marks = Marks()
+    context = scenario.context(say)
+    with scenario.load(max_seconds=60) as generator:
+        time.sleep(1.0)
+        canary = run_rollout(
+            context,
+            RolloutRequest(MODEL, version=2, source=str(candidates["good"]), canary=True),
+            on_step=marks,
+        )
+        assert canary.journal.status == "canary"
+        assert spec_model(scenario)["labels"] == {"stable": 1, "canary": 2}
+        canary_done = time.monotonic()
+        time.sleep(TAIL_S)
+        promoted_at = time.monotonic()
+        run_rollout(
+            context,
+            RolloutRequest(MODEL, promote=True, keep_previous=False, drain_s=1.0),
+        )
+        promote_done = time.monotonic()
+        assert spec_model(scenario)["policy"] == {"specific": [2]}
+        assert served_versions(scenario).get(1) != "AVAILABLE"
+        time.sleep(TAIL_S)
+        rollback_at = time.monotonic()
+        outcome = run_rollback(context)
+        rolled_back = time.monotonic()
+        time.sleep(TAIL_S)
+    report = generator.report
+    print(report.summary(), file=sys.stderr)
+    assert_no_failures(report)
+    stable_during_canary = [
+        s for s in report.window(None, promoted_at) if s.target.endswith("/stable")
+    ]
+    assert stable_during_canary and all(s.value == V1_VALUE for s in stable_during_canary)
+    unlabelled_canary = report.window(canary_done, promoted_at)
+    assert any(s.value == V2_VALUE for s in unlabelled_canary if s.target.endswith("/default"))
+    between = report.window(promote_done, rollback_at)
+    assert between and all(s.value == V2_VALUE for s in between)
+    assert [r.step.name for r in outcome.journal.steps] == ["reload_previous", "rollback"]
+    after = report.window(rolled_back)
+    assert after and all(s.value == V1_VALUE for s in after)
+    assert spec_model(scenario)["labels"] == {"stable": 1}
