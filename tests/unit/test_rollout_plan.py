@@ -246,3 +246,48 @@ def test_dry_run_text_shows_every_config_transition() -> None:
     assert "latest 1; labels stable=1" in text
     assert "->  specific [1]; labels stable=1" in text
     assert "->  specific [1, 2]; labels stable=2" in text
+
+
+def test_each_replica_is_reached_through_its_own_published_ports() -> None:
+    """With replicas, every running serving container is reloaded on the host ports Compose
+    published for it; without containers the spec's ports are used."""
+    from tfstack.rollout import replicas_of
+    from tfstack.spec import StackSpec
+    from tfstack.stack import ContainerInfo
+
+    spec = StackSpec.model_validate(
+        {
+            "project": "p",
+            "models": [{"name": "m"}],
+            "serving": {"grpc_port": 9000, "rest_port": 9100, "replicas": 2},
+        }
+    )
+
+    def container(name: str, grpc: str, rest: str, state: str = "running") -> ContainerInfo:
+        return ContainerInfo(
+            id=name,
+            name=name,
+            service="serving",
+            state=state,
+            health=None,
+            exit_code=None,
+            started_at="",
+            image_id="",
+            config_hash="",
+            ports={"9000/tcp": [("127.0.0.1", grpc)], "9100/tcp": [("127.0.0.1", rest)]},
+        )
+
+    replicas = replicas_of(
+        spec,
+        [
+            container("s-1", "9001", "9101"),
+            container("s-2", "9000", "9100"),
+            container("s-3", "9002", "9102", "exited"),
+        ],
+    )
+    assert [(r.name, r.grpc_target, r.rest_url) for r in replicas] == [
+        ("s-1", "127.0.0.1:9001", "http://127.0.0.1:9101"),
+        ("s-2", "127.0.0.1:9000", "http://127.0.0.1:9100"),
+    ]
+    (fallback,) = replicas_of(spec, [])
+    assert fallback.grpc_target == "127.0.0.1:9000"
