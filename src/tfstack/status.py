@@ -265,6 +265,21 @@ def observe(
     )
 
 
+def _rollout_line(model: str, info: Any) -> str:
+    """One line per unfinished rollout (journal summary) for the table."""
+    if not isinstance(info, Mapping):
+        return f"rollout in progress: {model}: {info}"
+    text = (
+        f"{info.get('action', 'rollout')} of {model} to version {info.get('version')}: "
+        f"{info.get('state')} at step {info.get('step')}"
+    )
+    if info.get("error"):
+        text += f" ({info['error']})"
+    if info.get("next"):
+        text += f"; next: {info['next']}"
+    return text
+
+
 def _rollouts_in_progress(project: str, spec_path: str) -> Mapping[str, Any] | None:
     """Unfinished rollouts from the journals under ``<root>/state/rollouts/<project>/``."""
     from pathlib import Path
@@ -341,8 +356,8 @@ def render_table(status: StackStatus) -> Any:
     parts: list[Any] = [models, services]
     if status.server_error:
         parts.append(Text(f"server: {status.server_error}", style="red"))
-    if status.rollout:
-        parts.append(Text(f"rollout in progress: {status.rollout}", style="yellow"))
+    for name, info in sorted((status.rollout or {}).items()):
+        parts.append(Text(_rollout_line(name, info), style="yellow"))
     verdict = Text("OK" if status.ok else "NOT OK", style="bold green" if status.ok else "bold red")
     parts.append(Text.assemble("stack ", verdict, f"  (observed {status.observed_at})"))
     return Group(*parts)

@@ -134,3 +134,37 @@ def test_model_state_describes_policies() -> None:
     assert ModelState({"latest": 2}, {}).describe() == "latest 2; labels none"
     assert ModelState({"all": True}, {"b": 2, "a": 1}).describe() == "all; labels a=1, b=2"
     assert ModelState.pinned([3, 1, 3], {"stable": 3}).specific == (1, 3)
+
+
+def test_status_table_shows_an_unfinished_rollout_with_the_next_command(tmp_path: Path) -> None:
+    """invoke status finds the journal next to the spec and prints one line per rollout."""
+    from rich.console import Console
+
+    from tfstack.status import observe
+
+    interrupted = make(pid=dead_pid())
+    write_journal(tmp_path, interrupted)
+    (tmp_path / "config").mkdir()
+
+    class NoRest:
+        base_url = "http://127.0.0.1:1"
+
+    status = observe(
+        project="p",
+        spec_path=str(tmp_path / "config" / "stack.yaml"),
+        rest=NoRest(),  # type: ignore[arg-type]
+        expectations=[],
+        containers=[],
+        host="127.0.0.1",
+        rest_port=1,
+        grpc_port=2,
+    )
+    assert status.rollout is not None and status.rollout["m"]["state"] == "interrupted"
+    assert status.to_json()["rollout"]["m"]["step"] == "load"
+    from tfstack.status import render_table
+
+    console = Console(width=200, record=True)
+    console.print(render_table(status))
+    text = console.export_text()
+    assert "rollout of m to version 2: interrupted at step load" in text
+    assert "invoke rollout --model m --resume" in text
