@@ -1,9 +1,11 @@
-"""The REST API of contract section 5 as a bare ASGI application (served by uvicorn + httptools).
+"""The REST API of contract section 5, served by :mod:`modelserver.httpserver` (also an ASGI app).
 
 Routing follows upstream's two regular expressions; anything else under ``/v1/`` is
 ``Malformed request: <METHOD> <path>`` (400) and paths outside ``/v1/`` get a plain 404, except the
 Prometheus path when monitoring is on. Bodies are read up to a size limit (413 beyond it). The
-whole request (JSON decode, inference, JSON encode) runs in the inference thread pool, one hop.
+whole request (JSON decode, inference, JSON encode) runs in one place: inline on the event loop
+when :class:`~modelserver.dispatch.InlinePolicy` knows the handler is cheap (tiny models, small
+bodies, no batching), otherwise in the inference thread pool, one hop.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from modelserver import codec
+from modelserver.dispatch import InlinePolicy
 from modelserver.grpc_service import model_status
 from modelserver.manager import ModelManager
 from modelserver.metrics import Metrics
@@ -37,7 +40,13 @@ STATUS_API = re.compile(
 )
 V1 = re.compile(r"(?i)/v1/.*", re.DOTALL)
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON = b"application/json"
+JSON_HEADERS = [(b"content-type", JSON)]
+METRICS_TYPE = b"text/plain; version=0.0.4"
+HTML = b"text/html"
+INFERENCE_APIS = frozenset({"predict", "classify", "regress"})
+Answer = tuple[int, bytes, bytes]
+"""(HTTP status, content type, body)."""
 NOT_FOUND_BODY = (
     b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
     b"</BODY></HTML>\n"
@@ -90,6 +99,60 @@ class RestApi:
         self.predictor: Predictor = predictor or (
             lambda servable, signature, tensors: servable.predict(signature, tensors)
         )
+        # A batching predictor waits for other requests: it must never run on the event loop.
+        self.inline = InlinePolicy(enabled=predictor is None)
+
+    # -- HTTP entry (modelserver.httpserver) ------------------------------------------------------
+    def handle(self, method: str, path: str, body: bytes) -> Answer | Awaitable[Answer]:
+        """One request: an answer right away (routing errors, cheap inline handlers) or a
+        coroutine for work in the pool."""
+        if self.metrics_path is not None and path == self.metrics_path and method == "GET":
+            return 200, METRICS_TYPE, self.metrics.render().encode("utf-8")
+        if not V1.fullmatch(path):
+            return 404, HTML, NOT_FOUND_BODY
+        started = time.perf_counter()
+        model = ""
+        api = "unknown"
+        try:
+            api, model, work = self._route(method, path, body)
+            if api in INFERENCE_APIS and self.inline.inline((api, model), len(body)):
+                payload = self.inline.run_inline((api, model), work)
+            else:
+                return self._pooled(api, model, work, started)
+        except Exception as exc:
+            return self._failed(exc, api, model, started)
+        if model:
+            self.metrics.record_request(
+                model, api, "REST", "OK", (time.perf_counter() - started) * 1e6
+            )
+        return 200, JSON, payload
+
+    async def _pooled(
+        self, api: str, model: str, work: Callable[[], bytes], started: float
+    ) -> Answer:
+        if api in INFERENCE_APIS:
+            work = self.inline.timed((api, model), work)
+        try:
+            payload = await self._in_pool(work)
+        except Exception as exc:
+            return self._failed(exc, api, model, started)
+        if model:
+            self.metrics.record_request(
+                model, api, "REST", "OK", (time.perf_counter() - started) * 1e6
+            )
+        return 200, JSON, payload
+
+    def _failed(self, exc: Exception, api: str, model: str, started: float) -> Answer:
+        error = as_serving_error(exc) or ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if model:
+            self.metrics.record_request(
+                model, api, "REST", error.code.name, (time.perf_counter() - started) * 1e6
+            )
+        return error.http_status, JSON, _error_body(error.message)
+
+    def too_large(self, size: int, limit: int) -> Answer:
+        error = _too_large(size, limit)
+        return error.http_status, JSON, _error_body(error.message)
 
     # -- ASGI entry --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,8 +177,9 @@ class RestApi:
                 send, body_or_error.http_status, _error_body(body_or_error.message), JSON_HEADERS
             )
             return
-        status, payload = await self._dispatch(method, path, body_or_error)
-        await _respond(send, status, payload, JSON_HEADERS)
+        answer = self.handle(method, path, body_or_error)
+        status, content_type, payload = answer if isinstance(answer, tuple) else await answer
+        await _respond(send, status, payload, [(b"content-type", content_type)])
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | ServingError:
         limit = self.max_body_bytes
@@ -144,64 +208,47 @@ class RestApi:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- routing -------------------------------------------------------------------------------
-    async def _dispatch(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        started = time.perf_counter()
-        model = ""
-        api = "unknown"
-        try:
-            if method == "POST" and (match := PREDICTION_API.fullmatch(path)):
-                model, version_text, label, verb = match.groups()
-                api = verb.lower()
-                handler = {
-                    "predict": self._predict,
-                    "classify": self._classify,
-                    "regress": self._regress,
-                }[api]
-                work = _bind(handler, model, version_text, label, body)
-            elif method == "GET" and (match := STATUS_API.fullmatch(path)):
-                model, version_text, label, sub = match.groups()
-                model = model or ""
-                if sub is not None and sub.lower() == "metadata":
-                    api = "get_model_metadata"
-                    work = _bind(self._metadata, model, version_text, label, body)
-                else:
-                    api = "get_model_status"
-                    work = _bind(self._status, model, version_text, label, body)
-            else:
-                raise invalid_argument(f"Malformed request: {method} {path}")
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.executor, work)
-            if self.timeout is None:
-                payload = await future
-            else:
-                expired: list[bool] = []
-                handle = loop.call_later(self.timeout, _expire, future, expired)
-                try:
-                    payload = await future
-                except asyncio.CancelledError:
-                    if not expired:
-                        raise
-                    raise ServingError(
-                        Code.DEADLINE_EXCEEDED,
-                        f"Request timed out after {self.timeout * 1000:.0f} ms "
-                        "(--rest_api_timeout_in_ms)",
-                    ) from None
-                finally:
-                    handle.cancel()
-        except Exception as exc:
-            error = as_serving_error(exc) or ServingError(
-                Code.INTERNAL, f"{type(exc).__name__}: {exc}"
-            )
-            if model:
-                self.metrics.record_request(
-                    model, api, "REST", error.code.name, (time.perf_counter() - started) * 1e6
+    def _route(self, method: str, path: str, body: bytes) -> tuple[str, str, Callable[[], bytes]]:
+        """(api, model, work) for a request under /v1/; INVALID_ARGUMENT for anything else."""
+        if method == "POST" and (match := PREDICTION_API.fullmatch(path)):
+            model, version_text, label, verb = match.groups()
+            api = verb.lower()
+            handler = {
+                "predict": self._predict,
+                "classify": self._classify,
+                "regress": self._regress,
+            }[api]
+            return api, model, _bind(handler, model, version_text, label, body)
+        if method == "GET" and (match := STATUS_API.fullmatch(path)):
+            model, version_text, label, sub = match.groups()
+            model = model or ""
+            if sub is not None and sub.lower() == "metadata":
+                return (
+                    "get_model_metadata",
+                    model,
+                    _bind(self._metadata, model, version_text, label, body),
                 )
-            return error.http_status, _error_body(error.message)
-        if model:
-            self.metrics.record_request(
-                model, api, "REST", "OK", (time.perf_counter() - started) * 1e6
-            )
-        return 200, payload
+            return "get_model_status", model, _bind(self._status, model, version_text, label, body)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    async def _in_pool(self, work: Callable[[], bytes]) -> bytes:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, work)
+        if self.timeout is None:
+            return await future
+        expired: list[bool] = []
+        handle = loop.call_later(self.timeout, _expire, future, expired)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"Request timed out after {self.timeout * 1000:.0f} ms (--rest_api_timeout_in_ms)",
+            ) from None
+        finally:
+            handle.cancel()
 
     def _resolve(self, model: str, version_text: str | None, label: str | None) -> Servable:
         version = _version(version_text)

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,21 +69,6 @@ def startup_config(flags: Flags) -> Any:
     return config_module.single_model_config(flags.model_name, flags.model_base_path)
 
 
-class _QuietUvicorn:
-    """uvicorn.Server without its own signal handling (the model server owns SIGTERM/SIGINT)."""
-
-    @staticmethod
-    def make(config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        return Server(config)
-
-
 class ModelServer:
     """One server instance. ``host`` and port overrides exist for in-process tests (0 = any)."""
 
@@ -130,7 +115,6 @@ class ModelServer:
         self._config_text: bytes | None = None
         self._grpc: Any = None
         self._rest: Any = None
-        self._rest_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
         self.endpoints: Endpoints | None = None
@@ -249,8 +233,7 @@ class ModelServer:
         return predict
 
     async def _start_rest(self) -> None:
-        import uvicorn
-
+        from modelserver.httpserver import HttpServer
         from modelserver.rest import RestApi
 
         predictor = None
@@ -282,26 +265,14 @@ class ModelServer:
         sock.listen(1024)
         sock.setblocking(False)
         port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=75,
-            server_header=False,
-            proxy_headers=False,
-            date_header=False,
+        server = HttpServer(
+            app.handle,
+            max_body_bytes=self.flags.rest_api_max_body_bytes,
+            too_large=app.too_large,
+            keep_alive_timeout=75.0,
         )
-        server = _QuietUvicorn.make(config)
+        await server.start(sock)
         self._rest = server
-        self._rest_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if self._rest_task.done():
-                self._rest_task.result()
-                raise StartupError("UNAVAILABLE: the REST server stopped during startup")
-            await asyncio.sleep(0.01)
         assert self.endpoints is not None
         self.endpoints = Endpoints(self.endpoints.grpc_port, port)
         log.info("Exporting HTTP/REST API at:localhost:%d ...", port)
@@ -342,13 +313,14 @@ class ModelServer:
         """Graceful shutdown: stop accepting, finish in-flight requests, unload models."""
         if self._poll_task is not None:
             self._poll_task.cancel()
+        rest_stopped = None
         if self._rest is not None:
-            self._rest.should_exit = True
+            rest_stopped = asyncio.ensure_future(self._rest.shutdown(grace))
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        if self._rest_task is not None:
+        if rest_stopped is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._rest_task, grace + 1)
+                await asyncio.wait_for(rest_stopped, grace + 1)
         if self.batcher is not None:
             self.batcher.close()
         self.manager.stop()
