@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from tensorflow_serving.apis import (
@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
 
 from modelserver import config as config_module
 from modelserver import inference
+from modelserver.dispatch import InlinePolicy
 from modelserver.manager import ModelManager, VersionRecord
 from modelserver.metrics import Metrics
 from modelserver.servable import Servable
@@ -120,6 +121,8 @@ class Services(
         self.metrics = metrics
         self._reload = reload
         self._predict = predict or inference.run_predict
+        # A batching predict waits for other requests: it must never run on the event loop.
+        self.inline = InlinePolicy(enabled=predict is None)
 
     async def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()
@@ -127,16 +130,19 @@ class Services(
         try:
             result = await loop.run_in_executor(self.executor, work)
         except Exception as exc:
-            error = as_serving_error(exc) or ServingError(
-                Code.INTERNAL, f"{type(exc).__name__}: {exc}"
-            )
-            self.metrics.record_request(
-                model, api, "GRPC", error.code.name, (time.perf_counter() - started) * 1e6
-            )
-            await context.abort(_GRPC_CODES[int(error.code)], error.message)
-            raise AssertionError("unreachable") from None
+            await self._abort(context, api, model, exc, started)
         self.metrics.record_request(model, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
         return result
+
+    async def _abort(
+        self, context: Any, api: str, model: str, exc: Exception, started: float
+    ) -> NoReturn:
+        error = as_serving_error(exc) or ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self.metrics.record_request(
+            model, api, "GRPC", error.code.name, (time.perf_counter() - started) * 1e6
+        )
+        await context.abort(_GRPC_CODES[int(error.code)], error.message)
+        raise AssertionError("unreachable") from None
 
     def _inference(
         self, request: Any, response: Any, run: Callable[[Servable, Any, Any], None]
@@ -150,7 +156,19 @@ class Services(
 
     async def Predict(self, request: Any, context: Any) -> Any:
         work = self._inference(request, predict_pb2.PredictResponse(), self._predict)
-        return await self._call(context, "predict", request.model_spec.name, work)
+        model = request.model_spec.name
+        key = ("predict", model)
+        if self.inline.enabled and self.inline.inline(key, request.ByteSize()):
+            started = time.perf_counter()
+            try:
+                result = self.inline.run_inline(key, work)
+            except Exception as exc:
+                await self._abort(context, "predict", model, exc, started)
+            self.metrics.record_request(
+                model, "predict", "GRPC", "OK", (time.perf_counter() - started) * 1e6
+            )
+            return result
+        return await self._call(context, "predict", model, self.inline.timed(key, work))
 
     async def Classify(self, request: Any, context: Any) -> Any:
         work = self._inference(

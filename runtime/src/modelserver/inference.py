@@ -78,6 +78,9 @@ def tensor_to_ndarray(proto: Any) -> np.ndarray:
         raise invalid_argument(
             f"Unable to parse tensor proto: {values} values for a shape of {count} elements"
         )
+    fast = _fast_ndarray(proto, count, values)
+    if fast is not None:
+        return fast
     try:
         array: np.ndarray = tf.make_ndarray(proto)
     except Exception as exc:
@@ -85,7 +88,60 @@ def tensor_to_ndarray(proto: Any) -> np.ndarray:
     return array
 
 
+# DataType -> (numpy dtype, repeated value field) for the fast conversions below; the values
+# are what tf.make_ndarray / tf.make_tensor_proto produce for these types.
+_FAST_TYPES: dict[int, tuple[np.dtype[Any], str]] = {
+    1: (np.dtype(np.float32), "float_val"),
+    2: (np.dtype(np.float64), "double_val"),
+    3: (np.dtype(np.int32), "int_val"),
+    9: (np.dtype(np.int64), "int64_val"),
+}
+_CONTENT_DTYPES: dict[np.dtype[Any], int] = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.float64): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.uint8): 4,
+    np.dtype(np.int16): 5,
+    np.dtype(np.int8): 6,
+    np.dtype(np.int64): 9,
+    np.dtype(np.uint16): 17,
+    np.dtype(np.uint32): 22,
+    np.dtype(np.uint64): 23,
+}
+_DT_STRING = 7
+
+
+def _fast_ndarray(proto: Any, count: int, values: int) -> np.ndarray | None:
+    """tf.make_ndarray for the common cases (float/double/int32/int64 from tensor_content or
+    one value per element; strings), without TensorFlow's Python overhead; None otherwise."""
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.dtype == _DT_STRING:
+        if len(proto.string_val) != count:
+            return None
+        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+    known = _FAST_TYPES.get(proto.dtype)
+    if known is None:
+        return None
+    dtype, field = known
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape).copy()
+    if values != count or len(getattr(proto, field)) != count:
+        return None
+    return np.array(getattr(proto, field), dtype=dtype).reshape(shape)
+
+
 def ndarray_to_tensor(array: np.ndarray) -> Any:
+    """tf.make_tensor_proto(array), byte-identical; arrays of rank >= 1 of the numeric types it
+    writes as tensor_content skip TensorFlow's Python path."""
+    code = _CONTENT_DTYPES.get(array.dtype)
+    if code is not None and array.ndim >= 1 and array.dtype.byteorder in ("=", "<", "|"):
+        from tensorflow.core.framework import tensor_pb2
+
+        proto = tensor_pb2.TensorProto(dtype=code, tensor_content=array.tobytes())
+        dims = proto.tensor_shape.dim
+        for size in array.shape:
+            dims.add().size = size
+        return proto
     import tensorflow as tf
 
     return tf.make_tensor_proto(array)
