@@ -44,6 +44,7 @@ from tfstack.journal import (
     read_journal,
     write_journal,
 )
+from tfstack.stack import Replica
 
 Say = Callable[[str], None]
 DEFAULT_DRAIN_S = 2.0
@@ -702,34 +703,19 @@ def versions_on_disk(model_dir: Path) -> tuple[int, ...]:
     )
 
 
-@dataclass(frozen=True)
-class Replica:
-    name: str
-    rest_url: str
-    grpc_target: str
-
-
 def replicas_of(spec: Any, containers: Sequence[Any]) -> list[Replica]:
     """Each running serving container's published REST and gRPC ports (its own, per replica);
     the spec's ports when no container is known (a server started some other way)."""
     from tfstack.lifecycle import endpoints_for
+    from tfstack.stack import replicas
 
     endpoints = endpoints_for(spec)
-    found: list[Replica] = []
-    for container in containers:
-        if container.state != "running":
-            continue
-        rest = container.ports.get(f"{spec.serving.rest_port}/tcp") or []
-        grpc = container.ports.get(f"{spec.serving.grpc_port}/tcp") or []
-        if not rest or not grpc:
-            continue
-        found.append(
-            Replica(
-                container.name,
-                f"http://{endpoints.host}:{rest[0][1]}",
-                f"{endpoints.host}:{grpc[0][1]}",
-            )
-        )
+    found = replicas(
+        containers,
+        host=endpoints.host,
+        rest_port=spec.serving.rest_port,
+        grpc_port=spec.serving.grpc_port,
+    )
     if not found:
         return [Replica("serving", endpoints.rest_url, endpoints.grpc_target)]
     return found

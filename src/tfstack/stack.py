@@ -263,6 +263,52 @@ def container_info(container: Any) -> ContainerInfo:
     )
 
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One serving container reached through the host ports the engine published for it."""
+
+    name: str
+    rest_url: str
+    grpc_target: str  # host:port
+
+
+def published_address(container: ContainerInfo, port: int, host: str) -> str | None:
+    """``ip:port`` on this host where the engine publishes the container's ``port``/tcp.
+
+    A wildcard binding (0.0.0.0, ::) is reached on ``host``; None when the port is not published
+    (the container is not running, or the engine has not assigned it yet).
+    """
+    for ip, published in container.ports.get(f"{port}/tcp", []):
+        if published:
+            return f"{host if ip in WILDCARD_HOSTS else ip}:{published}"
+    return None
+
+
+def replica_of(
+    container: ContainerInfo, *, host: str, rest_port: int, grpc_port: int
+) -> Replica | None:
+    """The container's own REST and gRPC addresses, or None when it does not publish both."""
+    if container.state != "running":
+        return None
+    rest = published_address(container, rest_port, host)
+    grpc = published_address(container, grpc_port, host)
+    if rest is None or grpc is None:
+        return None
+    return Replica(container.name, f"http://{rest}", grpc)
+
+
+def replicas(
+    containers: Iterable[ContainerInfo], *, host: str, rest_port: int, grpc_port: int
+) -> list[Replica]:
+    """Every running container's own endpoints (with ``serving.replicas: N``, Compose gives each
+    replica one port of the published range: which one is only known from the engine)."""
+    found = (replica_of(c, host=host, rest_port=rest_port, grpc_port=grpc_port) for c in containers)
+    return [replica for replica in found if replica is not None]
+
+
 class Stack:
     """A Compose project on an engine: up, down, logs, and what runs."""
 

@@ -8,16 +8,19 @@ described in docs/status-json.md (bump ``SCHEMA_VERSION`` on any incompatible ch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from tfstack.client import RestClient
-from tfstack.stack import ContainerInfo
-from tfstack.waiting import ModelExpectation, ModelObservation, observe_model
+from tfstack.stack import ContainerInfo, published_address
+from tfstack.waiting import ModelExpectation, ModelObservation, assess, observe_model
+
+COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 
 SCHEMA_VERSION = 1
 
@@ -93,11 +96,17 @@ class ServiceStatus:
     image_id: str
     exit_code: int | None = None
     endpoints: Mapping[str, str] = field(default_factory=dict)  # "rest"/"grpc" -> address
+    replica: int | None = None  # Compose's container number (1..N with serving.replicas: N)
+    models_ok: bool | None = None  # every declared version and label AVAILABLE on this replica
+    problems: tuple[str, ...] = ()  # what this replica still lacks (model: why)
 
     @property
     def ok(self) -> bool:
-        """Running and not unhealthy ("starting" is fine: model states are checked directly)."""
-        return self.state == "running" and self.health != "unhealthy"
+        """Running, not unhealthy ("starting" is fine: model states are checked directly), and
+        not known to lack a declared model version or label."""
+        return (
+            self.state == "running" and self.health != "unhealthy" and self.models_ok is not False
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +119,9 @@ class ServiceStatus:
             "started_at": self.started_at,
             "image_id": self.image_id,
             "endpoints": dict(self.endpoints),
+            "replica": self.replica,
+            "models_ok": self.models_ok,
+            "problems": list(self.problems),
         }
 
 
@@ -155,13 +167,13 @@ class StackStatus:
 def service_status(
     container: ContainerInfo, *, host: str, rest_port: int, grpc_port: int
 ) -> ServiceStatus:
-    """A container's published REST/gRPC addresses (as the engine reports them)."""
+    """A container's own published REST/gRPC addresses (as the engine reports them)."""
     endpoints: dict[str, str] = {}
     for name, port in (("rest", rest_port), ("grpc", grpc_port)):
-        for ip, published in container.ports.get(f"{port}/tcp", []):
-            address = f"{ip or host}:{published}"
+        address = published_address(container, port, host)
+        if address is not None:
             endpoints[name] = f"http://{address}" if name == "rest" else address
-            break
+    number = container.labels.get(COMPOSE_NUMBER_LABEL, "")
     return ServiceStatus(
         name=container.service,
         container=container.name,
@@ -172,7 +184,18 @@ def service_status(
         image_id=container.image_id,
         exit_code=container.exit_code,
         endpoints=endpoints,
+        replica=int(number) if number.isdigit() else None,
     )
+
+
+def replica_problems(
+    expectations: Sequence[ModelExpectation], observed: Mapping[str, ModelObservation]
+) -> tuple[str, ...]:
+    """What one replica lacks: ``model: why`` per pending model, ``model vN: error`` per failure."""
+    readiness = assess(expectations, observed)
+    lines = [f"{model}: {why}" for model, why in readiness.pending.items()]
+    lines += [f"{model} v{version}: {message}" for model, version, message in readiness.failures]
+    return tuple(lines)
 
 
 def model_status(
@@ -226,19 +249,28 @@ def observe(
     rest_port: int,
     grpc_port: int,
     rollout: Mapping[str, Any] | None = None,
+    rest_for: Callable[[str], RestClient] | None = None,
 ) -> StackStatus:
-    """Ask the server about every declared model (REST) and combine with the containers."""
-    services = tuple(
+    """Ask the server about every declared model (REST) and combine with the containers.
+
+    ``models`` come from ``rest`` (the spec's REST port). With several running replicas and
+    ``rest_for`` (base URL -> client), every replica is also asked on its own published port and
+    its service entry says whether it serves every declared version and label (``models_ok``,
+    ``problems``); with one replica that verdict comes from the same observation.
+    """
+    services = [
         service_status(c, host=host, rest_port=rest_port, grpc_port=grpc_port) for c in containers
-    )
+    ]
     server_error: str | None = None
     models: list[ModelStatus] = []
+    observations: dict[str, ModelObservation] = {}
     running = any(s.state == "running" for s in services)
     for expectation in expectations:
         observation: ModelObservation | None = None
         if running and server_error is None:
             try:
                 observation = observe_model(rest, expectation)
+                observations[expectation.name] = observation
             except (requests.ConnectionError, requests.Timeout) as exc:
                 server_error = (
                     f"the REST API at {rest.base_url} does not answer: {type(exc).__name__}"
@@ -251,6 +283,15 @@ def observe(
         models.append(model_status(expectation, observation))
     if not running:
         server_error = "no serving container is running"
+    live = [i for i, s in enumerate(services) if s.state == "running"]
+    if len(live) == 1 and server_error is None:
+        problems = replica_problems(expectations, observations)
+        services[live[0]] = dataclasses.replace(
+            services[live[0]], models_ok=not problems, problems=problems
+        )
+    elif len(live) > 1 and rest_for is not None:
+        for index in live:
+            services[index] = _ask_replica(services[index], expectations, rest_for)
     if rollout is None:
         rollout = _rollouts_in_progress(project, spec_path)
     return StackStatus(
@@ -258,11 +299,37 @@ def observe(
         spec=spec_path,
         observed_at=now_iso(),
         endpoints={"rest": f"http://{host}:{rest_port}", "grpc": f"{host}:{grpc_port}"},
-        services=services,
+        services=tuple(services),
         models=tuple(models),
         server_error=server_error,
         rollout=rollout,
     )
+
+
+def _ask_replica(
+    service: ServiceStatus,
+    expectations: Sequence[ModelExpectation],
+    rest_for: Callable[[str], RestClient],
+) -> ServiceStatus:
+    """The service entry with this replica's own verdict (asked on its published REST port)."""
+    url = service.endpoints.get("rest")
+    if url is None:
+        return dataclasses.replace(
+            service, models_ok=False, problems=("its REST port is not published",)
+        )
+    client = rest_for(url)
+    try:
+        observed = {e.name: observe_model(client, e) for e in expectations}
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return dataclasses.replace(
+            service,
+            models_ok=False,
+            problems=(f"the REST API at {url} does not answer: {type(exc).__name__}",),
+        )
+    finally:
+        client.close()
+    problems = replica_problems(expectations, observed)
+    return dataclasses.replace(service, models_ok=not problems, problems=problems)
 
 
 def _rollout_line(model: str, info: Any) -> str:
@@ -338,21 +405,29 @@ def render_table(status: StackStatus) -> Any:
                     + (str(label.serving) if label.serving is not None else "nothing"),
                 )
     services = Table(title="services", title_justify="left", expand=False)
-    for column in ("service", "container", "state", "health", "endpoints"):
+    for column in ("service", "container", "state", "health", "models", "endpoints"):
         services.add_column(column, overflow="fold")
     for service in status.services:
         state = service.state + (
             f" (exit {service.exit_code})" if service.exit_code is not None else ""
         )
+        if service.models_ok is None:
+            verdict = Text("-")
+        elif service.models_ok:
+            verdict = Text("all ready", style="green")
+        else:
+            verdict = Text("; ".join(service.problems) or "not ready", style="red")
+        name = service.name + (f" #{service.replica}" if service.replica is not None else "")
         services.add_row(
-            service.name,
+            name,
             f"{service.container} ({service.container_id[:12]})",
             Text(state, style="green" if service.state == "running" else "red"),
             service.health or "-",
+            verdict,
             "  ".join(f"{k} {v}" for k, v in sorted(service.endpoints.items())),
         )
     if not status.services:
-        services.add_row("-", "no containers", Text("down", style="red"), "-", "")
+        services.add_row("-", "no containers", Text("down", style="red"), "-", "-", "")
     parts: list[Any] = [models, services]
     if status.server_error:
         parts.append(Text(f"server: {status.server_error}", style="red"))

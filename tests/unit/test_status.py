@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from rich.console import Console
 
@@ -96,7 +97,66 @@ def test_status_json_has_exactly_the_documented_fields() -> None:
     assert set(document["models"][0]["versions"][0]) == set(example["models"][0]["versions"][0])
     for key in document:
         assert f"`{key}`" in doc, f"top-level field {key} is not documented"
+    for key in document["services"][0]:
+        assert f"`{key}`" in doc, f"services[] field {key} is not documented"
     json.dumps(document)  # serialisable as is
+
+
+def interrupted_journal() -> Any:
+    from tfstack.journal import Journal, ModelState, Step, StepRecord
+
+    state = ModelState({"specific": [1]}, {"stable": 1})
+    return Journal(
+        project="demo",
+        model="half_plus_two",
+        action="rollout",
+        version=2,
+        original=state,
+        original_spec_text="",
+        original_served=(1,),
+        previous_stable=1,
+        steps=[
+            StepRecord(Step("stage", "stage", "copy"), "done"),
+            StepRecord(Step("verify", "verify", "side instance"), "running"),
+        ],
+        pid=2**22 + 12345,  # no such process: the journal reads as interrupted
+    )
+
+
+def test_rollout_entries_have_exactly_the_documented_fields() -> None:
+    """`rollout` in --json: journal summary keys match docs/status-json.md (example and table)."""
+    import tempfile
+
+    from tfstack.journal import status_summary, write_journal
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_journal(root, interrupted_journal())
+        summary = status_summary(root, "demo")
+    assert summary is not None
+    entry = summary["half_plus_two"]
+    assert entry["state"] == "interrupted" and entry["step"] == "verify"
+    assert entry["next"] == "invoke rollout --model half_plus_two --resume (or --abort)"
+    doc = DOC.read_text()
+    blocks = re.findall(r"```json\n(.*?)```", doc, re.S)
+    documented = json.loads(blocks[1])
+    assert set(documented) == {"half_plus_two"}
+    assert set(entry) == set(documented["half_plus_two"])
+    for key in entry:
+        assert f"`{key}`" in doc, f"rollout field {key} is not documented"
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=FakeRest({}),  # type: ignore[arg-type]
+        expectations=[],
+        containers=[],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+        rollout=summary,
+    )
+    assert status.to_json()["rollout"] == summary
+    json.dumps(status.to_json())
 
 
 def test_status_reports_versions_labels_and_errors() -> None:
@@ -204,3 +264,82 @@ def test_render_table_shows_states_errors_and_endpoints() -> None:
     assert "label canary" in text and "PENDING" in text
     assert "rest http://127.0.0.1:18501" in text
     assert "stack NOT OK" in text
+
+
+def test_each_replica_is_its_own_service_entry_with_its_own_verdict() -> None:
+    """With replicas, every container is listed with its own published ports and is asked on its
+    own REST port; a replica lacking a model makes its entry and the stack not ok."""
+    one = container(
+        id="a" * 64,
+        name="demo-serving-1",
+        labels={"com.docker.compose.container-number": "1"},
+        ports={"18501/tcp": [("127.0.0.1", "18502")], "18500/tcp": [("127.0.0.1", "18500")]},
+    )
+    two = container(
+        id="b" * 64,
+        name="demo-serving-2",
+        labels={"com.docker.compose.container-number": "2"},
+        ports={"18501/tcp": [("0.0.0.0", "18501")], "18500/tcp": [("0.0.0.0", "18499")]},
+    )
+    main = FakeRest({("m", None): [VersionState(1, "AVAILABLE")]})
+    per_replica = {
+        "http://127.0.0.1:18502": FakeRest({("m", None): [VersionState(1, "AVAILABLE")]}),
+        "http://127.0.0.1:18501": FakeRest({("m", None): [VersionState(1, "LOADING")]}),
+    }
+    asked: list[str] = []
+
+    class Closing(FakeRest):
+        def close(self) -> None:
+            pass
+
+    def rest_for(url: str) -> Any:
+        asked.append(url)
+        client = Closing(per_replica[url].answers)
+        return client
+
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=main,  # type: ignore[arg-type]
+        expectations=[ModelExpectation("m", (1,))],
+        containers=[one, two],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+        rest_for=rest_for,
+    )
+    document = status.to_json()
+    assert sorted(asked) == ["http://127.0.0.1:18501", "http://127.0.0.1:18502"]
+    first, second = document["services"]
+    assert (first["replica"], first["models_ok"], first["problems"]) == (1, True, [])
+    assert first["endpoints"] == {"rest": "http://127.0.0.1:18502", "grpc": "127.0.0.1:18500"}
+    assert second["replica"] == 2 and second["models_ok"] is False
+    assert second["problems"] == ["m: version 1 LOADING"]
+    assert second["endpoints"] == {"rest": "http://127.0.0.1:18501", "grpc": "127.0.0.1:18499"}
+    assert document["models"][0]["ok"], "models[] describes the spec's port"
+    assert not status.ok
+    buffer = io.StringIO()
+    Console(file=buffer, width=220, color_system=None).print(render_table(status))
+    text = buffer.getvalue()
+    assert "serving #1" in text and "all ready" in text
+    assert "serving #2" in text and "m: version 1 LOADING" in text
+
+
+def test_a_single_replica_verdict_comes_from_the_same_observation() -> None:
+    """With one running container its models_ok/problems follow the models observed (no second
+    round of requests)."""
+    rest = FakeRest({("m", None): [VersionState(1, "END", "DATA_LOSS", "bad pb")]})
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=rest,  # type: ignore[arg-type]
+        expectations=[ModelExpectation("m", (1,))],
+        containers=[container()],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+        rest_for=lambda url: pytest.fail("a single replica is not asked twice"),
+    )
+    (service,) = status.to_json()["services"]
+    assert service["models_ok"] is False
+    assert service["problems"] == ["m v1: bad pb"]
