@@ -286,6 +286,45 @@ def forget_applied(root: Path) -> None:
     applied_config_path(root).unlink(missing_ok=True)
 
 
+BLOCKING_ROLLOUT_STATES = ("running", "interrupted", "restore_failed")
+"""Rollout journal states that stop ``up`` (a canary is a resting state: it does not)."""
+
+
+def refuse_during_rollout(root: Path, project: str) -> None:
+    """Raise when a rollout of the project is running, interrupted or failed to restore.
+
+    ``up`` would render the spec as the rollout left it mid-way and reload or recreate the
+    servers under it; the journal must be finished (``--resume``) or undone (``--abort``) first.
+    """
+    from tfstack.journal import unfinished
+
+    blocking = [j.summary() for j in unfinished(root, project)]
+    blocking = [s for s in blocking if s["state"] in BLOCKING_ROLLOUT_STATES]
+    if not blocking:
+        return
+    lines = []
+    for info in blocking:
+        line = (
+            f"model {info['model']}: {info['action']} to version {info['version']} is "
+            f"{info['state']} at step {info['step']}"
+        )
+        if info.get("error"):
+            line += f" ({info['error']})"
+        lines.append(line)
+    models = [str(info["model"]) for info in blocking]
+    commands = "; ".join(
+        f"`invoke rollout --model {m} --resume` finishes it, "
+        f"`invoke rollout --model {m} --abort` undoes it"
+        for m in models
+    )
+    raise StackError(
+        "refusing to run `up` while a rollout is unfinished:\n"
+        + "\n".join(f"    {line}" for line in lines),
+        service=SERVICE,
+        hint=f"{commands}; then run `invoke up` (`invoke status` shows the rollout)",
+    )
+
+
 def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
     """The image id of ``image``: present, else pulled, else (the runtime image) built."""
     import docker.errors
@@ -609,6 +648,15 @@ class Lifecycle:
         def lap(name: str) -> None:
             timings[name] = round(time.monotonic() - started - sum(timings.values()), 3)
 
+        from tfstack.validate import load_spec
+
+        project = load_spec(self.spec_path, check_disk=False, project_root=self.root).project
+        try:
+            refuse_during_rollout(self.root, project)
+        except StackError as exc:
+            if not dry_run:
+                raise
+            self.say(f"warning: {exc}")
         self.ensure_models()
         loaded = load(self.spec_path, self.root)
         lap("validate")

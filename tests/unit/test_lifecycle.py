@@ -256,3 +256,69 @@ def test_smoke_reports_wrong_answers_and_failed_labels(tmp_path: Path) -> None:
     text = str(caught.value)
     assert "m (default) sample default: expected" in text and "got" in text
     assert "m (label stable) sample default: " in text and "Unrecognized servable" in text
+
+
+def _journal(model: str, status: str, pid: int) -> Any:
+    from tfstack.journal import Journal, ModelState, Step, StepRecord
+
+    return Journal(
+        project="demo",
+        model=model,
+        action="rollout",
+        version=2,
+        original=ModelState({"specific": [1]}, {"stable": 1}),
+        original_spec_text="",
+        original_served=(1,),
+        previous_stable=1,
+        steps=[
+            StepRecord(Step("stage", "stage", "copy"), "done"),
+            StepRecord(Step("load", "transition", "load"), "running"),
+        ],
+        status=status,  # type: ignore[arg-type]
+        pid=pid,
+    )
+
+
+def _spec_project(tmp_path: Path) -> Path:
+    spec = tmp_path / "config" / "stack.yaml"
+    spec.parent.mkdir()
+    spec.write_text("format: 1\nproject: demo\nmodels:\n  - name: m\n")
+    return spec
+
+
+def test_up_refuses_while_a_rollout_is_interrupted(tmp_path: Path) -> None:
+    """`up` stops (exit 1) before touching the engine while a rollout journal is unfinished,
+    naming the model, the step and the --resume / --abort commands."""
+    from tfstack.journal import write_journal
+    from tfstack.lifecycle import Lifecycle
+
+    spec = _spec_project(tmp_path)
+    write_journal(tmp_path, _journal("m", "running", pid=2**22 + 4321))  # process gone
+
+    def no_engine() -> Any:
+        raise AssertionError("the engine must not be contacted")
+
+    lifecycle = Lifecycle(spec, root=tmp_path, source_root=tmp_path, engine=no_engine)
+    with pytest.raises(StackError) as caught:
+        lifecycle.up()
+    text = str(caught.value)
+    assert caught.value.exit_code == 1
+    assert "model m: rollout to version 2 is interrupted at step load" in text
+    assert "`invoke rollout --model m --resume`" in text
+    assert "`invoke rollout --model m --abort`" in text
+    assert not (tmp_path / "compose").exists(), "nothing rendered"
+
+
+def test_up_is_not_blocked_by_a_canary_or_a_finished_rollout(tmp_path: Path) -> None:
+    """A canary (a resting state) or a finished journal lets `up` go on; restore_failed blocks."""
+    from tfstack.journal import write_journal
+    from tfstack.lifecycle import refuse_during_rollout
+
+    _spec_project(tmp_path)
+    write_journal(tmp_path, _journal("m", "canary", pid=2**22 + 4321))
+    write_journal(tmp_path, _journal("n", "done", pid=2**22 + 4321))
+    refuse_during_rollout(tmp_path, "demo")
+    refuse_during_rollout(tmp_path, "other-project")
+    write_journal(tmp_path, _journal("n", "restore_failed", pid=2**22 + 4321))
+    with pytest.raises(StackError, match="model n: rollout to version 2 is restore_failed"):
+        refuse_during_rollout(tmp_path, "demo")
