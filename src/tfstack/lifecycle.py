@@ -18,6 +18,7 @@ from the spec's samples → status. :func:`down` removes exactly what tfstack cr
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +38,18 @@ from tfstack.client import (
 )
 from tfstack.errors import BuildError, StackError, TfstackError
 from tfstack.spec import SampleRequest, StackSpec, spec_dir
-from tfstack.stack import ComposeProject, ContainerInfo, Stack, port_conflicts, raise_for_conflicts
-from tfstack.status import StackStatus, observe
+from tfstack.stack import (
+    ComposeProject,
+    ContainerInfo,
+    Replica,
+    Stack,
+    port_conflicts,
+    raise_for_conflicts,
+    replicas,
+)
+from tfstack.status import StackStatus, StartFailure, observe, with_start_failures
 from tfstack.waiting import (
+    LoadFailed,
     ModelExpectation,
     ModelsReady,
     Poll,
@@ -52,6 +62,8 @@ Say = Callable[[str], None]
 SERVICE = "serving"
 APPLIED_CONFIG = "state/applied-models.config"
 """The models.config the running server last accepted (at start or by reload), per project root."""
+START_FAILURES = "state/failed-models.json"
+"""Model versions that failed to load at the last start, left out of the server's config."""
 DEFAULT_TIMEOUT_S = 180.0
 RELOAD_TIMEOUT_S = 120.0
 
@@ -254,6 +266,7 @@ class SmokeResult:
     ok: bool
     detail: str = ""
     answer: Any = None
+    replica: str = ""  # the container asked (set with several replicas)
 
 
 @dataclass
@@ -284,6 +297,88 @@ def record_applied(root: Path, text: str) -> None:
 
 def forget_applied(root: Path) -> None:
     applied_config_path(root).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Degraded start: models that fail to load at start are left out, the others serve
+
+_FAILED_START = re.compile(r"Failed to start server\. Error: (?P<error>.*)$")
+_LOADING_FAILED = re.compile(
+    r"Loading servable:? \{name: (?P<model>\S+) version: (?P<version>\d+)\} failed: (?P<error>.*)$"
+)
+_DUE_TO = re.compile(
+    r"\{name: (?P<model>\S+) version: (?P<version>\d+)\} due to error: (?P<error>.*?)\}(?=, |\}|$)"
+)
+
+
+def parse_start_failures(lines: Sequence[str]) -> list[StartFailure] | None:
+    """The model versions a server that failed to start could not load, from its log.
+
+    None when the log has no ``Failed to start server. Error:`` line (it did not fail at start);
+    [] when it failed for another reason (a flag, a config parse error, a port). Each servable's
+    own ``Loading servable {name: m version: n} failed: ...`` line gives the full error (the last
+    one wins: retries repeat it); the ``... due to error: ...`` list in the final line is used for
+    servables without one. Texts of tfstack's runtime and of TF Serving (``Loading servable:``).
+    """
+    final: str | None = None
+    per_servable: dict[tuple[str, int], str] = {}
+    for line in lines:
+        loading = _LOADING_FAILED.search(line)
+        if loading is not None:
+            key = (loading["model"], int(loading["version"]))
+            per_servable[key] = loading["error"].strip()
+            continue
+        failed = _FAILED_START.search(line)
+        if failed is not None:
+            final = failed["error"].strip()
+    if final is None:
+        return None
+    found = dict(per_servable)
+    for match in _DUE_TO.finditer(final):
+        found.setdefault((match["model"], int(match["version"])), match["error"].strip())
+    if "did not become available" not in final:
+        return []
+    return [StartFailure(m, v, error) for (m, v), error in sorted(found.items())]
+
+
+def config_without(desired_text: str, models: set[str], note: str) -> str:
+    """``desired_text`` (models.config) without ``models``; a header comment says why."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(desired_text, config)
+    entries = list(config.model_config_list.config)
+    del config.model_config_list.config[:]
+    config.model_config_list.config.extend(e for e in entries if e.name not in models)
+    header = [line for line in desired_text.splitlines() if line.lstrip().startswith("#")]
+    body = str(text_format.MessageToString(config))
+    return "\n".join([*header, f"# {note}", ""]) + body
+
+
+def start_failures_path(root: Path) -> Path:
+    return root / START_FAILURES
+
+
+def read_start_failures(root: Path) -> list[StartFailure]:
+    try:
+        data = json.loads(start_failures_path(root).read_text(encoding="utf-8"))
+        return [StartFailure.from_json(item) for item in data.get("failures", [])]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []  # a damaged record only loses the extra status detail
+
+
+def record_start_failures(root: Path, failures: Sequence[StartFailure]) -> None:
+    from tfstack.files import write_files_atomically
+
+    document = {"format": 1, "failures": [f.to_json() for f in failures]}
+    write_files_atomically(root, {START_FAILURES: json.dumps(document, indent=2) + "\n"})
+
+
+def forget_start_failures(root: Path) -> None:
+    start_failures_path(root).unlink(missing_ok=True)
 
 
 BLOCKING_ROLLOUT_STATES = ("running", "interrupted", "restore_failed")
@@ -365,11 +460,11 @@ def sample_body(sample: SampleRequest, spec_path: Path) -> dict[str, Any]:
     return body
 
 
-def smoke(loaded: Loaded, rest: RestClient) -> list[SmokeResult]:
+def smoke(loaded: Loaded, rest: RestClient, *, replica: str = "") -> list[SmokeResult]:
     """Every sample against each model's default, every declared version and every label.
 
     Every request must answer 200; ``expect`` is checked on the default (unpinned) request, since
-    versions may differ in math on purpose.
+    versions may differ in math on purpose. ``replica`` names the container in the results.
     """
     results: list[SmokeResult] = []
     for model, expectation in zip(loaded.spec.models, loaded.expectations, strict=True):
@@ -384,7 +479,11 @@ def smoke(loaded: Loaded, rest: RestClient) -> list[SmokeResult]:
                         ref, body, method=sample.method, signature=sample.signature_name
                     )
                 except ServingRequestError as exc:
-                    results.append(SmokeResult(model.name, sample.name, target, False, exc.message))
+                    results.append(
+                        SmokeResult(
+                            model.name, sample.name, target, False, exc.message, replica=replica
+                        )
+                    )
                     continue
                 ok, detail = True, ""
                 if target == "default" and sample.expect is not None:
@@ -394,7 +493,9 @@ def smoke(loaded: Loaded, rest: RestClient) -> list[SmokeResult]:
                             f"expected {summarize(sample.expect)} (tolerance {sample.tolerance}), "
                             f"got {summarize(answer)}"
                         )
-                results.append(SmokeResult(model.name, sample.name, target, ok, detail, answer))
+                results.append(
+                    SmokeResult(model.name, sample.name, target, ok, detail, answer, replica)
+                )
     return results
 
 
@@ -402,7 +503,11 @@ def raise_for_smoke(results: Sequence[SmokeResult]) -> None:
     failed = [r for r in results if not r.ok]
     if not failed:
         return
-    lines = [f"{r.model} ({r.target}) sample {r.sample}: {r.detail}" for r in failed]
+    lines = [
+        (f"{r.replica}: " if r.replica else "") + f"{r.model} ({r.target}) sample {r.sample}: "
+        f"{r.detail}"
+        for r in failed
+    ]
     raise StackError(
         "smoke requests failed:\n" + "\n".join(f"    {line}" for line in lines),
         service=SERVICE,
@@ -501,6 +606,30 @@ class Lifecycle:
             self.say("rendered " + ", ".join(written))
         return files
 
+    def replicas(self, loaded: Loaded, stack: Stack) -> list[Replica]:
+        """Each running serving container on its own published ports (Compose hands every
+        replica one port of the published ranges); the spec's ports when none is known."""
+        endpoints = endpoints_for(loaded.spec)
+        found = replicas(
+            stack.service_containers(SERVICE),
+            host=endpoints.host,
+            rest_port=loaded.spec.serving.rest_port,
+            grpc_port=loaded.spec.serving.grpc_port,
+        )
+        return found or [Replica(SERVICE, endpoints.rest_url, endpoints.grpc_target)]
+
+    def _await_replicas(
+        self, loaded: Loaded, stack: Stack, alive: Callable[[], str | None], timeout: float
+    ) -> list[Replica]:
+        """The replicas once all ``serving.replicas`` publish their ports (or one exited)."""
+        wanted = loaded.spec.serving.replicas
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.replicas(loaded, stack)
+            if len(found) >= wanted or alive() is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.25)
+
     def wait_ready(
         self,
         loaded: Loaded,
@@ -508,9 +637,10 @@ class Lifecycle:
         *,
         timeout: float,
         expectations: Sequence[ModelExpectation] | None = None,
+        only: Sequence[Replica] | None = None,
     ) -> Readiness:
-        endpoints = endpoints_for(loaded.spec)
-        rest = RestClient(endpoints.rest_url, timeout=10)
+        """Every replica (or ``only`` these) serves every expected version and label."""
+        deadline = time.monotonic() + timeout
 
         def alive() -> str | None:
             containers = stack.service_containers(SERVICE)
@@ -521,30 +651,43 @@ class Lifecycle:
                     return f"{container.name} exited with code {container.exit_code}"
             return None
 
-        def report(readiness: Readiness | None, error: BaseException | None) -> None:
-            if self.progress is None:
-                return
-            if readiness is None:
-                self.progress("waiting for the server to open its ports")
-            else:
-                pending = "; ".join(f"{m}: {why}" for m, why in readiness.pending.items())
-                done = len(readiness.ready)
-                total = done + len(readiness.pending) + len({f[0] for f in readiness.failures})
-                self.progress(
-                    f"{done}/{total} models ready" + (f" (waiting: {pending})" if pending else "")
-                )
+        targets = (
+            list(only) if only is not None else self._await_replicas(loaded, stack, alive, timeout)
+        )
+        readiness: Readiness | None = None
+        for replica in targets:
+            prefix = f"{replica.name}: " if len(targets) > 1 else ""
 
-        try:
-            return ModelsReady(
-                rest,
-                tuple(expectations if expectations is not None else loaded.expectations),
-                Poll(timeout=timeout, interval=0.25),
-                service_alive=alive,
-                log_tail=lambda: stack.log_tail(SERVICE, 25),
-                on_progress=report,
-            ).wait()
-        finally:
-            rest.close()
+            def report(
+                readiness: Readiness | None, error: BaseException | None, prefix: str = prefix
+            ) -> None:
+                if self.progress is None:
+                    return
+                if readiness is None:
+                    self.progress(f"{prefix}waiting for the server to open its ports")
+                else:
+                    pending = "; ".join(f"{m}: {why}" for m, why in readiness.pending.items())
+                    done = len(readiness.ready)
+                    total = done + len(readiness.pending) + len({f[0] for f in readiness.failures})
+                    self.progress(
+                        f"{prefix}{done}/{total} models ready"
+                        + (f" (waiting: {pending})" if pending else "")
+                    )
+
+            rest = RestClient(replica.rest_url, timeout=10)
+            try:
+                readiness = ModelsReady(
+                    rest,
+                    tuple(expectations if expectations is not None else loaded.expectations),
+                    Poll(timeout=max(deadline - time.monotonic(), 0.0), interval=0.25),
+                    service_alive=alive,
+                    log_tail=lambda: stack.log_tail(SERVICE, 25),
+                    on_progress=report,
+                ).wait()
+            finally:
+                rest.close()
+        assert readiness is not None  # targets is never empty
+        return readiness
 
     def observe(self, loaded: Loaded, stack: Stack, files: Mapping[str, str]) -> Observed:
         containers = tuple(stack.containers())
@@ -557,15 +700,10 @@ class Lifecycle:
         ready: bool | None = None
         running = [c for c in containers if c.service == SERVICE and c.state == "running"]
         if running:
-            endpoints = endpoints_for(loaded.spec)
-            rest = RestClient(endpoints.rest_url, timeout=5)
             try:
-                observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
-                ready = assess(loaded.expectations, observed).ok
+                ready = all(self._replica_ready(loaded, r) for r in self.replicas(loaded, stack))
             except Exception:
                 ready = None
-            finally:
-                rest.close()
         return Observed(
             containers=containers,
             desired_hashes=hashes,
@@ -575,24 +713,50 @@ class Lifecycle:
             models_ready=ready,
         )
 
+    @staticmethod
+    def _replica_ready(loaded: Loaded, replica: Replica) -> bool:
+        rest = RestClient(replica.rest_url, timeout=5)
+        try:
+            observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
+        finally:
+            rest.close()
+        return assess(loaded.expectations, observed).ok
+
     def hot_reload(
         self, loaded: Loaded, stack: Stack, desired_text: str, *, timeout: float
     ) -> None:
-        """Send the new config with gRPC; labels to not-yet-AVAILABLE versions in a second step."""
-        endpoints = endpoints_for(loaded.spec)
-        rest = RestClient(endpoints.rest_url, timeout=10)
+        """Send the new config to each replica in turn (gRPC, its own port); labels to versions
+        not AVAILABLE yet move in a second step once they are."""
+        targets = self.replicas(loaded, stack)
+        for replica in targets:
+            self._reload_replica(
+                loaded, stack, replica, desired_text, timeout=timeout, many=len(targets) > 1
+            )
+
+    def _reload_replica(
+        self,
+        loaded: Loaded,
+        stack: Stack,
+        replica: Replica,
+        desired_text: str,
+        *,
+        timeout: float,
+        many: bool,
+    ) -> None:
+        from google.protobuf import text_format
+
+        rest = RestClient(replica.rest_url, timeout=10)
         try:
             available, current = observe_labels(rest, loaded.expectations)
         finally:
             rest.close()
         steps = plan_reload(loaded.expectations, available, current)
-        with GrpcClient(endpoints.grpc_target, timeout=timeout) as grpc_client:
+        where = f" of {replica.name}" if many else ""
+        with GrpcClient(replica.grpc_target, timeout=timeout) as grpc_client:
             for index, step in enumerate(steps, 1):
                 config = step_config_text(desired_text, step)
-                from google.protobuf import text_format
-
                 self.say(
-                    f"hot reload {index}/{len(steps)}: "
+                    f"hot reload{where} {index}/{len(steps)}: "
                     + (
                         "final labels"
                         if index == len(steps)
@@ -602,14 +766,14 @@ class Lifecycle:
                 try:
                     grpc_client.reload_config(text_format.MessageToString(config), timeout=timeout)
                 except ServingRequestError as exc:
-                    if self._models_failed(loaded):
+                    if self._models_failed(loaded, replica):
                         # The config was taken but a model failed to load: report that (the
                         # final wait raises LoadFailed with each version's error).
                         self.say(f"reload answered: {exc.message}")
                         return
                     self._restore_models_config()
                     raise StackError(
-                        f"the server rejected the new model config: {exc.message}",
+                        f"{replica.name} rejected the new model config: {exc.message}",
                         service=SERVICE,
                         log_tail=stack.log_tail(SERVICE, 15),
                         hint="the previous models keep serving and config/models.config was "
@@ -620,11 +784,13 @@ class Lifecycle:
                         ModelExpectation(e.name, e.versions, dict(step.labels.get(e.name, {})))
                         for e in loaded.expectations
                     ]
-                    self.wait_ready(loaded, stack, timeout=timeout, expectations=partial)
+                    self.wait_ready(
+                        loaded, stack, timeout=timeout, expectations=partial, only=[replica]
+                    )
 
-    def _models_failed(self, loaded: Loaded) -> bool:
+    def _models_failed(self, loaded: Loaded, replica: Replica) -> bool:
         """Whether some declared version ended with a load error (the server took the config)."""
-        rest = RestClient(endpoints_for(loaded.spec).rest_url, timeout=5)
+        rest = RestClient(replica.rest_url, timeout=5)
         try:
             observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
         except Exception:
@@ -640,6 +806,81 @@ class Lifecycle:
         from tfstack.files import write_files_atomically
 
         write_files_atomically(self.root, {render_module.MODELS_CONFIG: previous})
+
+    def _degraded_start(
+        self,
+        loaded: Loaded,
+        stack: Stack,
+        *,
+        desired_text: str,
+        failures: Sequence[StartFailure],
+        accepted: list[str],
+        timeout: float,
+    ) -> None:
+        """The server exited at start because models failed to load: start it without them.
+
+        config/models.config is rewritten (atomically) without the failed models, the failures
+        are recorded for ``invoke status``, the container is started again and the other models
+        are waited for and smoke-tested. Always raises :class:`LoadFailed` naming the failures;
+        the spec is not changed, so the next ``up`` reloads the full config (hot, no restart).
+        """
+        from tfstack.files import write_files_atomically
+
+        failed = {f.model for f in failures}
+        lines = [f"model {f.model} version {f.version}: {f.error}" for f in failures]
+        listing = "\n".join(f"    {line}" for line in lines)
+        record_start_failures(self.root, failures)
+        hint = (
+            "fix or remove the broken version directory, then run `invoke up` again: it loads "
+            "the fixed model by hot reload (no restart); `invoke status` shows each model's state"
+        )
+        remaining = [e for e in loaded.expectations if e.name not in failed]
+        as_tuples = [(f.model, f.version, f.error) for f in failures]
+        if not remaining:
+            raise LoadFailed(
+                "the server failed to start: no model loaded (state END):\n" + listing,
+                failures=as_tuples,
+                hint=hint,
+            )
+        names = ", ".join(sorted(failed))
+        degraded = config_without(
+            desired_text,
+            failed,
+            f"degraded start: without {names} (failed to load; {START_FAILURES})",
+        )
+        write_files_atomically(self.root, {render_module.MODELS_CONFIG: degraded})
+        accepted[0] = degraded
+        self.say(
+            f"the server could not load {names} at start; starting it without "
+            + ("them" if len(failed) > 1 else "it")
+        )
+        stack.up()
+        reduced = Loaded(
+            loaded.spec.model_copy(
+                update={"models": [m for m in loaded.spec.models if m.name not in failed]}
+            ),
+            loaded.spec_path,
+            loaded.root,
+            tuple(remaining),
+        )
+        self.wait_ready(reduced, stack, timeout=timeout)
+        results: list[SmokeResult] = []
+        for replica in self.replicas(reduced, stack):
+            rest = RestClient(replica.rest_url)
+            try:
+                results += smoke(reduced, rest, replica=replica.name)
+            finally:
+                rest.close()
+        raise_for_smoke(results)
+        serving = ", ".join(e.name for e in remaining)
+        raise LoadFailed(
+            "model versions failed to load at start (state END):\n"
+            + listing
+            + f"\n  still serving: {serving} (the server runs without {names}; "
+            "config/models.config leaves it out, the spec is unchanged)",
+            failures=as_tuples,
+            hint=hint,
+        )
 
     def up(self, *, timeout: float = DEFAULT_TIMEOUT_S, dry_run: bool = False) -> UpReport:
         timings: dict[str, float] = {}
@@ -693,25 +934,48 @@ class Lifecycle:
                 )
             )
             forget_applied(self.root)
+            forget_start_failures(self.root)
             stack.up()
             self.say(f"containers up; waiting for models on {endpoints.rest_url}")
             lap("compose up")
         elif plan.action is UpAction.RELOAD:
             self.hot_reload(loaded, stack, desired_text, timeout=min(timeout, RELOAD_TIMEOUT_S))
             lap("reload")
+        accepted = [desired_text]  # what the running server holds (degraded start: less)
         try:
-            self.wait_ready(loaded, stack, timeout=timeout)
+            try:
+                self.wait_ready(loaded, stack, timeout=timeout)
+            except StackError as exc:
+                if plan.action not in (UpAction.START, UpAction.RECREATE) or isinstance(
+                    exc, LoadFailed
+                ):
+                    raise
+                failures = parse_start_failures(stack.log_tail(SERVICE, 400))
+                if not failures:
+                    raise
+                self._degraded_start(
+                    loaded,
+                    stack,
+                    desired_text=desired_text,
+                    failures=failures,
+                    accepted=accepted,
+                    timeout=timeout,
+                )
         finally:
             if plan.action is not UpAction.NOOP and _server_accepted(stack):
-                record_applied(self.root, desired_text)
+                record_applied(self.root, accepted[0])
         lap("wait")
-        rest = RestClient(endpoints_for(loaded.spec).rest_url)
-        try:
-            results = smoke(loaded, rest)
-        finally:
-            rest.close()
+        results: list[SmokeResult] = []
+        targets = self.replicas(loaded, stack)
+        for replica in targets:
+            rest = RestClient(replica.rest_url)
+            try:
+                results += smoke(loaded, rest, replica=replica.name if len(targets) > 1 else "")
+            finally:
+                rest.close()
         lap("smoke")
         raise_for_smoke(results)
+        forget_start_failures(self.root)
         report = UpReport(plan, self.status(loaded, stack), results, timings)
         report.sample = _sample_line(loaded, results)
         return report
@@ -734,7 +998,7 @@ class Lifecycle:
         endpoints = endpoints_for(loaded.spec)
         rest = RestClient(endpoints.rest_url, timeout=5)
         try:
-            return observe(
+            status = observe(
                 project=loaded.spec.project,
                 spec_path=str(self.spec_path),
                 rest=rest,
@@ -743,9 +1007,11 @@ class Lifecycle:
                 host=endpoints.host,
                 rest_port=endpoints.rest_port,
                 grpc_port=endpoints.grpc_port,
+                rest_for=lambda url: RestClient(url, timeout=5),
             )
         finally:
             rest.close()
+        return with_start_failures(status, read_start_failures(self.root))
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> str:
         """The server log (printed by Compose itself when following)."""
@@ -760,6 +1026,7 @@ class Lifecycle:
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
         removed = self.stack(spec).down(volumes=volumes)
         forget_applied(self.root)
+        forget_start_failures(self.root)
         return removed
 
 

@@ -234,6 +234,61 @@ def model_status(
     return ModelStatus(expectation.name, expectation.versions, versions, labels)
 
 
+@dataclass(frozen=True)
+class StartFailure:
+    """A model version that failed to load when the server started (recorded by ``up``'s
+    degraded start: the server runs without the model, so it cannot report the error itself)."""
+
+    model: str
+    version: int
+    error: str  # the server's text, e.g. "DATA_LOSS: Can't parse .../saved_model.pb"
+
+    @property
+    def code(self) -> str:
+        head = self.error.split(":", 1)[0].strip()
+        return head if head and head.replace("_", "").isalpha() and head.isupper() else "UNKNOWN"
+
+    @property
+    def message(self) -> str:
+        """The error without its leading status code (the code is reported apart)."""
+        if self.code != "UNKNOWN" or self.error.startswith("UNKNOWN:"):
+            return self.error.split(":", 1)[1].strip()
+        return self.error
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StartFailure:
+        return cls(str(data["model"]), int(data["version"]), str(data["error"]))
+
+
+def with_start_failures(status: StackStatus, failures: Sequence[StartFailure]) -> StackStatus:
+    """Show each recorded start failure as version state END with its error, for models the
+    server does not know (left out of its config); a model the server reports is left as is."""
+    by_model: dict[str, list[StartFailure]] = {}
+    for failure in failures:
+        by_model.setdefault(failure.model, []).append(failure)
+    models = []
+    for model in status.models:
+        recorded = by_model.get(model.name)
+        if not recorded or model.versions or status.server_error is not None:
+            models.append(model)
+            continue
+        versions = tuple(
+            VersionStatus(
+                version=f.version,
+                state="END",
+                declared=f.version in model.declared_versions,
+                error_code=f.code,
+                error_message=f.message,
+            )
+            for f in sorted(recorded, key=lambda f: f.version)
+        )
+        models.append(dataclasses.replace(model, versions=versions, error=None))
+    return dataclasses.replace(status, models=tuple(models))
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 

@@ -531,3 +531,66 @@ def test_engine_not_running_is_a_clear_error(
     gc.collect()  # collect docker-py's leaked socket now, under this test's warning filter
     assert str(dead) in text
     assert "start the engine" in text
+
+
+def free_port_range(count: int, avoid: tuple[int, ...] = ()) -> int:
+    """The first of ``count`` consecutive free loopback ports (none of them in ``avoid``)."""
+    for _ in range(200):
+        start = free_port()
+        ports = range(start, start + count)
+        if start + count > 65535 or set(avoid) & set(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return start
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
+def test_replicas_each_wait_serve_and_show_in_status(
+    serving_image: tuple[str, bool],
+    repository: Path,
+    docker_client: docker.DockerClient,
+    request: pytest.FixtureRequest,
+) -> None:
+    """With replicas: 2, `up` returns only when both containers serve (each asked on its own
+    published port), and status lists each replica with its own endpoints and verdict."""
+    project = make_project(serving_image, repository, docker_client, request)
+    project.models = [
+        {
+            "name": "half_plus_two",
+            "policy": {"specific": [1]},
+            "samples": [{"body": {"instances": [2.0]}, "expect": {"predictions": [3.0]}}],
+        }
+    ]
+    project.grpc_port = free_port_range(2)
+    project.rest_port = free_port_range(2, (project.grpc_port, project.grpc_port + 1))
+    project.serving_extra = {"replicas": 2}
+    project.write()
+    lifecycle = project.lifecycle(docker_client)
+    report = lifecycle.up(timeout=UP_TIMEOUT_S)
+    assert report.plan.action is UpAction.START
+    replicas = {r.replica for r in report.smoke}
+    assert len(replicas) == 2 and all(r.ok for r in report.smoke)
+    document = lifecycle.status().to_json()
+    services = document["services"]
+    assert sorted(s["replica"] for s in services) == [1, 2]
+    assert all(s["state"] == "running" and s["models_ok"] is True for s in services)
+    assert document["ok"], document
+    rest_urls = {s["endpoints"]["rest"] for s in services}
+    assert rest_urls == {
+        f"http://127.0.0.1:{project.rest_port}",
+        f"http://127.0.0.1:{project.rest_port + 1}",
+    }
+    for url in rest_urls:
+        rest = RestClient(url, timeout=15)
+        try:
+            answer = rest.predict(ModelRef("half_plus_two"), {"instances": [2.0]})
+        finally:
+            rest.close()
+        assert answer == {"predictions": [3.0]}
+    second = lifecycle.up(timeout=UP_TIMEOUT_S)
+    assert second.plan.action is UpAction.NOOP

@@ -322,3 +322,156 @@ def test_up_is_not_blocked_by_a_canary_or_a_finished_rollout(tmp_path: Path) -> 
     write_journal(tmp_path, _journal("n", "restore_failed", pid=2**22 + 4321))
     with pytest.raises(StackError, match="model n: rollout to version 2 is restore_failed"):
         refuse_during_rollout(tmp_path, "demo")
+
+
+def test_up_waits_on_and_smoke_tests_every_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With replicas, the wait and the smoke requests go to each container's own published REST
+    port (as the engine reports it), not only to the spec's port."""
+    from tfstack import lifecycle as module
+    from tfstack.waiting import Readiness
+
+    spec = StackSpec.model_validate(
+        {
+            "project": "p",
+            "models": [{"name": "m"}],
+            "serving": {"grpc_port": 9000, "rest_port": 9100, "replicas": 2},
+        }
+    )
+    loaded = Loaded(
+        spec, tmp_path / "config" / "stack.yaml", tmp_path, (ModelExpectation("m", (1,)),)
+    )
+
+    def replica(name: str, grpc: str, rest: str) -> ContainerInfo:
+        return serving(
+            id=name,
+            name=name,
+            ports={"9000/tcp": [("127.0.0.1", grpc)], "9100/tcp": [("127.0.0.1", rest)]},
+        )
+
+    class FakeStack:
+        def service_containers(self, service: str) -> list[ContainerInfo]:
+            return [replica("p-serving-1", "9001", "9101"), replica("p-serving-2", "9000", "9100")]
+
+        def log_tail(self, service: str, lines: int) -> list[str]:
+            return []
+
+    waited: list[str] = []
+
+    class FakeReady:
+        def __init__(self, rest: Any, expectations: Any, poll: Any, **kwargs: Any) -> None:
+            self.rest = rest
+
+        def wait(self) -> Readiness:
+            waited.append(self.rest.base_url)
+            return Readiness(("m",), {}, ())
+
+    monkeypatch.setattr(module, "ModelsReady", FakeReady)
+    lifecycle = module.Lifecycle(loaded.spec_path, root=tmp_path, source_root=tmp_path)
+    lifecycle.wait_ready(loaded, FakeStack(), timeout=5)  # type: ignore[arg-type]
+    assert waited == ["http://127.0.0.1:9101", "http://127.0.0.1:9100"]
+    targets = lifecycle.replicas(loaded, FakeStack())  # type: ignore[arg-type]
+    assert [(r.name, r.grpc_target) for r in targets] == [
+        ("p-serving-1", "127.0.0.1:9001"),
+        ("p-serving-2", "127.0.0.1:9000"),
+    ]
+
+
+def test_smoke_failures_name_the_replica() -> None:
+    """A wrong answer from one replica names that replica in the error."""
+    from tfstack.lifecycle import SmokeResult
+
+    with pytest.raises(StackError, match="p-serving-2: m \\(default\\) sample s: boom"):
+        raise_for_smoke(
+            [
+                SmokeResult("m", "s", "default", True, replica="p-serving-1"),
+                SmokeResult("m", "s", "default", False, "boom", replica="p-serving-2"),
+            ]
+        )
+
+
+RUNTIME_LOG = [
+    "2026-01-01 00:00:01 INFO Loading servable version {name: half_plus_two version: 1} from /m",
+    "2026-01-01 00:00:01 ERROR Loading servable {name: half_plus_three version: 1} failed: "
+    "DATA_LOSS: Can't parse /models/half_plus_three/1/saved_model.pb as binary proto",
+    "Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+    "{{name: half_plus_three version: 1} due to error: DATA_LOSS: Can't parse "
+    "/models/half_plus_three/1/saved_model.pb as binary proto}",
+]
+UPSTREAM_LOG = [
+    "2026-01-01 00:00:01.5: E tensorflow_serving/util/retrier.cc:40] Loading servable: "
+    "{name: b version: 2} failed: INVALID_ARGUMENT: no meta graph tagged serve",
+    "Failed to start server. Error: UNKNOWN: 2 servable(s) did not become available: "
+    "{{{name: a version: 1} due to error: DATA_LOSS: bad proto}, "
+    "{{name: b version: 2} due to error: INVALID_ARGUMENT: no meta graph tagged serve}, }",
+]
+
+
+def test_parse_start_failures_reads_runtime_and_upstream_texts() -> None:
+    """The failed servables and their errors come from the per-servable lines (full text) and
+    from the final `Failed to start server` list, in both servers' wording."""
+    from tfstack.lifecycle import parse_start_failures
+    from tfstack.status import StartFailure
+
+    assert parse_start_failures(RUNTIME_LOG) == [
+        StartFailure(
+            "half_plus_three",
+            1,
+            "DATA_LOSS: Can't parse /models/half_plus_three/1/saved_model.pb as binary proto",
+        )
+    ]
+    assert parse_start_failures(UPSTREAM_LOG) == [
+        StartFailure("a", 1, "DATA_LOSS: bad proto"),
+        StartFailure("b", 2, "INVALID_ARGUMENT: no meta graph tagged serve"),
+    ]
+
+
+def test_parse_start_failures_other_reasons() -> None:
+    """No `Failed to start server` line: None (not a start failure); a start failure that is no
+    model's (config parse error, port): [] so `up` reports the original error."""
+    from tfstack.lifecycle import parse_start_failures
+
+    assert parse_start_failures(RUNTIME_LOG[:2]) is None
+    assert (
+        parse_start_failures(
+            ["Failed to start server. Error: INVALID_ARGUMENT: Error parsing text-format"]
+        )
+        == []
+    )
+
+
+def test_config_without_drops_failed_models_and_says_why() -> None:
+    """The degraded models.config keeps every other model as rendered and names what is left out."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from tfstack.lifecycle import config_without
+
+    two = CONFIG.replace('name: "m"', 'name: "broken"').replace("/models/m", "/models/broken")
+    both = CONFIG.replace("\n}\n", "\n" + two.split("model_config_list {\n", 1)[1], 1)
+    text = config_without(both, {"broken"}, "degraded start: without broken")
+    assert text.startswith("# generated by tfstack")
+    assert "# degraded start: without broken\n" in text
+    parsed = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(text, parsed)
+    assert [c.name for c in parsed.model_config_list.config] == ["m"]
+    assert dict(parsed.model_config_list.config[0].version_labels) == {"stable": 2}
+
+
+def test_start_failures_record_round_trip(tmp_path: Path) -> None:
+    """Recorded start failures are read back as written; forgetting removes them."""
+    from tfstack.lifecycle import (
+        START_FAILURES,
+        forget_start_failures,
+        read_start_failures,
+        record_start_failures,
+    )
+    from tfstack.status import StartFailure
+
+    failures = [StartFailure("b", 1, "DATA_LOSS: x")]
+    record_start_failures(tmp_path, failures)
+    assert (tmp_path / START_FAILURES).is_file()
+    assert read_start_failures(tmp_path) == failures
+    forget_start_failures(tmp_path)
+    assert read_start_failures(tmp_path) == []

@@ -343,3 +343,48 @@ def test_a_single_replica_verdict_comes_from_the_same_observation() -> None:
     (service,) = status.to_json()["services"]
     assert service["models_ok"] is False
     assert service["problems"] == ["m v1: bad pb"]
+
+
+def test_recorded_start_failures_show_as_end_with_their_error() -> None:
+    """A model left out of a degraded start (the server does not know it) shows its recorded
+    version as END with the error; the stack is not ok; models the server knows are untouched."""
+    from tfstack.client import ServingRequestError
+    from tfstack.status import StartFailure, with_start_failures
+
+    rest = FakeRest(
+        {
+            ("good", None): [VersionState(1, "AVAILABLE")],
+            ("broken", None): ServingRequestError(
+                "Could not find any versions of model broken", status=404
+            ),
+        }
+    )
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=rest,  # type: ignore[arg-type]
+        expectations=[ModelExpectation("good", (1,)), ModelExpectation("broken", (1,))],
+        containers=[container()],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+    failures = [
+        StartFailure("broken", 1, "DATA_LOSS: Can't parse saved_model.pb"),
+        StartFailure("good", 1, "stale record"),
+    ]
+    document = with_start_failures(status, failures).to_json()
+    good, broken = document["models"]
+    assert good["ok"] and good["versions"][0]["state"] == "AVAILABLE"
+    assert broken["error"] is None and not broken["ok"]
+    assert broken["versions"] == [
+        {
+            "version": 1,
+            "state": "END",
+            "labels": [],
+            "declared": True,
+            "error": {"code": "DATA_LOSS", "message": "Can't parse saved_model.pb"},
+        }
+    ]
+    assert document["ok"] is False
+    assert StartFailure("m", 1, "something odd").code == "UNKNOWN"
