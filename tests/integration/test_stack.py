@@ -594,3 +594,51 @@ def test_replicas_each_wait_serve_and_show_in_status(
         assert answer == {"predictions": [3.0]}
     second = lifecycle.up(timeout=UP_TIMEOUT_S)
     assert second.plan.action is UpAction.NOOP
+
+
+def test_corrupt_model_at_first_start_degrades_then_reloads_once_fixed(
+    fresh: Project, docker_client: docker.DockerClient, repository: Path
+) -> None:
+    """A corrupt half_plus_three/1 at the FIRST start: `up` fails with its error, the server runs
+    without it (status: END with the error; half_plus_two answers); once a good version is
+    written, the next `up` hot-reloads it without restarting the container and all is AVAILABLE."""
+    broken = fresh.root / "models" / "half_plus_three" / "1"
+    shutil.rmtree(broken)
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    _open_up(broken)
+    spec_before = fresh.spec_path.read_text()
+    lifecycle = fresh.lifecycle(docker_client)
+    with pytest.raises(LoadFailed) as caught:
+        lifecycle.up(timeout=UP_TIMEOUT_S)
+    assert [f[:2] for f in caught.value.failures] == [("half_plus_three", 1)]
+    text = str(caught.value)
+    assert "model half_plus_three version 1:" in text and "still serving: half_plus_two" in text
+    assert "hot reload" in text
+    assert fresh.spec_path.read_text() == spec_before, "the spec is never changed"
+    assert 'name: "half_plus_three"' not in (fresh.root / "config" / "models.config").read_text()
+    document = lifecycle.status().to_json()
+    three = next(m for m in document["models"] if m["name"] == "half_plus_three")
+    assert three["versions"][0]["state"] == "END", three
+    assert three["versions"][0]["error"]["message"] == caught.value.failures[0][2].split(": ", 1)[1]
+    two = next(m for m in document["models"] if m["name"] == "half_plus_two")
+    assert two["ok"] and not document["ok"]
+    rest = fresh.rest()
+    try:
+        answer = rest.predict(ModelRef("half_plus_two", version=1), {"instances": [2.0]})
+    finally:
+        rest.close()
+    assert answer == {"predictions": [3.0]}
+    before = serving_container(docker_client, fresh)
+
+    shutil.rmtree(broken)
+    shutil.copytree(repository / "half_plus_three" / "1", broken)
+    _open_up(broken)
+    report = lifecycle.up(timeout=UP_TIMEOUT_S)
+    assert report.plan.action is UpAction.RELOAD
+    assert serving_container(docker_client, fresh) == before
+    assert report.status.ok, report.status.to_json()
+    after = lifecycle.status().to_json()
+    states = {(m["name"], v["version"]): v["state"] for m in after["models"] for v in m["versions"]}
+    assert set(states.values()) == {"AVAILABLE"} and ("half_plus_three", 1) in states
+    assert not (fresh.root / "state" / "failed-models.json").exists()
