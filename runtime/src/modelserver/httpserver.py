@@ -11,6 +11,7 @@ cost more than the whole inference of a small model, so this module speaks HTTP 
 - malformed HTTP gets ``400 Invalid HTTP request received.`` (plain text) and the connection
   closes; idle keep-alive connections close after ``keep_alive_timeout`` seconds;
 - the path handed to the application is percent-decoded and without the query string;
+- ``HEAD`` gets the headers of the answer without its body (the connection stays usable);
 - ``shutdown(grace)`` stops accepting, lets in-flight requests finish (up to ``grace`` seconds),
   closes idle connections and then every remaining one.
 
@@ -268,11 +269,13 @@ class HttpProtocol(asyncio.Protocol):
                     return
                 answer = self.server.handler(method, path, body)
             if isinstance(answer, tuple):
-                self._write(answer, keep_alive)
+                self._write(answer, keep_alive, head=method == "HEAD")
                 continue
             self.busy = True
             task = self.loop.create_task(answer)
-            task.add_done_callback(functools.partial(self._finished, keep_alive=keep_alive))
+            task.add_done_callback(
+                functools.partial(self._finished, keep_alive=keep_alive, head=method == "HEAD")
+            )
             return
         self.busy = False
         if self.paused and not self.closed:
@@ -284,7 +287,7 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._arm_idle_timer()
 
-    def _finished(self, task: asyncio.Task[Answer], *, keep_alive: bool) -> None:
+    def _finished(self, task: asyncio.Task[Answer], *, keep_alive: bool, head: bool) -> None:
         self.busy = False
         if task.cancelled():
             self.abort()
@@ -295,15 +298,18 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         else:
             answer = task.result()
-        self._write(answer, keep_alive)
+        self._write(answer, keep_alive, head=head)
         self._next()
 
-    def _write(self, answer: Answer, keep_alive: bool) -> None:
+    def _write(self, answer: Answer, keep_alive: bool, *, head: bool = False) -> None:
         if self.closed:
             return
         status, content_type, body = answer
         close = not keep_alive or self.server.closing
-        self.transport.write(render(status, content_type, body, close=close))
+        response = render(status, content_type, body, close=close)
+        if head:  # the headers a GET would get, without the body
+            response = response[: len(response) - len(body)]
+        self.transport.write(response)
         if close:
             self.closed = True
             self.pending.clear()

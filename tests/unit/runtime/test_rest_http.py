@@ -243,3 +243,16 @@ def test_batching_never_runs_inline(
         assert not _rest_policy(server).inline(("predict", "hp"), len(BODY))
     finally:
         server.stop()
+
+
+def test_head_gets_headers_without_body_and_keeps_the_connection(served: RunningServer) -> None:
+    """A HEAD request is answered with headers only (content-length of the would-be body), so
+    the next request on the same connection is parsed correctly."""
+    requests = b"HEAD /v1/models/hp HTTP/1.1\r\nHost: x\r\n\r\n" + _predict_request(
+        extra="Connection: close\r\n"
+    )
+    data = _raw(served.rest_port, requests)
+    first, rest = data.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 400 ")  # upstream routes only GET/POST
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1]) == {"predictions": PREDICTIONS}
