@@ -411,6 +411,9 @@ class ModelManager:
         servable = record.servable
         record.servable = None
         self._set(entry, record, State.UNLOADING)
+        # Routes must stop naming the servable before it starts refusing requests; otherwise a
+        # request resolving in between finds only a closing servable and fails.
+        self._publish()
 
         def finish() -> None:
             if servable is not None:
