@@ -193,12 +193,19 @@ def test_query_string_ignored_and_path_percent_decoded(served: RunningServer) ->
 def test_tiny_model_handler_learns_to_run_inline(served: RunningServer) -> None:
     """After a few requests the REST predict handler of a tiny model is estimated well under
     the inline limit, so it runs on the event loop (no thread hop) and keeps answering."""
-    for _ in range(5):
-        assert served.post_json("/v1/models/hp:predict", {"instances": [1.0]})[0] == 200
+    # The limit is raised so the outcome does not depend on how loaded the machine is: what is
+    # under test is the learning from real runs and the inline path, not this machine's speed.
     app_policy = _rest_policy(served)
-    assert app_policy.inline(("predict", "hp"), len(BODY))
-    status, document = served.post_json("/v1/models/hp:predict", {"instances": [1.0]})
-    assert (status, document) == (200, {"predictions": [2.5]})
+    limit = app_policy.max_seconds
+    app_policy.max_seconds = 5.0
+    try:
+        for _ in range(5):
+            assert served.post_json("/v1/models/hp:predict", {"instances": [1.0]})[0] == 200
+        assert app_policy.inline(("predict", "hp"), len(BODY))
+        status, document = served.post_json("/v1/models/hp:predict", {"instances": [1.0]})
+        assert (status, document) == (200, {"predictions": [2.5]})
+    finally:
+        app_policy.max_seconds = limit
 
 
 def _rest_policy(served: RunningServer) -> InlinePolicy:
