@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
-tf = pytest.importorskip("tensorflow")
-
-from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
-from tensorflow_serving.apis import prediction_log_pb2  # noqa: E402
-
-from tfstack import demo_models  # noqa: E402
-from tfstack.demo_models import WARMUP_FILE, DemoModelError  # noqa: E402
+from tfstack import demo_models
+from tfstack.demo_models import WARMUP_FILE, DemoModelError
 
 
 def serialized_examples(*xs: float) -> tf.Tensor:

@@ -7,14 +7,12 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import input_pb2
 
-tf = pytest.importorskip("tensorflow")
-
-from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
-from tensorflow_serving.apis import input_pb2  # noqa: E402
-
-from modelserver import codec  # noqa: E402
-from modelserver.codec import Code, Limits, ServingError, TensorSpec  # noqa: E402
+from modelserver import codec
+from modelserver.codec import Code, Limits, ServingError, TensorSpec
 
 
 def parse_examples(body: dict[str, object]) -> list[tf.train.Example]:
