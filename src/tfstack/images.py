@@ -13,25 +13,22 @@ times, decides the layer cache: the same inputs give a build whose every step is
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from tfstack.baseimage import LOCAL_BASE, BaseImagePlan, apply_base_image, plan_base_image
+from tfstack.buildstream import BuildProgress, stream_build
 from tfstack.errors import BuildError
 from tfstack.wheelhouse import (
     WheelhousePlan,
@@ -63,7 +60,6 @@ SUPERSEDED_GRACE_S = 3600.0
 # without AVX aborts at import. tests/integration/test_runtime_image.py re-checks this in the image.
 ISA_BASELINES = {"x86_64": "x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX"}
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
-LOG_TAIL_LINES = 25
 
 
 @dataclass(frozen=True)
@@ -234,49 +230,6 @@ def assembled_context(plan: ImageBuildPlan, *, parent: Path | None = None) -> It
         yield root
 
 
-@dataclass
-class BuildProgress:
-    """What a build has done so far; renders as the live status line."""
-
-    image: str
-    started: float = field(default_factory=time.monotonic)
-    step: str = "sending build context"
-    step_started: float = field(default_factory=time.monotonic)
-    step_cached: bool = False
-    steps: int = 0
-    rebuilt: list[str] = field(default_factory=list)  # steps that ran instead of hitting the cache
-    log: list[str] = field(default_factory=list)
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def __rich__(self) -> Text:
-        return Text(
-            f"building {self.image}  {self.elapsed():5.0f}s  {self.step[:100]}", style="cyan"
-        )
-
-    def finish_step(self, console: Console) -> None:
-        """Print the step that just ended with its outcome: cached, or how long it ran."""
-        match = _STEP.match(self.step)
-        if match is None:
-            return
-        instruction = match.group(3).split(maxsplit=1)[0].upper()
-        if self.step_cached:
-            outcome = "cached"
-        elif instruction in _NEVER_CACHED:
-            outcome = ""
-        else:
-            outcome = f"{time.monotonic() - self.step_started:.1f}s"
-            self.rebuilt.append(self.step)
-        suffix = f"  [{outcome}]" if outcome else ""
-        console.print(f"  {self.step[:110]}{suffix}", highlight=False, markup=False, soft_wrap=True)
-
-
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
-# Steps the legacy builder never reports as cached because there is nothing to cache.
-_NEVER_CACHED = frozenset({"FROM", "ARG"})
-
-
 @dataclass(frozen=True)
 class BuiltImage:
     """The outcome of a build: id, tags, size and how much of it came from the layer cache."""
@@ -303,79 +256,27 @@ class BuiltImage:
         )
 
 
-def _follow(
-    events: Iterable[dict[str, Any]], progress: BuildProgress, console: Console
-) -> str | None:
-    """Consume the build's event stream; returns the image id, raises BuildError on an error."""
-    image_id: str | None = None
-    for event in events:
-        if "error" in event:
-            raise BuildError(
-                f"{progress.step}: {str(event['error']).strip()}",
-                image=progress.image,
-                log_tail=progress.log[-LOG_TAIL_LINES:],
-                hint="fix the failing step (the Dockerfile is runtime/docker/Dockerfile); "
-                "`invoke images --dry-run` shows the inputs",
-            )
-        aux = event.get("aux")
-        if isinstance(aux, dict) and "ID" in aux:
-            image_id = str(aux["ID"])
-        for raw in str(event.get("stream", "")).splitlines():
-            line = raw.rstrip()
-            if not line:
-                continue
-            progress.log.append(line)
-            match = _STEP.match(line)
-            if match:
-                progress.finish_step(console)
-                progress.step = " ".join(line.split())
-                progress.step_started = time.monotonic()
-                progress.step_cached = False
-                progress.steps = int(match.group(2))
-            elif line.strip() == "---> Using cache":
-                progress.step_cached = True
-            elif line.startswith("Successfully built "):
-                image_id = image_id or line.split()[-1]
-    progress.finish_step(console)
-    return image_id
-
-
 def build_image(
     client: docker.DockerClient, plan: ImageBuildPlan, *, console: Console, scratch: Path
 ) -> BuiltImage:
     """Perform a plan with the engine's builder; tags the result and reports its size."""
     progress = BuildProgress(plan.image)
     with assembled_context(plan, parent=scratch) as context:
-        try:
-            with Live(progress, console=console, refresh_per_second=4, transient=True):
-                events = client.api.build(
-                    path=str(context),
-                    dockerfile=plan.dockerfile,
-                    tag=plan.image,
-                    target=plan.target,
-                    buildargs=dict(plan.build_args),
-                    labels=dict(plan.labels),
-                    nocache=plan.no_cache,
-                    network_mode=plan.network_mode,
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    decode=True,
-                )
-                image_id = _follow(events, progress, console)
-        except docker.errors.DockerException as exc:
-            raise BuildError(
-                f"the engine refused the build: {exc}",
-                image=plan.image,
-                log_tail=progress.log[-LOG_TAIL_LINES:],
-                hint=f"check that the base image {plan.build_args.get('BASE_IMAGE')} exists "
-                "(`docker images`) and the engine has disk space",
-            ) from exc
-    if image_id is None:
-        raise BuildError(
-            "the build ended without an image id",
-            image=plan.image,
-            log_tail=progress.log[-LOG_TAIL_LINES:],
+        image_id = stream_build(
+            client,
+            progress,
+            console=console,
+            step_hint="fix the failing step (the Dockerfile is runtime/docker/Dockerfile); "
+            "`invoke images --dry-run` shows the inputs",
+            engine_hint=f"check that the base image {plan.build_args.get('BASE_IMAGE')} exists "
+            "(`docker images`) and the engine has disk space",
+            path=str(context),
+            dockerfile=plan.dockerfile,
+            target=plan.target,
+            buildargs=dict(plan.build_args),
+            labels=dict(plan.labels),
+            nocache=plan.no_cache,
+            network_mode=plan.network_mode,
         )
     repository_tags = [tag.rsplit(":", 1) for tag in plan.tags[1:]]
     for repository, tag in repository_tags:
@@ -388,7 +289,7 @@ def build_image(
         size_bytes=size,
         seconds=progress.elapsed(),
         steps=progress.steps,
-        rebuilt_steps=tuple(progress.rebuilt),
+        rebuilt_steps=progress.rebuilt,
     )
 
 

@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +43,10 @@ import docker
 import docker.errors
 import jinja2
 from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from tfstack import bazel_cache
 from tfstack.baseimage import plan_base_image
+from tfstack.buildstream import ANSI_ESCAPE, BuildProgress, stream_build
 from tfstack.errors import BuildError, RenderError, UsageError
 from tfstack.isa import CpuInfo, IsaTarget, isa_labels, parse_cpuinfo, resolve_target
 
@@ -75,7 +74,6 @@ RESERVE_MB = 2048
 
 LABEL_PREFIX = "org.tfstack"
 MANAGED_LABEL = "org.tfstack.managed"
-LOG_TAIL_LINES = 25
 _VERSION_TAG = re.compile(r"^\d+\.\d+\.\d+(?:-rc\d+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -546,10 +544,8 @@ class BazelSummary:
     critical_path_s: float | None = None
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PROCESSES = re.compile(r"INFO: (\d+) process(?:es)?(?:: (.*?))?\.?$")
 _ELAPSED = re.compile(r"INFO: Elapsed time: ([\d.]+)s, Critical Path: ([\d.]+)s")
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _BAZEL_PROGRESS = re.compile(r"^\[[\d,]+ / [\d,]+\]")
 _NOT_EXECUTED = ("internal", "remote cache hit", "disk cache hit")
 
@@ -557,7 +553,7 @@ _NOT_EXECUTED = ("internal", "remote cache hit", "disk cache hit")
 def parse_bazel_summary(lines: Iterable[str]) -> BazelSummary:
     summary = BazelSummary()
     for raw in lines:
-        line = _ANSI.sub("", raw).strip()
+        line = ANSI_ESCAPE.sub("", raw).strip()
         match = _PROCESSES.search(line)
         if match:
             kinds: dict[str, int] = {}
@@ -582,23 +578,6 @@ def parse_bazel_summary(lines: Iterable[str]) -> BazelSummary:
                 float(match.group(2)),
             )
     return summary
-
-
-@dataclass
-class _Progress:
-    image: str
-    started: float = field(default_factory=time.monotonic)
-    step: str = "sending build context"
-    detail: str = ""
-    log: list[str] = field(default_factory=list)
-    cached_steps: int = 0
-
-    def __rich__(self) -> Text:
-        elapsed = time.monotonic() - self.started
-        text = f"building {self.image}  {elapsed:5.0f}s  {self.step[:70]}"
-        if self.detail:
-            text += f"  {self.detail[:70]}"
-        return Text(text, style="cyan")
 
 
 @dataclass(frozen=True)
@@ -685,48 +664,18 @@ def build_context(step: ImageStep, out: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _follow(events: Iterable[dict[str, Any]], progress: _Progress, console: Console) -> str:
-    image_id: str | None = None
-    for event in events:
-        if "error" in event:
-            log = progress.log
-            oom = any("Killed" in line and "cc1plus" in line for line in log[-200:])
-            raise BuildError(
-                f"{progress.step}: {str(event['error']).strip()}",
-                image=progress.image,
-                log_tail=log[-LOG_TAIL_LINES:],
-                hint=(
-                    "the compiler ran out of memory: lower --jobs or give the engine more memory"
-                    if oom
-                    else "`invoke build-optimized --dry-run` shows every input of this build"
-                ),
-            )
-        aux = event.get("aux")
-        if isinstance(aux, dict) and "ID" in aux:
-            image_id = str(aux["ID"])
-        for raw in str(event.get("stream", "")).splitlines():
-            line = _ANSI.sub("", raw).rstrip()
-            if not line:
-                continue
-            progress.log.append(line)
-            if _STEP.match(line):
-                progress.step, progress.detail = line, ""
-                console.print(f"  {line[:140]}", highlight=False, markup=False)
-            elif line.strip() == "---> Using cache":
-                progress.cached_steps += 1
-            elif _BAZEL_PROGRESS.match(line):
-                progress.detail = line
-            elif line.startswith("INFO: ") and ("processes" in line or "Elapsed" in line):
-                console.print(f"    {line}", highlight=False, markup=False)
-            elif line.startswith("Successfully built "):
-                image_id = image_id or line.split()[-1]
-    if image_id is None:
-        raise BuildError(
-            "the build ended without an image id",
-            image=progress.image,
-            log_tail=progress.log[-LOG_TAIL_LINES:],
-        )
-    return image_id
+def _oom_hint(log: Sequence[str]) -> str:
+    if any("Killed" in line and "cc1plus" in line for line in log[-200:]):
+        return "the compiler ran out of memory: lower --jobs or give the engine more memory"
+    return "`invoke build-optimized --dry-run` shows every input of this build"
+
+
+def _show_bazel(line: str, progress: BuildProgress) -> None:
+    """Bazel's progress goes to the status line; its INFO summaries are printed under the step."""
+    if _BAZEL_PROGRESS.match(line):
+        progress.detail = line
+    elif line.startswith("INFO: ") and ("processes" in line or "Elapsed" in line):
+        progress.note(line)
 
 
 def _build_step(
@@ -737,36 +686,27 @@ def _build_step(
     network_mode: str | None,
     console: Console,
 ) -> BuiltStep:
-    progress = _Progress(step.tag)
+    progress = BuildProgress(step.tag)
     with tempfile.TemporaryFile() as context:
         build_context(step, context)
-        try:
-            with Live(progress, console=console, refresh_per_second=4, transient=True):
-                events = client.api.build(
-                    fileobj=context,
-                    custom_context=True,
-                    dockerfile=step.dockerfile_name,
-                    tag=step.tag,
-                    buildargs=dict(step.build_args),
-                    labels=dict(step.labels),
-                    network_mode=network_mode,
-                    nocache=no_cache,
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    decode=True,
-                )
-                image_id = _follow(events, progress, console)
-        except docker.errors.DockerException as exc:
-            raise BuildError(
-                f"the engine refused the build: {exc}",
-                image=step.tag,
-                log_tail=progress.log[-LOG_TAIL_LINES:],
-            ) from exc
+        image_id = stream_build(
+            client,
+            progress,
+            console=console,
+            handlers=(_show_bazel,),
+            step_hint=_oom_hint,
+            fileobj=context,
+            custom_context=True,
+            dockerfile=step.dockerfile_name,
+            buildargs=dict(step.build_args),
+            labels=dict(step.labels),
+            network_mode=network_mode,
+            nocache=no_cache,
+        )
     return BuiltStep(
         step.tag,
         image_id,
-        time.monotonic() - progress.started,
+        progress.elapsed(),
         progress.cached_steps,
         parse_bazel_summary(progress.log),
         tuple(progress.log),

@@ -22,7 +22,6 @@ from tfstack.baseimage import BaseImagePlan
 from tfstack.errors import BuildError
 from tfstack.images import (
     CONTEXT_SCRIPTS,
-    BuildProgress,
     ImageBuildPlan,
     RuntimeImagePlans,
     SourceInfo,
@@ -346,14 +345,6 @@ def test_failed_step_raises_build_error_with_log_tail(tmp_path: Path) -> None:
     assert "returned a non-zero code: 1" in text
     assert "half_plus_two gave [0.0]" in text
     assert info.value.log_tail[-1].startswith("smoke.py:")
-
-
-def test_progress_line_shows_elapsed_time_and_step() -> None:
-    """The live status line names the image, the seconds elapsed and the current step."""
-    progress = BuildProgress("img:1", started=0.0)
-    progress.step = "Step 8/30 : RUN pip install"
-    text = progress.__rich__().plain
-    assert re.match(r"^building img:1 +\d+s  Step 8/30 : RUN pip install$", text)
 
 
 def git(repo: Path, *args: str) -> str:
