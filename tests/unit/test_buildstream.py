@@ -127,35 +127,31 @@ def test_computed_hint_sees_the_log() -> None:
     assert info.value.hint is None
 
 
-def test_compiler_killed_by_oom_gets_the_memory_hint() -> None:
-    """optimized's builds turn `Killed ... cc1plus` in the log into the lower --jobs hint, and
-    other failures into the --dry-run hint."""
+def optimized_build_hint(events: Sequence[dict[str, Any]]) -> str:
+    """The hint of the BuildError an optimized build step raises for ``events``."""
     step = optimized.ImageStep("tfstack/tfserving:devel", "Dockerfile.devel", "FROM x\n", {}, {})
-    oom = [
-        {"stream": "Step 1/1 : RUN bazel build //x\n"},
-        {"stream": "gcc: fatal error: Killed signal terminated program cc1plus\n"},
-        {"error": "The command returned a non-zero code: 1"},
-    ]
     console = Console(file=io.StringIO(), force_terminal=False)
     with pytest.raises(BuildError) as info:
         optimized._build_step(
-            FakeClient(oom),  # type: ignore[arg-type]
+            FakeClient(events),  # type: ignore[arg-type]
             step,
             no_cache=False,
             network_mode=None,
             console=console,
         )
-    assert info.value.hint is not None and "lower --jobs" in info.value.hint
-    other = [oom[0], {"stream": "ERROR: missing target\n"}, oom[2]]
-    with pytest.raises(BuildError) as info:
-        optimized._build_step(
-            FakeClient(other),  # type: ignore[arg-type]
-            step,
-            no_cache=False,
-            network_mode=None,
-            console=console,
-        )
-    assert info.value.hint is not None and "--dry-run" in info.value.hint
+    assert info.value.hint is not None
+    return info.value.hint
+
+
+def test_compiler_killed_by_oom_gets_the_memory_hint() -> None:
+    """optimized's builds turn `Killed ... cc1plus` in the log into the lower --jobs hint, and
+    other failures into the --dry-run hint."""
+    step = {"stream": "Step 1/1 : RUN bazel build //x\n"}
+    failed = {"error": "The command returned a non-zero code: 1"}
+    killed = {"stream": "gcc: fatal error: Killed signal terminated program cc1plus\n"}
+    assert "lower --jobs" in optimized_build_hint([step, killed, failed])
+    other = {"stream": "ERROR: missing target\n"}
+    assert "--dry-run" in optimized_build_hint([step, other, failed])
 
 
 def test_stream_without_image_id_is_an_error() -> None:
