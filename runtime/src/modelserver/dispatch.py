@@ -11,6 +11,10 @@ run) and jumps straight to any run above :data:`HEAVY_FACTOR` times the limit, s
 turns heavy (a new version, a larger input) leaves the loop after one such run. Bodies above
 :data:`INLINE_MAX_BODY` never run inline. Callers that wait on other requests (server-side
 batching) must not use the inline path at all.
+
+Model warmup teaches the policy too (:meth:`InlinePolicy.note` from the server's loader with the
+warm cost of each replayed record), so the first real request of a cheap model already runs
+inline; a heavy warmup run takes the key off the loop before the version serves.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ CREEP = 1.05
 class InlinePolicy:
     """Per-key cost estimates and the inline decision (thread-safe enough: single dict writes)."""
 
-    def __init__(self, *, enabled: bool = True, max_seconds: float = INLINE_MAX_SECONDS) -> None:
+    def __init__(self, *, enabled: bool = True, max_seconds: float | None = None) -> None:
         self.enabled = enabled
-        self.max_seconds = max_seconds
+        self.max_seconds = INLINE_MAX_SECONDS if max_seconds is None else max_seconds
         self._costs: dict[Hashable, float] = {}
 
     def inline(self, key: Hashable, size: int) -> bool:

@@ -114,7 +114,9 @@ class Services(
         executor: Executor,
         metrics: Metrics,
         reload: Callable[[Any], None],
+        *,
         predict: Callable[[Servable, Any, Any], None] | None = None,
+        inline: InlinePolicy | None = None,
     ) -> None:
         self.manager = manager
         self.executor = executor
@@ -122,7 +124,9 @@ class Services(
         self._reload = reload
         self._predict = predict or inference.run_predict
         # A batching predict waits for other requests: it must never run on the event loop.
-        self.inline = InlinePolicy(enabled=predict is None)
+        self.inline = inline if inline is not None else InlinePolicy()
+        if predict is not None:
+            self.inline.enabled = False
 
     async def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()

@@ -88,6 +88,7 @@ class RestApi:
         max_body_bytes: int = 256 << 20,
         timeout_seconds: float = 30.0,
         predictor: Predictor | None = None,
+        inline: InlinePolicy | None = None,
     ) -> None:
         self.manager = manager
         self.executor = executor
@@ -100,7 +101,9 @@ class RestApi:
             lambda servable, signature, tensors: servable.predict(signature, tensors)
         )
         # A batching predictor waits for other requests: it must never run on the event loop.
-        self.inline = InlinePolicy(enabled=predictor is None)
+        self.inline = inline if inline is not None else InlinePolicy()
+        if predictor is not None:
+            self.inline.enabled = False
 
     # -- HTTP entry (modelserver.httpserver) ------------------------------------------------------
     def handle(self, method: str, path: str, body: bytes) -> Answer | Awaitable[Answer]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelserver import config as config_module
+from modelserver.dispatch import InlinePolicy
 from modelserver.flags import Flags
 from modelserver.manager import ManagerOptions, ModelManager, State
 from modelserver.metrics import Metrics
@@ -94,6 +95,10 @@ class ModelServer:
         )
         self.metrics = Metrics(enabled=self.monitoring.enable)
         self.batcher: BatchedPredictor | None = None
+        # Where handlers run (event loop or pool), per protocol; warmup teaches both. Batching
+        # handlers wait on other requests and never run inline.
+        self.rest_inline = InlinePolicy(enabled=not flags.enable_batching)
+        self.grpc_inline = InlinePolicy(enabled=not flags.enable_batching)
         self._loader = loader or self._load
         retries = flags.max_num_load_retries
         self.manager = ModelManager(
@@ -139,7 +144,11 @@ class ModelServer:
             servable = load_servable(name, version, path, self.session_options)
             try:
                 if self.flags.enable_model_warmup:
-                    run_warmup(servable, self.flags.num_request_iterations_for_warmup)
+                    run_warmup(
+                        servable,
+                        self.flags.num_request_iterations_for_warmup,
+                        on_cost=lambda api, seconds: self._learn_cost(name, api, seconds),
+                    )
             except BaseException:
                 servable.close(timeout=0)
                 raise
@@ -147,6 +156,11 @@ class ModelServer:
             return servable
         finally:
             self.metrics.record_load(path, ok, (time.perf_counter() - started) * 1e6)
+
+    def _learn_cost(self, name: str, api: str, seconds: float) -> None:
+        """A warm warmup run of ``name``'s ``api`` took ``seconds``: teach the inline policies."""
+        for policy in (self.rest_inline, self.grpc_inline):
+            policy.note((api, name), seconds)
 
     def _on_model_event(
         self, kind: str, name: str, version: int, state: State, error: ServingError | None
@@ -201,7 +215,12 @@ class ModelServer:
         from modelserver import grpc_service
 
         services = grpc_service.Services(
-            self.manager, self.executor, self.metrics, self.reload, predict=self._grpc_predict()
+            self.manager,
+            self.executor,
+            self.metrics,
+            self.reload,
+            predict=self._grpc_predict(),
+            inline=self.grpc_inline,
         )
         server = grpc_service.build_server(
             services, grpc_service.channel_arguments(self.flags.grpc_channel_arguments)
@@ -251,6 +270,7 @@ class ModelServer:
             max_body_bytes=self.flags.rest_api_max_body_bytes,
             timeout_seconds=self.flags.rest_api_timeout_in_ms / 1000,
             predictor=predictor,
+            inline=self.rest_inline,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

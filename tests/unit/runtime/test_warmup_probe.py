@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
-from modelserver import probe
+from modelserver import dispatch, probe
 from modelserver.servable import SessionOptions, load_servable
 from modelserver.server import StartupError
 from modelserver.status import ServingError
@@ -88,6 +88,70 @@ def test_server_refuses_version_whose_warmup_fails(
     write_warmup(bad, [predict_log("nope")])
     with pytest.raises(StartupError, match="Warmup record 0"):
         server_factory("--model_name=bad", f"--model_base_path={tmp_path / 'bad'}")
+
+
+def test_warmup_reports_one_warm_cost_per_api_and_signature(
+    models: ModelFiles, tmp_path: Path
+) -> None:
+    """Warmup tells its listener the cost of the first record of each API and signature (not
+    of repeats), the fastest of its replays, and still replays and counts every record."""
+    version = models.place(tmp_path, 1)
+    write_warmup(version, [predict_log(), predict_log(), predict_log()])
+    costs: list[tuple[str, float]] = []
+    assert run_warmup(load(version), on_cost=lambda api, s: costs.append((api, s))) == 3
+    assert [api for api, _ in costs] == ["predict"]
+    assert 0 < costs[0][1] < 60
+
+
+def _count_inline_runs(policy: dispatch.InlinePolicy) -> list[object]:
+    calls: list[object] = []
+    run_inline = policy.run_inline
+
+    def counting(key: Any, work: Any) -> Any:
+        calls.append(key)
+        return run_inline(key, work)
+
+    policy.run_inline = counting  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("case", [(5.0, True), (1e-12, False)], ids=["cheap", "heavy"])
+def test_warmup_teaches_the_inline_policy_before_the_first_request(
+    models: ModelFiles,
+    tmp_path: Path,
+    server_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[float, bool],
+) -> None:
+    """Warmup runs teach both protocols' inline policies, so the very first REST and gRPC
+    predict of a model whose warmup cost is under the limit already runs on the event loop, and
+    a model costlier than the limit (a heavy model) never does. The limit is injected (5 s:
+    every run is cheap; 1e-12 s: every run is heavy) so the outcome does not depend on how fast
+    or loaded the machine is."""
+    limit, inline = case
+    monkeypatch.setattr(dispatch, "INLINE_MAX_SECONDS", limit)
+    version = models.place(tmp_path / "m", 1)
+    write_warmup(version, [predict_log()])
+    server: RunningServer = server_factory(
+        "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--file_system_poll_wait_seconds=0"
+    )
+    rest_policy, grpc_policy = server.server.rest_inline, server.server.grpc_inline
+    assert rest_policy.max_seconds == grpc_policy.max_seconds == limit
+    for policy in (rest_policy, grpc_policy):
+        assert policy.inline(("predict", "m"), 10) is inline
+    rest_runs = _count_inline_runs(rest_policy)
+    grpc_runs = _count_inline_runs(grpc_policy)
+    assert server.post_json("/v1/models/m:predict", {"instances": [2.0]}) == (
+        200,
+        {"predictions": [3.0]},
+    )
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([4.0], dtype=np.float32)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+    response = stub.Predict(request, timeout=30)
+    assert tf.make_ndarray(response.outputs["y"]).tolist() == [4.0]
+    assert len(rest_runs) == len(grpc_runs) == (1 if inline else 0)
 
 
 # ----------------------------------------------------------------------------- probe
