@@ -5,9 +5,9 @@ and the integration tests. Request building is pure (``model_path``, ``rest_inpu
 ``to_tensor_proto``...) and unit-tested; I/O goes through one method per transport.
 
 The gRPC side uses the protos and stubs of ``tensorflow-serving-api`` and converts JSON values to
-``TensorProto`` by hand (no ``tf.make_tensor_proto``, no numpy). Those protos live in the
-``tensorflow`` package namespace, so importing them loads TensorFlow: they are imported lazily, only
-when a gRPC call is made, keeping REST-only commands fast.
+``TensorProto`` by hand (no ``tf.make_tensor_proto``, no numpy). Those protos import modules of the
+``tensorflow`` package; :func:`tfstack.protos.load_serving_protos` loads them without starting
+TensorFlow's runtime (0.3 s instead of 3-4 s), and only when gRPC is used.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Literal
 import requests
 
 from tfstack.errors import StackError, UsageError
+from tfstack.protos import load_serving_protos
 
 DEFAULT_SIGNATURE = "serving_default"
 GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -301,6 +302,7 @@ def json_to_tensor(value: Any, dtype: str, where: str = "input") -> Tensor:
 
 def to_tensor_proto(tensor: Tensor) -> Any:
     """A ``tensorflow.TensorProto`` holding ``tensor`` (typed repeated fields)."""
+    load_serving_protos()
     from tensorflow.core.framework import tensor_pb2
 
     number, field_name, _ = DTYPES[tensor.dtype]
@@ -469,6 +471,30 @@ def grpc_outputs_to_rest(outputs: Mapping[str, Tensor], row_format: bool) -> dic
 # gRPC
 
 
+def _fill_model_spec(target: Any, ref: ModelRef, signature: str | None = None) -> None:
+    target.name = ref.name
+    if ref.version is not None:
+        target.version.value = ref.version
+    elif ref.label is not None:
+        target.version_label = ref.label
+    if signature:
+        target.signature_name = signature
+
+
+def predict_request(
+    ref: ModelRef, tensors: Mapping[str, Tensor], *, signature: str | None = None
+) -> Any:
+    """A ``tensorflow.serving.PredictRequest`` for ``ref`` with ``tensors`` as its inputs."""
+    load_serving_protos()
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    _fill_model_spec(request.model_spec, ref, signature)
+    for name, tensor in tensors.items():
+        request.inputs[name].CopyFrom(to_tensor_proto(tensor))
+    return request
+
+
 @dataclass
 class GrpcPrediction:
     """A gRPC predict answer: the resolved model spec and the outputs."""
@@ -495,6 +521,8 @@ class GrpcClient:
     def __init__(self, target: str, *, timeout: float = 30.0) -> None:
         import grpc
 
+        # Every proto and stub the methods import, loaded once without TensorFlow's runtime.
+        load_serving_protos()
         self.target = target
         self.timeout = timeout
         options = [
@@ -528,23 +556,14 @@ class GrpcClient:
 
     @staticmethod
     def _model_spec(target: Any, ref: ModelRef, signature: str | None = None) -> None:
-        target.name = ref.name
-        if ref.version is not None:
-            target.version.value = ref.version
-        elif ref.label is not None:
-            target.version_label = ref.label
-        if signature:
-            target.signature_name = signature
+        _fill_model_spec(target, ref, signature)
 
     def predict(
         self, ref: ModelRef, tensors: Mapping[str, Tensor], *, signature: str | None = None
     ) -> GrpcPrediction:
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, ref, signature)
-        for name, tensor in tensors.items():
-            request.inputs[name].CopyFrom(to_tensor_proto(tensor))
+        request = predict_request(ref, tensors, signature=signature)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         response = self._call(f"Predict({ref})", stub.Predict, request, None)
         spec = response.model_spec
