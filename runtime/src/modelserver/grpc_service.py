@@ -1,15 +1,18 @@
-"""gRPC PredictionService and ModelService on ``grpc.aio`` with tensorflow-serving-api's stubs.
+"""gRPC PredictionService and ModelService on a synchronous ``grpc.server`` with
+tensorflow-serving-api's stubs.
 
-Handlers run in the server's event loop; every TensorFlow call and every blocking manager call goes
-to the inference thread pool. Errors are TF status codes with upstream's message texts.
+Each call runs start to finish in one of the gRPC server's worker threads (no event loop hop, no
+second pool): on one core the synchronous server answers about twice as many unary calls as
+``grpc.aio`` (echo, measured here: ~4,900 vs ~2,500 req/s), and TensorFlow releases the GIL while
+it runs. There are enough threads for server-side batching to fill its batches (a batching predict
+blocks its thread until the batch runs). Errors are TF status codes with upstream's message texts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar
 
@@ -28,7 +31,6 @@ from tensorflow_serving.apis import (
 
 from modelserver import config as config_module
 from modelserver import inference
-from modelserver.dispatch import InlinePolicy
 from modelserver.manager import ModelManager, VersionRecord
 from modelserver.metrics import Metrics
 from modelserver.servable import Servable
@@ -106,46 +108,38 @@ class Services(
     prediction_service_pb2_grpc.PredictionServiceServicer,  # type: ignore[misc]
     model_service_pb2_grpc.ModelServiceServicer,  # type: ignore[misc]
 ):
-    """Both services; ``reload`` applies a ModelServerConfig (blocking, run in the pool)."""
+    """Both services; ``reload`` applies a ModelServerConfig (blocking)."""
 
     def __init__(
         self,
         manager: ModelManager,
-        executor: Executor,
         metrics: Metrics,
         reload: Callable[[Any], None],
         *,
         predict: Callable[[Servable, Any, Any], None] | None = None,
-        inline: InlinePolicy | None = None,
     ) -> None:
         self.manager = manager
-        self.executor = executor
         self.metrics = metrics
         self._reload = reload
         self._predict = predict or inference.run_predict
-        # A batching predict waits for other requests: it must never run on the event loop.
-        self.inline = inline if inline is not None else InlinePolicy()
-        if predict is not None:
-            self.inline.enabled = False
 
-    async def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
+    def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, work)
+            result = work()
         except Exception as exc:
-            await self._abort(context, api, model, exc, started)
+            self._abort(context, api, model, exc, started)
         self.metrics.record_request(model, api, "GRPC", "OK", (time.perf_counter() - started) * 1e6)
         return result
 
-    async def _abort(
+    def _abort(
         self, context: Any, api: str, model: str, exc: Exception, started: float
     ) -> NoReturn:
         error = as_serving_error(exc) or ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
         self.metrics.record_request(
             model, api, "GRPC", error.code.name, (time.perf_counter() - started) * 1e6
         )
-        await context.abort(_GRPC_CODES[int(error.code)], error.message)
+        context.abort(_GRPC_CODES[int(error.code)], error.message)
         raise AssertionError("unreachable") from None
 
     def _inference(
@@ -158,35 +152,23 @@ class Services(
 
         return work
 
-    async def Predict(self, request: Any, context: Any) -> Any:
+    def Predict(self, request: Any, context: Any) -> Any:
         work = self._inference(request, predict_pb2.PredictResponse(), self._predict)
-        model = request.model_spec.name
-        key = ("predict", model)
-        if self.inline.enabled and self.inline.inline(key, request.ByteSize()):
-            started = time.perf_counter()
-            try:
-                result = self.inline.run_inline(key, work)
-            except Exception as exc:
-                await self._abort(context, "predict", model, exc, started)
-            self.metrics.record_request(
-                model, "predict", "GRPC", "OK", (time.perf_counter() - started) * 1e6
-            )
-            return result
-        return await self._call(context, "predict", model, self.inline.timed(key, work))
+        return self._call(context, "predict", request.model_spec.name, work)
 
-    async def Classify(self, request: Any, context: Any) -> Any:
+    def Classify(self, request: Any, context: Any) -> Any:
         work = self._inference(
             request, classification_pb2.ClassificationResponse(), inference.run_classify
         )
-        return await self._call(context, "classify", request.model_spec.name, work)
+        return self._call(context, "classify", request.model_spec.name, work)
 
-    async def Regress(self, request: Any, context: Any) -> Any:
+    def Regress(self, request: Any, context: Any) -> Any:
         work = self._inference(request, regression_pb2.RegressionResponse(), inference.run_regress)
-        return await self._call(context, "regress", request.model_spec.name, work)
+        return self._call(context, "regress", request.model_spec.name, work)
 
-    async def MultiInference(self, request: Any, context: Any) -> Any:
+    def MultiInference(self, request: Any, context: Any) -> Any:
         if not request.tasks:
-            await context.abort(
+            context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "MultiInferenceRequest must contain at least one task.",
             )
@@ -198,31 +180,31 @@ class Services(
                 inference.run_multi_inference(servable, request, response)
             return response
 
-        return await self._call(context, "multi_inference", spec.name, work)
+        return self._call(context, "multi_inference", spec.name, work)
 
-    async def GetModelMetadata(self, request: Any, context: Any) -> Any:
-        return await self._call(
+    def GetModelMetadata(self, request: Any, context: Any) -> Any:
+        return self._call(
             context,
             "get_model_metadata",
             request.model_spec.name,
             lambda: model_metadata(self.manager, request),
         )
 
-    async def GetModelStatus(self, request: Any, context: Any) -> Any:
-        return await self._call(
+    def GetModelStatus(self, request: Any, context: Any) -> Any:
+        return self._call(
             context,
             "get_model_status",
             request.model_spec.name,
             lambda: model_status(self.manager, request.model_spec),
         )
 
-    async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+    def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
         def work() -> Any:
             config_module.model_configs(request.config)  # refuse anything but model_config_list
             self._reload(request.config)
             return model_management_pb2.ReloadConfigResponse()
 
-        return await self._call(context, "reload_config", "", work)
+        return self._call(context, "reload_config", "", work)
 
 
 def channel_arguments(text: str) -> list[tuple[str, Any]]:
@@ -237,13 +219,30 @@ def channel_arguments(text: str) -> list[tuple[str, Any]]:
     return result
 
 
-def build_server(services: Services, extra_options: list[tuple[str, Any]]) -> Any:
+THREADS = 16
+"""Worker threads of the gRPC server unless ``--grpc_max_threads`` says otherwise: enough to keep
+one core busy; more only add GIL contention (measured: 64 threads answer half as many calls)."""
+BATCHING_THREADS = 64
+"""With server-side batching a predict blocks its thread until its batch runs: as many threads as
+calls that may wait together (the largest batches)."""
+
+
+def build_server(
+    services: Services,
+    extra_options: list[tuple[str, Any]],
+    max_threads: int = 0,
+    *,
+    batching: bool = False,
+) -> Any:
+    """A synchronous gRPC server with both services (not started)."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *extra_options,
     ]
-    server = grpc.aio.server(options=options)
+    threads = max_threads if max_threads > 0 else BATCHING_THREADS if batching else THREADS
+    workers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
+    server = grpc.server(workers, options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(services, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(services, server)
     return server

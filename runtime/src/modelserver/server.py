@@ -95,10 +95,9 @@ class ModelServer:
         )
         self.metrics = Metrics(enabled=self.monitoring.enable)
         self.batcher: BatchedPredictor | None = None
-        # Where handlers run (event loop or pool), per protocol; warmup teaches both. Batching
-        # handlers wait on other requests and never run inline.
+        # Where REST handlers run (event loop or pool); warmup teaches it. Batching handlers
+        # wait on other requests and never run inline.
         self.rest_inline = InlinePolicy(enabled=not flags.enable_batching)
-        self.grpc_inline = InlinePolicy(enabled=not flags.enable_batching)
         self._loader = loader or self._load
         retries = flags.max_num_load_retries
         self.manager = ModelManager(
@@ -158,9 +157,8 @@ class ModelServer:
             self.metrics.record_load(path, ok, (time.perf_counter() - started) * 1e6)
 
     def _learn_cost(self, name: str, api: str, seconds: float) -> None:
-        """A warm warmup run of ``name``'s ``api`` took ``seconds``: teach the inline policies."""
-        for policy in (self.rest_inline, self.grpc_inline):
-            policy.note((api, name), seconds)
+        """A warm warmup run of ``name``'s ``api`` took ``seconds``: teach the inline policy."""
+        self.rest_inline.note((api, name), seconds)
 
     def _on_model_event(
         self, kind: str, name: str, version: int, state: State, error: ServingError | None
@@ -215,21 +213,19 @@ class ModelServer:
         from modelserver import grpc_service
 
         services = grpc_service.Services(
-            self.manager,
-            self.executor,
-            self.metrics,
-            self.reload,
-            predict=self._grpc_predict(),
-            inline=self.grpc_inline,
+            self.manager, self.metrics, self.reload, predict=self._grpc_predict()
         )
         server = grpc_service.build_server(
-            services, grpc_service.channel_arguments(self.flags.grpc_channel_arguments)
+            services,
+            grpc_service.channel_arguments(self.flags.grpc_channel_arguments),
+            self.flags.grpc_max_threads,
+            batching=self.batcher is not None,
         )
         address = f"{self.host}:{self.grpc_port}"
         port = server.add_insecure_port(address)
         if port == 0:
             raise StartupError(f"UNAVAILABLE: Could not bind the gRPC server to {address}")
-        await server.start()
+        server.start()
         self._grpc = server
         self.endpoints = Endpoints(port, None)
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
@@ -337,7 +333,8 @@ class ModelServer:
         if self._rest is not None:
             rest_stopped = asyncio.ensure_future(self._rest.shutdown(grace))
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            stopped = self._grpc.stop(grace)
+            await asyncio.get_running_loop().run_in_executor(None, stopped.wait, grace + 1)
         if rest_stopped is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rest_stopped, grace + 1)

@@ -123,11 +123,11 @@ def test_warmup_teaches_the_inline_policy_before_the_first_request(
     monkeypatch: pytest.MonkeyPatch,
     case: tuple[float, bool],
 ) -> None:
-    """Warmup runs teach both protocols' inline policies, so the very first REST and gRPC
-    predict of a model whose warmup cost is under the limit already runs on the event loop, and
-    a model costlier than the limit (a heavy model) never does. The limit is injected (5 s:
-    every run is cheap; 1e-12 s: every run is heavy) so the outcome does not depend on how fast
-    or loaded the machine is."""
+    """Warmup runs teach the REST inline policy, so the very first REST predict of a model whose
+    warmup cost is under the limit already runs on the event loop, and a model costlier than the
+    limit (a heavy model) never does; gRPC (worker threads, no policy) answers either way. The
+    limit is injected (5 s: every run is cheap; 1e-12 s: every run is heavy) so the outcome does
+    not depend on how fast or loaded the machine is."""
     limit, inline = case
     monkeypatch.setattr(dispatch, "INLINE_MAX_SECONDS", limit)
     version = models.place(tmp_path / "m", 1)
@@ -135,12 +135,10 @@ def test_warmup_teaches_the_inline_policy_before_the_first_request(
     server: RunningServer = server_factory(
         "--model_name=m", f"--model_base_path={tmp_path / 'm'}", "--file_system_poll_wait_seconds=0"
     )
-    rest_policy, grpc_policy = server.server.rest_inline, server.server.grpc_inline
-    assert rest_policy.max_seconds == grpc_policy.max_seconds == limit
-    for policy in (rest_policy, grpc_policy):
-        assert policy.inline(("predict", "m"), 10) is inline
+    rest_policy = server.server.rest_inline
+    assert rest_policy.max_seconds == limit
+    assert rest_policy.inline(("predict", "m"), 10) is inline
     rest_runs = _count_inline_runs(rest_policy)
-    grpc_runs = _count_inline_runs(grpc_policy)
     assert server.post_json("/v1/models/m:predict", {"instances": [2.0]}) == (
         200,
         {"predictions": [3.0]},
@@ -151,7 +149,7 @@ def test_warmup_teaches_the_inline_policy_before_the_first_request(
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
     response = stub.Predict(request, timeout=30)
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [4.0]
-    assert len(rest_runs) == len(grpc_runs) == (1 if inline else 0)
+    assert len(rest_runs) == (1 if inline else 0)
 
 
 # ----------------------------------------------------------------------------- probe
