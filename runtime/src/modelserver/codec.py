@@ -35,7 +35,7 @@ Classify / regress
   ``regression_results(outputs, n) -> np.ndarray``; ``encode_regress_response(values) -> bytes``.
 
 gRPC helpers (import TensorFlow lazily)
-  ``tensor_proto_to_ndarray(proto, limits)`` checks the declared shape against the limits first;
+  (TensorProto -> numpy for requests lives in ``modelserver.inference.tensor_to_ndarray``)
   ``ndarray_to_tensor_proto(array)``; ``examples_from_input_proto(input_proto, limits)``;
   ``check_request_tensors(tensors, specs, signature_name)`` (names, dtypes, shapes).
 
@@ -87,7 +87,6 @@ __all__ = [
     "parse_json_object",
     "parse_predict_request",
     "regression_results",
-    "tensor_proto_to_ndarray",
 ]
 
 
@@ -1026,66 +1025,6 @@ def encode_regress_response(values: np.ndarray) -> bytes:
 
 
 # --------------------------------------------------------------------------- gRPC helpers
-
-_PROTO_VALUE_FIELDS = (
-    "half_val",
-    "float_val",
-    "double_val",
-    "int_val",
-    "string_val",
-    "scomplex_val",
-    "int64_val",
-    "bool_val",
-    "dcomplex_val",
-    "uint32_val",
-    "uint64_val",
-)
-
-
-def tensor_proto_to_ndarray(
-    proto: Any, limits: Limits = DEFAULT_LIMITS, name: str = ""
-) -> np.ndarray:
-    """A ``tensorflow.TensorProto`` as numpy, refusing huge or inconsistent declarations first."""
-    label = f"input '{name}'" if name else "tensor"
-    dtype = _DTYPE_NUMBERS.get(int(proto.dtype))
-    if dtype is None or dtype not in _NUMPY_OF:
-        raise _invalid(f"{label}: unsupported or invalid dtype {int(proto.dtype)}")
-    shape_proto = proto.tensor_shape
-    if shape_proto.unknown_rank:
-        raise _invalid(f"{label}: a request tensor must have a known shape")
-    dims = [int(d.size) for d in shape_proto.dim]
-    if len(dims) > limits.max_depth:
-        raise _invalid(f"{label}: rank {len(dims)} is more than the limit of {limits.max_depth}")
-    if any(d < 0 for d in dims):
-        raise _invalid(f"{label}: shape {_shape_text(dims)} has a negative dimension")
-    count = math.prod(dims)
-    if count > limits.max_elements:
-        raise _invalid(
-            f"{label}: shape {_shape_text(dims)} declares {count} values, more than the limit of "
-            f"{limits.max_elements}"
-        )
-    content = bytes(proto.tensor_content)
-    if content:
-        itemsize = _NUMPY_OF[dtype].itemsize
-        if dtype == "DT_STRING" or len(content) != count * itemsize:
-            raise _invalid(
-                f"{label}: tensor_content has {len(content)} bytes but shape "
-                f"{_shape_text(dims)} of {dtype} needs {count * itemsize}"
-            )
-    else:
-        provided = sum(len(getattr(proto, field)) for field in _PROTO_VALUE_FIELDS)
-        if dtype == "DT_STRING":
-            if provided != count:
-                raise _invalid(f"{label}: {provided} string values for shape {_shape_text(dims)}")
-        elif provided > count * (2 if "COMPLEX" in dtype else 1):
-            raise _invalid(f"{label}: {provided} values for shape {_shape_text(dims)}")
-    import tensorflow as tf  # lazy: the REST path never needs it
-
-    try:
-        array: np.ndarray = tf.make_ndarray(proto)
-    except (ValueError, TypeError) as exc:
-        raise _invalid(f"{label}: {exc}") from None
-    return array
 
 
 def ndarray_to_tensor_proto(array: np.ndarray) -> Any:

@@ -11,8 +11,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import input_pb2
 
-from modelserver import codec
-from modelserver.codec import Code, Limits, ServingError, TensorSpec
+from modelserver import codec, inference
+from modelserver.codec import Code, ServingError, TensorSpec
 
 
 def parse_examples(body: dict[str, object]) -> list[tf.train.Example]:
@@ -140,8 +140,8 @@ def test_examples_fed_to_a_real_parse_example_give_the_features() -> None:
 def test_tensor_proto_round_trip_for_numbers_and_strings() -> None:
     """make_tensor_proto requests decode to the same arrays, strings as bytes objects."""
     floats = np.array([[1.0, 2.0]], np.float32)
-    assert np.array_equal(codec.tensor_proto_to_ndarray(tf.make_tensor_proto(floats)), floats)
-    strings = codec.tensor_proto_to_ndarray(tf.make_tensor_proto([b"a", b"bc"]))
+    assert np.array_equal(inference.tensor_to_ndarray(tf.make_tensor_proto(floats)), floats)
+    strings = inference.tensor_to_ndarray(tf.make_tensor_proto([b"a", b"bc"]))
     assert strings.tolist() == [b"a", b"bc"]
     back = codec.ndarray_to_tensor_proto(np.array([3], np.int64))
     assert back.dtype == tf.int64.as_datatype_enum and list(back.int64_val or [3]) == [3]
@@ -151,23 +151,23 @@ def test_huge_declared_shape_is_refused_before_allocation() -> None:
     """A TensorProto declaring 10^12 values (one float_val) is refused, not allocated."""
     proto = tf.make_tensor_proto(1.0, dtype=tf.float32)
     proto.tensor_shape.Clear()
-    for size in (1_000_000, 1_000_000):
+    for size in (10_000_000, 10_000_000):
         proto.tensor_shape.dim.add(size=size)
-    with pytest.raises(ServingError, match="more than the limit") as info:
-        codec.tensor_proto_to_ndarray(proto, Limits(max_elements=1000), name="x")
-    assert info.value.code is Code.INVALID_ARGUMENT and "input 'x'" in info.value.message
+    with pytest.raises(ServingError, match=r"more than \d+ elements") as info:
+        inference.tensor_to_ndarray(proto)
+    assert info.value.code is Code.INVALID_ARGUMENT
 
 
 def test_inconsistent_tensor_content_is_refused() -> None:
     """tensor_content whose length does not match the shape is INVALID_ARGUMENT."""
     proto = tf.make_tensor_proto(np.zeros(4, np.float32))
     proto.tensor_content = proto.tensor_content[:-4]
-    with pytest.raises(ServingError, match="tensor_content has 12 bytes"):
-        codec.tensor_proto_to_ndarray(proto)
+    with pytest.raises(ServingError, match="tensor_content holds 12 bytes"):
+        inference.tensor_to_ndarray(proto)
     proto = tf.make_tensor_proto(np.zeros(2, np.float32))
     proto.tensor_shape.dim[0].size = -5
     with pytest.raises(ServingError, match="negative dimension"):
-        codec.tensor_proto_to_ndarray(proto)
+        inference.tensor_to_ndarray(proto)
 
 
 def test_input_proto_examples_merge_context_like_rest() -> None:
