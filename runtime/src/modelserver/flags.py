@@ -69,6 +69,9 @@ class Flags:
     thread_pool_factory_config_file: str = ""
     # Not upstream: the largest REST request body accepted (bytes); bigger bodies get 413.
     rest_api_max_body_bytes: int = 256 << 20
+    # Not upstream: on SIGTERM/SIGINT, seconds in-flight requests get to finish before the server
+    # exits (keep it under the container's stop timeout: Docker's default is 10 s).
+    shutdown_grace_seconds: float = 8.0
     unknown: list[str] = field(default_factory=list)
 
 

@@ -42,6 +42,11 @@ _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 # Largest message the server accepts or sends (upstream: kint32max).
 MAX_MESSAGE_BYTES = 2**31 - 1
+RELOAD_MAX_WAIT_SECONDS = 120.0
+"""The longest a HandleReloadConfigRequest waits for new models (when the client's deadline is
+later or absent); past it the call answers DEADLINE_EXCEEDED and the config stays applied."""
+RELOAD_DEADLINE_MARGIN = 0.25
+"""Seconds before the client's deadline the call answers, so the answer arrives in time."""
 
 
 def resolve_spec(manager: ModelManager, spec: Any) -> Servable:
@@ -114,7 +119,7 @@ class Services(
         self,
         manager: ModelManager,
         metrics: Metrics,
-        reload: Callable[[Any], None],
+        reload: Callable[[Any, float | None], None],
         *,
         predict: Callable[[Servable, Any, Any], None] | None = None,
     ) -> None:
@@ -199,9 +204,15 @@ class Services(
         )
 
     def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        # Answer before the client's deadline (and never later than RELOAD_MAX_WAIT_SECONDS):
+        # a model with no loadable version must not hold this worker thread forever.
+        timeout = max(
+            0.0, min(context.time_remaining() - RELOAD_DEADLINE_MARGIN, RELOAD_MAX_WAIT_SECONDS)
+        )
+
         def work() -> Any:
             config_module.model_configs(request.config)  # refuse anything but model_config_list
-            self._reload(request.config)
+            self._reload(request.config, timeout)
             return model_management_pb2.ReloadConfigResponse()
 
         return self._call(context, "reload_config", "", work)

@@ -10,6 +10,13 @@ cost more than the whole inference of a small model, so this module speaks HTTP 
   body is read, and a chunked body growing over it is dropped and answered 413;
 - malformed HTTP gets ``400 Invalid HTTP request received.`` (plain text) and the connection
   closes; idle keep-alive connections close after ``keep_alive_timeout`` seconds;
+- a request must deliver its headers within ``header_timeout`` seconds and keep its body moving
+  (no gap over ``body_timeout`` seconds), otherwise ``408`` and the connection closes: a client
+  that stops mid-request cannot hold a connection forever;
+- headers are capped in total size and count (``431``, then close), counted on the raw bytes
+  before the parser accumulates them (long values would otherwise cost quadratic time);
+- ``Content-Encoding: gzip`` bodies are inflated off the event loop and never beyond the body
+  limit (``413``; a gzip bomb costs at most the limit); other encodings get ``415``;
 - the path handed to the application is percent-decoded and without the query string;
 - ``HEAD`` gets the headers of the answer without its body (the connection stays usable);
 - ``shutdown(grace)`` stops accepting, lets in-flight requests finish (up to ``grace`` seconds),
@@ -27,6 +34,7 @@ import functools
 import socket
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +45,8 @@ Answer = tuple[int, bytes, bytes]
 """(status, content type, body)."""
 Handler = Callable[[str, str, bytes], "Answer | Awaitable[Answer]"]
 TooLarge = Callable[[int, int], Answer]
+ErrorAnswer = Callable[[int, str], Answer]
+"""(HTTP status, message) -> the answer the application gives for a protocol-level refusal."""
 
 REASONS = {
     200: b"OK",
@@ -45,7 +55,9 @@ REASONS = {
     408: b"Request Timeout",
     409: b"Conflict",
     413: b"Request Entity Too Large",
+    415: b"Unsupported Media Type",
     429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
     499: b"Client Closed Request",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -55,6 +67,45 @@ REASONS = {
 _INVALID = b"Invalid HTTP request received."
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 16
+MAX_HEADER_BYTES = 64 << 10
+"""Request line plus headers; browsers and proxies stay far below (nginx: 4 x 8 KiB)."""
+MAX_HEADER_COUNT = 100
+HEADER_TIMEOUT = 30.0
+BODY_TIMEOUT = 30.0
+_GZIP = (b"gzip", b"x-gzip")
+_INFLATE_STEP = 1 << 20
+
+
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop parsing oversized headers."""
+
+
+def plain_error(status: int, message: str) -> Answer:
+    return status, b"text/plain; charset=utf-8", message.encode("utf-8")
+
+
+def inflate_gzip(body: bytes, limit: int) -> bytes | None:
+    """The inflated gzip ``body`` (several members allowed), or None once it exceeds ``limit``
+    bytes; inflation stops there, so a bomb costs at most ``limit``. ValueError when malformed."""
+    pieces: list[bytes] = []
+    size = 0
+    data = body
+    while data:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            while data:
+                piece = inflater.decompress(data, min(_INFLATE_STEP, limit - size + 1))
+                size += len(piece)
+                if size > limit:
+                    return None
+                pieces.append(piece)
+                data = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise ValueError("the gzip stream is truncated")
+        except zlib.error as exc:
+            raise ValueError(str(exc)) from None
+        data = inflater.unused_data
+    return b"".join(pieces)
 
 
 def _status_line(status: int) -> bytes:
@@ -87,11 +138,21 @@ class HttpServer:
         max_body_bytes: int,
         too_large: TooLarge,
         keep_alive_timeout: float = 75.0,
+        header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_header_count: int = MAX_HEADER_COUNT,
+        error_answer: ErrorAnswer = plain_error,
     ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.too_large = too_large
         self.keep_alive_timeout = keep_alive_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+        self.error_answer = error_answer
         self.connections: set[HttpProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
         self.closing = False
@@ -130,12 +191,18 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.declared_too_large = 0
         self.expect_continue = False
-        self.pending: deque[tuple[str, bytes, bytes, bool, int]] = deque()
+        self.encoding = b""
+        self.pending: deque[tuple[str, bytes, bytes, bool, int, bytes]] = deque()
         self.busy = False
         self.closed = False
         self.close_after = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.read_timer: asyncio.TimerHandle | None = None
         self.paused = False
+        self.reading_headers = False
+        self.discarding = False
+        self.header_bytes = 0
+        self.header_count = 0
 
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -155,16 +222,78 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        self._cancel_read_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.discarding:
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail()
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadersTooLarge):
+                self._headers_too_large()
+            else:
+                self._fail()
+            return
         except httptools.HttpParserError:
             self._fail()
+            return
+        if self.reading_headers:
+            # Raw bytes, counted before httptools joins them into one value (quadratic).
+            self.header_bytes += len(data)
+            if self.header_bytes > self.server.max_header_bytes:
+                self._headers_too_large()
+        elif self.read_timer is not None and not self.declared_too_large:
+            self._arm_read_timer(self.server.body_timeout)  # the body is moving
+
+    def _headers_too_large(self) -> None:
+        self._refuse(
+            431,
+            f"Request headers exceed the limit of {self.server.max_header_bytes} bytes or "
+            f"{self.server.max_header_count} fields; send fewer or shorter headers",
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot be read to its end, then close the connection."""
+        if self.closed:
+            return
+        self._cancel_read_timer()
+        if self.busy or self.pending:
+            # Earlier pipelined requests are still being answered: finish them, then close.
+            self.close_after = True
+            self.discarding = True
+            self.transport.pause_reading()
+            return
+        _, content_type, body = self.server.error_answer(status, message)
+        self.transport.write(render(status, content_type, body, close=True))
+        self.closed = True
+        self.transport.close()
+
+    def _arm_read_timer(self, seconds: float) -> None:
+        self._cancel_read_timer()
+        self.read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self.read_timer = None
+        if self.reading_headers:
+            message = (
+                f"Request headers not received within {self.server.header_timeout:g} s; "
+                "send the whole request promptly"
+            )
+        else:
+            message = (
+                f"Request body stalled for {self.server.body_timeout:g} s before its declared "
+                "end; send the whole body promptly"
+            )
+        self._refuse(408, message)
 
     def _fail(self) -> None:
         if not self.closed:
@@ -197,14 +326,24 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.declared_too_large = 0
         self.expect_continue = False
+        self.encoding = b""
+        self.reading_headers = True
+        self.header_bytes = 0
+        self.header_count = 0
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        self._arm_read_timer(self.server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.server.max_header_count or (
+            len(name) + len(value) > self.server.max_header_bytes
+        ):
+            raise _HeadersTooLarge
         lowered = name.lower()
         if lowered == b"content-length":
             try:
@@ -215,8 +354,12 @@ class HttpProtocol(asyncio.Protocol):
                 self.declared_too_large = declared
         elif lowered == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
+        elif lowered == b"content-encoding":
+            self.encoding = value.strip().lower()
 
     def on_headers_complete(self) -> None:
+        self.reading_headers = False
+        self._arm_read_timer(self.server.body_timeout)
         if self.declared_too_large:
             # Answer now (413, then close): the body is never read.
             self._queue(self.parser.get_method().decode("ascii", "replace"), False)
@@ -233,6 +376,7 @@ class HttpProtocol(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self._cancel_read_timer()
         if self.declared_too_large:
             return  # answered at the headers
         self._queue(
@@ -246,7 +390,7 @@ class HttpProtocol(asyncio.Protocol):
         )
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
-        self.pending.append((method, self.url, body, keep_alive, too_large))
+        self.pending.append((method, self.url, body, keep_alive, too_large, self.encoding))
         if len(self.pending) >= MAX_PIPELINED and not self.paused:
             self.paused = True
             self.transport.pause_reading()
@@ -257,7 +401,7 @@ class HttpProtocol(asyncio.Protocol):
     def _next(self) -> None:
         """Answer pending requests in order; synchronous answers need no task."""
         while self.pending and not self.closed:
-            method, url, body, keep_alive, too_large = self.pending.popleft()
+            method, url, body, keep_alive, too_large, encoding = self.pending.popleft()
             if too_large:
                 answer: Any = self.server.too_large(too_large, self.server.max_body_bytes)
                 keep_alive = False  # the rest of an oversized body is not read
@@ -267,7 +411,16 @@ class HttpProtocol(asyncio.Protocol):
                 except ValueError:
                     self._fail()
                     return
-                answer = self.server.handler(method, path, body)
+                if not encoding or encoding == b"identity":
+                    answer = self.server.handler(method, path, body)
+                elif encoding in _GZIP:
+                    answer = self._inflated(method, path, body)
+                else:
+                    answer = self.server.error_answer(
+                        415,
+                        f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; "
+                        "send identity or gzip",
+                    )
             if isinstance(answer, tuple):
                 self._write(answer, keep_alive, head=method == "HEAD")
                 continue
@@ -286,6 +439,24 @@ class HttpProtocol(asyncio.Protocol):
                 self.abort(graceful=True)
             else:
                 self._arm_idle_timer()
+
+    async def _inflated(self, method: str, path: str, body: bytes) -> Answer:
+        """Inflate a gzip body in a thread (it may take a while), then answer it."""
+        limit = self.server.max_body_bytes
+        try:
+            inflated = await self.loop.run_in_executor(None, inflate_gzip, body, limit)
+        except ValueError as exc:
+            return self.server.error_answer(
+                400, f"Content-Encoding gzip: the body is not valid gzip ({exc})"
+            )
+        if inflated is None:
+            return self.server.error_answer(
+                413,
+                f"Content-Encoding gzip: the body inflates to more than the limit of {limit} "
+                "bytes (--rest_api_max_body_bytes); send fewer instances per request",
+            )
+        answer = self.server.handler(method, path, inflated)
+        return answer if isinstance(answer, tuple) else await answer
 
     def _finished(self, task: asyncio.Task[Answer], *, keep_alive: bool, head: bool) -> None:
         self.busy = False

@@ -6,6 +6,11 @@
   (upstream's exponential buckets: 10 µs * 1.8^k);
 * ``:tensorflow:cc:saved_model:load_attempt_count{model_path,status}`` counter and
   ``:tensorflow:cc:saved_model:load_latency{model_path}`` (total microseconds).
+
+Cardinality is bounded: a request names its model, and a client may send any name, so request
+series exist only for models the server knows (``known_model``, the configured ones), with label
+values at most ``MAX_LABEL_CHARS`` long, and at most ``MAX_MODELS`` models. Requests for unknown
+models are answered as usual but leave no series (upstream adds one per name, unbounded).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
@@ -21,6 +27,8 @@ LOAD_LATENCY = ":tensorflow:cc:saved_model:load_latency"
 
 INF_BUCKET = 'le="+Inf"'
 BUCKETS: tuple[float, ...] = tuple(10 * 1.8**k for k in range(33))
+MAX_LABEL_CHARS = 256
+MAX_MODELS = 1000
 
 
 def _escape(value: str) -> str:
@@ -41,8 +49,12 @@ def _number(value: float) -> str:
 class Metrics:
     """Thread-safe counters and histograms; ``enabled`` False makes recording a no-op."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self, enabled: bool = True, known_model: Callable[[str], bool] | None = None
+    ) -> None:
         self.enabled = enabled
+        self.known_model: Callable[[str], bool] = known_model or (lambda name: True)
+        self._models: set[str] = set()
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str], int] = defaultdict(int)
         self._latency: dict[tuple[str, str, str], list[float]] = {}
@@ -52,7 +64,7 @@ class Metrics:
     def record_request(
         self, model_name: str, api: str, entrypoint: str, status: str, micros: float
     ) -> None:
-        if not self.enabled:
+        if not self.enabled or not self._admit(model_name):
             return
         with self._lock:
             self._requests[(model_name, status)] += 1
@@ -64,7 +76,24 @@ class Metrics:
             cells[-2] += micros
             cells[-1] += 1
 
+    def _admit(self, model_name: str) -> bool:
+        """Whether requests for ``model_name`` may have series (see the module docstring)."""
+        if model_name in self._models:
+            return True
+        if (
+            not model_name
+            or len(model_name) > MAX_LABEL_CHARS
+            or len(self._models) >= MAX_MODELS
+            or not self.known_model(model_name)
+        ):
+            return False
+        with self._lock:
+            self._models.add(model_name)
+        return True
+
     def record_load(self, model_path: str, ok: bool, micros: float) -> None:
+        if len(model_path) > MAX_LABEL_CHARS:
+            model_path = model_path[: MAX_LABEL_CHARS - 3] + "..."
         with self._lock:
             self._loads[(model_path, "success" if ok else "fail")] += 1
             self._load_latency[model_path] += micros

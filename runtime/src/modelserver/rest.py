@@ -157,6 +157,10 @@ class RestApi:
         error = _too_large(size, limit)
         return error.http_status, JSON, _error_body(error.message)
 
+    def refuse(self, status: int, message: str) -> Answer:
+        """A protocol-level refusal (408, 413, 415, 431, bad gzip) with the usual JSON body."""
+        return status, JSON, _error_body(message)
+
     # -- ASGI entry --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -121,6 +121,9 @@ class ModelServer:
         self._rest: Any = None
         self._poll_task: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
+        self.draining = False
+        # Only configured models get metric series: request names come from clients.
+        self.metrics.known_model = lambda name: name in self.manager.model_names()
         self.endpoints: Endpoints | None = None
 
     def _check_flags(self) -> None:
@@ -166,10 +169,32 @@ class ModelServer:
         if kind == "state" and state == State.END and self.batcher is not None:
             self.batcher.forget(name, version)
 
-    def reload(self, server_config: Any) -> None:
-        """Apply a ModelServerConfig (full replace); blocks until new models are AVAILABLE."""
+    def reload(self, server_config: Any, timeout: float | None = None) -> None:
+        """Apply a ModelServerConfig (full replace); blocks until new models are AVAILABLE, at
+        most ``timeout`` seconds (then DEADLINE_EXCEEDED naming the models still waiting; the
+        config stays applied and they are served once loadable)."""
         models = config_module.model_configs(server_config)
-        self.manager.apply_config(models, wait=True)
+        if timeout is None:
+            self.manager.apply_config(models, wait=True)
+            self._config_text = server_config.SerializeToString(deterministic=True)
+            return
+        # apply_config's own wait has no bound: wait here, on the same models it would wait on.
+        previous = set(self.manager.model_names())
+        self.manager.apply_config(models, wait=False)
+        new_names = [model.name for model in models if model.name not in previous]
+        try:
+            if new_names:
+                self.manager.wait_until_settled(new_names, timeout)
+        except ServingError as error:
+            if error.code != Code.DEADLINE_EXCEEDED:
+                raise
+            waiting = _unsettled(self.manager, [m for m in models if m.name in new_names])
+            raise ServingError(
+                Code.DEADLINE_EXCEEDED,
+                f"Reload did not finish within {timeout:.1f} s: {waiting}; "
+                "the new config stays applied and these models are served once a version loads "
+                "(check the base paths hold a loadable version directory)",
+            ) from None
         self._config_text = server_config.SerializeToString(deterministic=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -286,6 +311,7 @@ class ModelServer:
             max_body_bytes=self.flags.rest_api_max_body_bytes,
             too_large=app.too_large,
             keep_alive_timeout=75.0,
+            error_answer=app.refuse,
         )
         await server.start(sock)
         self._rest = server
@@ -325,8 +351,14 @@ class ModelServer:
         assert self._stopped is not None
         await self._stopped.wait()
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Graceful shutdown: stop accepting, finish in-flight requests, unload models."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown (drain): stop accepting (listeners close, so readiness probes fail
+        at once), let in-flight REST and gRPC requests finish within ``grace`` seconds, then
+        close what is left and unload the models. ``grace`` defaults to
+        ``--shutdown_grace_seconds``."""
+        if grace is None:
+            grace = self.flags.shutdown_grace_seconds
+        self.draining = True
         if self._poll_task is not None:
             self._poll_task.cancel()
         rest_stopped = None
@@ -342,6 +374,21 @@ class ModelServer:
             self.batcher.close()
         self.manager.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _unsettled(manager: ModelManager, models: list[Any]) -> str:
+    """``model a (base path /models/a): no version AVAILABLE`` for models not yet serving."""
+    waiting = []
+    for model in models:
+        try:
+            records = manager.status(model.name)
+        except ServingError:
+            records = []  # no version directory found yet
+        if not any(record.state == State.AVAILABLE for record in records):
+            waiting.append(
+                f"model {model.name} (base path {model.base_path}) has no AVAILABLE version"
+            )
+    return "; ".join(waiting) or "models still loading"
 
 
 __all__ = ["Code", "Endpoints", "ModelServer", "StartupError"]
