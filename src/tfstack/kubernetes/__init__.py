@@ -1,0 +1,48 @@
+"""The Kubernetes target: a Kustomize base rendered from the stack spec, validated offline.
+
+No API server is reached: :func:`plan_kubernetes` renders (pure), :func:`write_kubernetes` writes
+``deploy/kubernetes/`` atomically, :func:`check_kubernetes_mapping` lists what in a spec cannot map
+(by YAML path, for validate), :func:`plan_kubernetes_rollout` says what a rollout changes. Modules:
+``target`` (the ``deploy.kubernetes`` options), ``mapping``, ``manifests``, ``apply``, ``rollout``,
+``tools`` (kubectl).
+"""
+
+from tfstack.kubernetes.apply import KubernetesWriteReport, stale_manifests, write_kubernetes
+from tfstack.kubernetes.manifests import (
+    KUBERNETES_DIR,
+    KUSTOMIZATION,
+    KubernetesManifests,
+    plan_kubernetes,
+)
+from tfstack.kubernetes.mapping import KubernetesProblem, check_kubernetes_mapping, to_spec_problems
+from tfstack.kubernetes.rollout import KubernetesRollout, plan_kubernetes_rollout, rollout_changes
+from tfstack.kubernetes.target import (
+    Autoscaling,
+    Ingress,
+    KubernetesTarget,
+    parse_kubernetes_target,
+)
+from tfstack.kubernetes.tools import KubectlMissing, ensure_kubectl, kustomize_build
+
+__all__ = [
+    "KUBERNETES_DIR",
+    "KUSTOMIZATION",
+    "Autoscaling",
+    "Ingress",
+    "KubectlMissing",
+    "KubernetesManifests",
+    "KubernetesProblem",
+    "KubernetesRollout",
+    "KubernetesTarget",
+    "KubernetesWriteReport",
+    "check_kubernetes_mapping",
+    "ensure_kubectl",
+    "kustomize_build",
+    "parse_kubernetes_target",
+    "plan_kubernetes",
+    "plan_kubernetes_rollout",
+    "rollout_changes",
+    "stale_manifests",
+    "to_spec_problems",
+    "write_kubernetes",
+]
