@@ -42,8 +42,9 @@ gRPC helpers (import TensorFlow lazily)
 Known deviations from upstream: responses are compact JSON (upstream pretty-prints; the parsed
 values are identical); floats are written as the shortest text that round-trips to the same
 float32/float64 (upstream uses %g or %.9g: same numbers, sometimes different digits); a JSON
-``true`` inside a nested (rank >= 2) list of numbers is read as 1 instead of being refused; inputs
-are also checked against the signature's shape (upstream leaves that to the TensorFlow run).
+``true`` inside a nested (rank >= 2) list of numbers is read as 1 instead of being refused.
+Like upstream, inputs are not checked against the signature's shape: the TensorFlow run decides
+(``[1.0, 2.0, 3.0]`` fed to an ``x`` declared ``[-1, 1]`` of half_plus_two gives three values).
 """
 
 from __future__ import annotations
@@ -433,12 +434,12 @@ def _decode_columnar(
                 "tensors required as per tensorinfo_map"
             )
         ((name, spec),) = specs.items()
-        return {name: _to_array(value, spec, name, limits, context="inputs", batched=False)}
+        return {name: _to_array(value, spec, name, limits, context="inputs")}
     tensors: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
         if name not in value:
             raise _invalid(f"Missing named input: {name} in 'inputs' object.")
-        tensors[name] = _to_array(value[name], spec, name, limits, context="inputs", batched=False)
+        tensors[name] = _to_array(value[name], spec, name, limits, context="inputs")
     return tensors
 
 
@@ -472,9 +473,8 @@ def _to_array(
     limits: Limits,
     *,
     context: str,
-    batched: bool = True,
 ) -> np.ndarray:
-    """Convert one JSON tensor (``batched``: a list of instances) to a numpy array."""
+    """Convert one JSON tensor (instances: a list of them) to a numpy array."""
     dtype = spec.dtype
     if dtype not in _JSON_INPUT_TYPES:
         raise ServingError(
@@ -486,7 +486,8 @@ def _to_array(
         array = _string_array(value, shape, name, context)
     else:
         array = _numeric_array(value, shape, spec, name, context)
-    _check_shape(name, array.shape, spec, batched=batched)
+    # No check against the signature's shape: upstream builds the tensor from the JSON alone and
+    # leaves shapes to the session run (graphs that broadcast accept other shapes).
     return array
 
 

@@ -64,6 +64,9 @@ class Flags:
     xla_cpu_compilation_enabled: bool = False
     enable_profiler: bool = True
     enable_grpc_healthcheck_service: bool = False
+    enable_serialization_as_tensor_content: bool = False
+    use_alts_credentials: bool = False
+    xla_gpu_compilation_enabled: bool = False
     skip_initialize_tpu: bool = False
     mixed_precision: str = ""
     thread_pool_factory_config_file: str = ""
@@ -73,9 +76,11 @@ class Flags:
     # exits (keep it under the container's stop timeout: Docker's default is 10 s).
     shutdown_grace_seconds: float = 8.0
     unknown: list[str] = field(default_factory=list)
+    # Names of the flags the command line set (even to their default value).
+    given: set[str] = field(default_factory=set)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Flags) if f.name != "unknown"}
+_FIELDS = {f.name: f for f in dataclasses.fields(Flags) if f.name not in ("unknown", "given")}
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
@@ -119,6 +124,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
             if lowered not in _TRUE | _FALSE:
                 raise FlagError(f"Couldn't interpret value {value} for flag {name}.")
             setattr(flags, name, lowered in _TRUE)
+            flags.given.add(name)
             continue
         if not has_value:
             if index >= len(args):
@@ -126,7 +132,98 @@ def parse_flags(argv: Sequence[str]) -> Flags:
             value = args[index]
             index += 1
         setattr(flags, name, _convert(name, spec.type, value))
+        flags.given.add(name)
     return flags
+
+
+# Flags this server accepts but does not implement, whose setting would change what clients
+# see: starting anyway would silently serve something else, so startup refuses them.
+# name -> (the value that is refused, why and what to do instead).
+_REFUSED: dict[str, tuple[object, str]] = {
+    "ssl_config_file": (
+        "non-empty",
+        "TLS is not implemented: gRPC and REST serve plain text. Remove the flag and terminate "
+        "TLS in front of the server (a proxy or the orchestrator's ingress)",
+    ),
+    "use_alts_credentials": (True, "ALTS credentials are not implemented. Remove the flag"),
+    "rest_api_enable_cors_support": (
+        True,
+        "CORS headers are not implemented. Remove the flag and add CORS at a proxy",
+    ),
+    "enable_per_model_batching_parameters": (
+        True,
+        "per-model batching parameters are not implemented. Remove the flag; "
+        "--batching_parameters_file applies to every model",
+    ),
+    "prefer_tflite_model": (
+        True,
+        "TensorFlow Lite models are not implemented. Remove the flag; the SavedModel is served",
+    ),
+    "platform_config_file": (
+        "non-empty",
+        "platform configs are not implemented. Remove the flag; use --model_config_file and "
+        "the session flags",
+    ),
+    "tensorflow_session_config_file": (
+        "non-empty",
+        "session config files are not implemented. Remove the flag; use "
+        "--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism",
+    ),
+    "thread_pool_factory_config_file": (
+        "non-empty",
+        "thread pool factory configs are not implemented. Remove the flag",
+    ),
+    "mixed_precision": (
+        "non-empty",
+        "mixed precision is not implemented (results would differ). Remove the flag",
+    ),
+    "enable_signature_method_name_check": (
+        True,
+        "the signature method name check is not implemented. Remove the flag",
+    ),
+    "enable_grpc_healthcheck_service": (
+        True,
+        "the gRPC health service is not implemented. Remove the flag; probe readiness with "
+        "GET /v1/models/<name> or a Predict on a missing model (NOT_FOUND names 'Servable')",
+    ),
+}
+
+# Flags accepted and ignored because they change nothing observable here (tuning, GPU/TPU-only
+# or internal memory options). Setting one logs a warning naming it.
+IGNORED_FLAGS = (
+    "num_unload_threads",
+    "flush_filesystem_caches",
+    "per_process_gpu_memory_fraction",
+    "remove_unused_fields_from_bundle_metagraph",
+    "num_tflite_pools",
+    "num_tflite_interpreters_per_pool",
+    "xla_cpu_compilation_enabled",
+    "xla_gpu_compilation_enabled",
+    "skip_initialize_tpu",
+    "enable_profiler",
+)
+
+
+def refused_flags(flags: Flags) -> list[str]:
+    """One message per flag set to a value this server cannot honour (empty when all is well)."""
+    messages = []
+    for name, (refused, why) in _REFUSED.items():
+        value = getattr(flags, name)
+        hit = bool(value) if refused == "non-empty" else value == refused
+        if hit:
+            messages.append(f"--{name}={_text(value)} is not supported by this server: {why}.")
+    return messages
+
+
+def ignored_flags(flags: Flags) -> list[str]:
+    """Flags given on the command line that this server accepts and ignores."""
+    return [name for name in IGNORED_FLAGS if name in flags.given]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def image_argv(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:

@@ -10,6 +10,7 @@ blocks its thread until the batch runs). Errors are TF status codes with upstrea
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -122,11 +123,15 @@ class Services(
         reload: Callable[[Any, float | None], None],
         *,
         predict: Callable[[Servable, Any, Any], None] | None = None,
+        tensor_content: bool = False,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
         self._reload = reload
-        self._predict = predict or inference.run_predict
+        # Outputs in typed fields unless --enable_serialization_as_tensor_content (upstream).
+        self._predict = predict or functools.partial(
+            inference.run_predict, as_content=tensor_content
+        )
 
     def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()

@@ -1,11 +1,19 @@
 """Protocol-buffer requests run against a servable: what gRPC and warmup share.
 
 TensorProtos are checked (shape, element count, content size) before anything is allocated, so a
-hostile request declaring a huge shape gets INVALID_ARGUMENT instead of exhausting memory.
+hostile request declaring a huge shape gets INVALID_ARGUMENT instead of exhausting memory: a
+tensor the request fills from fewer values than its shape holds (one value repeated, or none)
+may have at most ``MAX_FILL_ELEMENTS`` elements, so a few bytes cannot make the server build
+hundreds of megabytes. Input dtypes are never converted (the session refuses a mismatch, as
+upstream's does).
+
+Outputs are written like upstream's ``Tensor::AsProtoField`` (typed ``*_val`` fields) by default
+and like ``Tensor::AsProtoTensorContent`` with ``--enable_serialization_as_tensor_content``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,8 +25,8 @@ from modelserver.status import Code, ServingError, invalid_argument
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
-# Filling a tensor from no values (zeros) is allowed only up to this many bytes.
-MAX_FILL_BYTES = 1 << 26
+# A tensor filled from fewer values than it holds may have at most this many elements.
+MAX_FILL_ELEMENTS = 1 << 20
 
 _VALUE_FIELDS = (
     "half_val",
@@ -71,10 +79,13 @@ def tensor_to_ndarray(proto: Any) -> np.ndarray:
                 "Unable to parse tensor proto: tensor_content holds "
                 f"{len(proto.tensor_content)} bytes, the shape needs {count * item}"
             )
-    elif values == 0:
-        if count * max(item, 8) > MAX_FILL_BYTES:
-            raise invalid_argument("Unable to parse tensor proto: no values for a large tensor")
-    elif values not in (1, count) and not (dtype.is_complex and values in (2, 2 * count)):
+    elif values < count and count > MAX_FILL_ELEMENTS:
+        raise invalid_argument(
+            f"Unable to parse tensor proto: {values} value(s) for a shape of {count} elements; "
+            f"a tensor filled from fewer values than its shape holds may have at most "
+            f"{MAX_FILL_ELEMENTS} elements (send every value, or use tensor_content)"
+        )
+    elif values not in (0, 1, count) and not (dtype.is_complex and values in (2, 2 * count)):
         raise invalid_argument(
             f"Unable to parse tensor proto: {values} values for a shape of {count} elements"
         )
@@ -130,21 +141,76 @@ def _fast_ndarray(proto: Any, count: int, values: int) -> np.ndarray | None:
     return np.array(getattr(proto, field), dtype=dtype).reshape(shape)
 
 
-def ndarray_to_tensor(array: np.ndarray) -> Any:
-    """tf.make_tensor_proto(array), byte-identical; arrays of rank >= 1 of the numeric types it
-    writes as tensor_content skip TensorFlow's Python path."""
-    code = _CONTENT_DTYPES.get(array.dtype)
-    if code is not None and array.ndim >= 1 and array.dtype.byteorder in ("=", "<", "|"):
-        from tensorflow.core.framework import tensor_pb2
+# numpy dtype -> (DataType, repeated field AsProtoField fills); int_val holds the narrow ints.
+_FIELD_TYPES: dict[np.dtype[Any], tuple[int, str]] = {
+    np.dtype(np.float32): (1, "float_val"),
+    np.dtype(np.float64): (2, "double_val"),
+    np.dtype(np.int32): (3, "int_val"),
+    np.dtype(np.uint8): (4, "int_val"),
+    np.dtype(np.int16): (5, "int_val"),
+    np.dtype(np.int8): (6, "int_val"),
+    np.dtype(np.int64): (9, "int64_val"),
+    np.dtype(np.bool_): (10, "bool_val"),
+    np.dtype(np.uint16): (17, "int_val"),
+    np.dtype(np.uint32): (22, "uint32_val"),
+    np.dtype(np.uint64): (23, "uint64_val"),
+}
 
-        proto = tensor_pb2.TensorProto(dtype=code, tensor_content=array.tobytes())
-        dims = proto.tensor_shape.dim
-        for size in array.shape:
-            dims.add().size = size
+
+def ndarray_to_tensor(array: np.ndarray, *, as_content: bool = False) -> Any:
+    """A TensorProto as upstream's PredictResponse writes it: every value in the typed field
+    (``float_val``...; ``Tensor::AsProtoField``) by default, or the raw little-endian bytes in
+    ``tensor_content`` (``Tensor::AsProtoTensorContent``) when ``as_content``."""
+    from tensorflow.core.framework import tensor_pb2
+
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    proto = tensor_pb2.TensorProto()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
+    if array.dtype.kind in "OSU":
+        proto.dtype = _DT_STRING
+        items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat]
+        if as_content:
+            proto.tensor_content = _encode_string_list(items)
+        else:
+            proto.string_val.extend(items)
         return proto
-    import tensorflow as tf
+    if as_content and array.dtype in _CONTENT_DTYPES:
+        proto.dtype = _CONTENT_DTYPES[array.dtype]
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+        return proto
+    known = _FIELD_TYPES.get(array.dtype)
+    if known is None:
+        # Half, bfloat16, complex...: TensorFlow's own writer (tensor_content for arrays).
+        import tensorflow as tf
 
-    return tf.make_tensor_proto(array)
+        converted: Any = tf.make_tensor_proto(array)
+        return converted
+    proto.dtype, field_name = known
+    getattr(proto, field_name).extend(array.ravel().tolist())
+    return proto
+
+
+def _encode_string_list(items: list[bytes]) -> bytes:
+    """TensorFlow's string ``tensor_content``: every length as a varint32, then the bytes."""
+    lengths = bytearray()
+    for item in items:
+        size = len(item)
+        while size >= 0x80:
+            lengths.append((size & 0x7F) | 0x80)
+            size >>= 7
+        lengths.append(size)
+    return bytes(lengths) + b"".join(items)
+
+
+def fill_predict_outputs(
+    response: Any, outputs: Mapping[str, np.ndarray], *, as_content: bool = False
+) -> None:
+    """Write a Predict's output tensors into ``response.outputs``."""
+    for alias, value in outputs.items():
+        response.outputs[alias].CopyFrom(ndarray_to_tensor(value, as_content=as_content))
 
 
 def fill_model_spec(target: Any, servable: Servable, signature_name: str | None) -> None:
@@ -155,13 +221,14 @@ def fill_model_spec(target: Any, servable: Servable, signature_name: str | None)
         target.signature_name = signature_name or DEFAULT_SIGNATURE
 
 
-def run_predict(servable: Servable, request: Any, response: Any) -> None:
-    """Fill a PredictResponse for a PredictRequest."""
+def run_predict(
+    servable: Servable, request: Any, response: Any, *, as_content: bool = False
+) -> None:
+    """Fill a PredictResponse for a PredictRequest (outputs as ``ndarray_to_tensor`` writes)."""
     signature_name = request.model_spec.signature_name
     inputs = {alias: tensor_to_ndarray(t) for alias, t in request.inputs.items()}
     outputs = servable.predict(signature_name, inputs, list(request.output_filter))
-    for alias, value in outputs.items():
-        response.outputs[alias].CopyFrom(ndarray_to_tensor(value))
+    fill_predict_outputs(response, outputs, as_content=as_content)
     fill_model_spec(response.model_spec, servable, signature_name)
 
 

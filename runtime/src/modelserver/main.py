@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 
 from modelserver import __version__
-from modelserver.flags import FlagError, image_argv, parse_flags, usage, warn_unknown
+from modelserver.flags import (
+    FlagError,
+    ignored_flags,
+    image_argv,
+    parse_flags,
+    refused_flags,
+    usage,
+    warn_unknown,
+)
 
 FAILED_START = 255
 
@@ -60,7 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorFlow Library: {tf.__version__}")
         return 0
     warn_unknown(flags)
+    refused = refused_flags(flags)
+    if refused:
+        # A flag that would silently do nothing is refused before anything loads.
+        print(f"Failed to start server. Error: INVALID_ARGUMENT: {' '.join(refused)}", flush=True)
+        return FAILED_START
     configure_logging()
+    for name in ignored_flags(flags):
+        logging.getLogger("modelserver.server").warning(
+            "--%s is accepted for compatibility and has no effect in this server", name
+        )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import uvloop
 

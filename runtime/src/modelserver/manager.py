@@ -62,6 +62,12 @@ class VersionRecord:
     error: ServingError | None = None
     servable: Servable | None = None
     aspired: bool = True
+    # The directory's real name under the base path (``00000123`` for version 123).
+    directory: str = ""
+
+    @property
+    def directory_name(self) -> str:
+        return self.directory or str(self.version)
 
     @property
     def failed(self) -> bool:
@@ -94,15 +100,36 @@ def parse_version(name: str) -> int | None:
     return value if value <= INT64_MAX else None
 
 
+def version_directories(base_path: str) -> dict[int, str]:
+    """Version -> directory name for the numeric child directories of ``base_path``
+    (``00000123`` -> 123); ``OSError`` if it cannot be listed.
+
+    Two names for one version (``123`` and ``0123``): like upstream, one is kept and the other
+    ignored with a warning; here the name sorting last wins, so the choice is deterministic.
+    """
+    found: dict[int, str] = {}
+    with os.scandir(base_path) as entries:
+        names = [e.name for e in entries if parse_version(e.name) is not None and e.is_dir()]
+    children = sorted(names)
+    for name in children:
+        version = parse_version(name)
+        assert version is not None
+        if version in found:
+            log.warning(
+                "Duplicate version directories detected under %s. Version %d will be loaded "
+                "from %s, %s will be ignored.",
+                base_path,
+                version,
+                name,
+                found[version],
+            )
+        found[version] = name
+    return found
+
+
 def versions_on_disk(base_path: str) -> list[int]:
     """Numeric child directories of ``base_path``; ``OSError`` if it cannot be listed."""
-    found = []
-    with os.scandir(base_path) as entries:
-        for entry in entries:
-            version = parse_version(entry.name)
-            if version is not None and entry.is_dir():
-                found.append(version)
-    return sorted(found)
+    return sorted(version_directories(base_path))
 
 
 def aspired_versions(config: Any, on_disk: list[int]) -> set[int]:
@@ -156,9 +183,12 @@ class ModelManager:
         self._poller: threading.Thread | None = None
 
     # -- configuration ---------------------------------------------------------------------------
-    def apply_config(self, model_configs: Iterable[Any], *, wait: bool = True) -> None:
+    def apply_config(
+        self, model_configs: Iterable[Any], *, wait: bool = True, timeout: float | None = None
+    ) -> None:
         """Full-replace reload: validate (names, platform, paths, labels), apply, then block until
-        models that were not in the previous config are AVAILABLE (or report those that failed)."""
+        models that were not in the previous config are AVAILABLE (or report those that failed),
+        at most ``timeout`` seconds when given (then DEADLINE_EXCEEDED; the config stays)."""
         configs = list(model_configs)
         with self._lock:
             self._validate(configs)
@@ -188,7 +218,7 @@ class ModelManager:
                 self._reconcile(entry)
             self._publish()
         if wait and new_names:
-            self.wait_until_settled(new_names)
+            self.wait_until_settled(new_names, timeout)
 
     def _validate(self, configs: list[Any]) -> None:
         seen: set[str] = set()
@@ -277,7 +307,7 @@ class ModelManager:
     def _poll_model(self, entry: ModelEntry) -> None:
         base = entry.config.base_path
         try:
-            on_disk = versions_on_disk(base)
+            directories = version_directories(base)
         except OSError as exc:
             log.error(
                 "File system storage path source: could not find base path %s for servable %s: %s",
@@ -286,6 +316,7 @@ class ModelManager:
                 exc.strerror or exc,
             )
             return  # keep the previous aspired versions, as upstream does on access errors
+        on_disk = sorted(directories)
         if not on_disk:
             log.warning(
                 "No versions of servable %s found under base path %s. Did you forget to name "
@@ -300,10 +331,12 @@ class ModelManager:
         for version in aspired:
             known = entry.versions.get(version)
             if known is None or (known.state == State.END and not known.aspired):
-                entry.versions[version] = VersionRecord(version)
+                entry.versions[version] = VersionRecord(version, directory=directories[version])
                 self._emit(entry.name, version, State.START, None)
             else:
                 known.aspired = True
+                if known.state == State.START:
+                    known.directory = directories[version]
 
     # -- transitions (called with the lock held) -----------------------------------------------
     def _reconcile(self, entry: ModelEntry) -> None:
@@ -352,7 +385,7 @@ class ModelManager:
     def _load(self, name: str, record: VersionRecord) -> None:
         with self._lock:
             entry = self._models[name]
-            path = os.path.join(entry.config.base_path, str(record.version))
+            path = os.path.join(entry.config.base_path, record.directory_name)
         attempt = 0
         while True:
             log.info("Loading servable version %s from %s", servable_id(name, record.version), path)
@@ -567,4 +600,6 @@ class ModelManager:
 
 
 def _copy(record: VersionRecord) -> VersionRecord:
-    return VersionRecord(record.version, record.state, record.error, None, record.aspired)
+    return VersionRecord(
+        record.version, record.state, record.error, None, record.aspired, record.directory
+    )

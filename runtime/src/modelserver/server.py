@@ -238,7 +238,11 @@ class ModelServer:
         from modelserver import grpc_service
 
         services = grpc_service.Services(
-            self.manager, self.metrics, self.reload, predict=self._grpc_predict()
+            self.manager,
+            self.metrics,
+            self.reload,
+            predict=self._grpc_predict(),
+            tensor_content=self.flags.enable_serialization_as_tensor_content,
         )
         server = grpc_service.build_server(
             services,
@@ -250,10 +254,19 @@ class ModelServer:
         port = server.add_insecure_port(address)
         if port == 0:
             raise StartupError(f"UNAVAILABLE: Could not bind the gRPC server to {address}")
+        socket_path = self.flags.grpc_socket_path
+        # Like upstream: the same services on a Unix socket as well (gRPC replaces a stale file).
+        if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
+            raise StartupError(
+                f"UNAVAILABLE: Could not bind the gRPC server to the Unix socket {socket_path} "
+                "(--grpc_socket_path): check that its directory exists and is writable"
+            )
         server.start()
         self._grpc = server
         self.endpoints = Endpoints(port, None)
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", port)
+        if socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
     def _grpc_predict(self) -> Callable[[Servable, Any, Any], None] | None:
         if self.batcher is None:
@@ -261,13 +274,13 @@ class ModelServer:
         from modelserver import inference
 
         batcher = self.batcher
+        as_content = self.flags.enable_serialization_as_tensor_content
 
         def predict(servable: Servable, request: Any, response: Any) -> None:
             signature_name = request.model_spec.signature_name
             inputs = {a: inference.tensor_to_ndarray(t) for a, t in request.inputs.items()}
             outputs = batcher.predict(servable, signature_name, inputs, list(request.output_filter))
-            for alias, value in outputs.items():
-                response.outputs[alias].CopyFrom(inference.ndarray_to_tensor(value))
+            inference.fill_predict_outputs(response, outputs, as_content=as_content)
             inference.fill_model_spec(response.model_spec, servable, signature_name)
 
         return predict
