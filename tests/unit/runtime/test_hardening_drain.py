@@ -136,18 +136,20 @@ def slow_servers() -> Iterator[list[SlowServer]]:
             server.process.communicate()
 
 
-def _in_flight(server: SlowServer) -> tuple[list[threading.Thread], list[tuple[str, object]]]:
+def _in_flight(
+    server: SlowServer,
+) -> tuple[list[threading.Thread], list[tuple[str, float, object, object]]]:
     """Start IN_FLIGHT_EACH REST and gRPC predicts; results land in the list as they finish."""
-    results: list[tuple[str, object]] = []
+    results: list[tuple[str, float, object, object]] = []
     threads = []
     for index in range(IN_FLIGHT_EACH):
         value = float(index * 2)
 
         def rest(value: float = value) -> None:
-            results.append(("REST", (value, *server.rest_predict(value))))
+            results.append(("REST", value, *server.rest_predict(value)))
 
         def rpc(value: float = value) -> None:
-            results.append(("gRPC", (value, *server.grpc_predict(value))))
+            results.append(("gRPC", value, *server.grpc_predict(value)))
 
         threads += [threading.Thread(target=rest), threading.Thread(target=rpc)]
     for thread in threads:
@@ -175,7 +177,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
     exited = time.monotonic() - signalled
     assert server.process.returncode == 0, err[-2000:]
     assert len(results) == 2 * IN_FLIGHT_EACH
-    for api, (value, status, body) in results:
+    for api, value, status, body in results:
         expected = 0.5 * value + 2
         if api == "REST":
             assert (status, body) == (200, {"predictions": [expected]}), (api, value)
@@ -200,7 +202,7 @@ def test_requests_outlasting_the_grace_are_cut_at_its_end(
     answered = time.monotonic() - signalled
     assert answered < 4, f"clients waited {answered:.1f}s with a 1 s grace"
     assert len(results) == 2 * IN_FLIGHT_EACH
-    for api, (_, status, body) in results:
+    for api, _, status, body in results:
         assert status not in (200, "OK"), (api, body)
         if api == "gRPC":
             assert status in ("CANCELLED", "UNAVAILABLE"), body
