@@ -30,6 +30,7 @@ def _containers(manifests: KubernetesManifests) -> list[dict[str, Any]]:
 
 
 def _server(manifests: KubernetesManifests) -> dict[str, Any]:
+    server: dict[str, Any]
     (server,) = _pod(manifests)["containers"]
     return server
 
