@@ -38,9 +38,21 @@ CONFIG = """model_config_list {
     version_labels { key: "stable" value: 1 }
   }
   config { name: "half_plus_three" base_path: "BASE/half_plus_three" model_platform: "tensorflow" }
+  config {
+    name: "upstream_half_plus_two"
+    base_path: "BASE/upstream_half_plus_two"
+    model_platform: "tensorflow"
+  }
 }
 """
-MODELS = ("half_plus_two", "half_plus_three")
+MODELS = ("half_plus_two", "half_plus_three", "upstream_half_plus_two")
+# Upstream's own test model (x float [-1, 1]) in its zero-padded version directory 00000123.
+UPSTREAM_MODEL = (
+    Path(__file__).resolve().parents[1]
+    / "fixtures"
+    / "upstream_models"
+    / "saved_model_half_plus_two_cpu"
+)
 # Upstream refuses a label on a version that is not loaded yet, which at startup is every version.
 LABELS_AT_STARTUP = "--allow_version_labels_for_unavailable_models=true"
 
@@ -237,6 +249,47 @@ CASES = [
 ]
 
 
+def _status_123(data: bytes, content_type: str) -> None:
+    assert _json(data)["model_version_status"] == [
+        {
+            "version": "123",
+            "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""},
+        }
+    ]
+
+
+# Issue #16: a zero-padded version directory serves as its number, and inputs are shaped by the
+# JSON alone (x declared [-1, 1] takes a flat list: upstream's testPredictREST/ColumnarREST).
+CASES += [
+    Case("zero-padded-status", "GET", "/v1/models/upstream_half_plus_two", 200, _status_123),
+    Case(
+        "zero-padded-predict-by-version",
+        "POST",
+        "/v1/models/upstream_half_plus_two/versions/123:predict",
+        200,
+        _predictions([3.0, 3.5, 4.0]),
+        {"instances": [2.0, 3.0, 4.0]},
+    ),
+    Case(
+        "flat-instances-for-a-column-input",
+        "POST",
+        "/v1/models/upstream_half_plus_two:predict",
+        200,
+        _predictions([3.0, 3.5, 4.0]),
+        {"instances": [2.0, 3.0, 4.0]},
+    ),
+    Case(
+        "flat-columnar-for-a-column-input",
+        "POST",
+        "/v1/models/upstream_half_plus_two:predict",
+        200,
+        _predictions([3.0, 3.5, 4.0], "outputs"),
+        {"inputs": [2.0, 3.0, 4.0]},
+    ),
+]
+
+
 # ----------------------------------------------------------------------------- the targets
 
 
@@ -269,6 +322,7 @@ def model_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="tfstack-contract-"))
     try:
         write_demo_models(root / "models", include_resnet=False)
+        shutil.copytree(UPSTREAM_MODEL, root / "models" / "upstream_half_plus_two")
         for name in ("half_plus_two", "half_plus_three"):
             assert (root / "models" / name / "1" / "saved_model.pb").is_file()
         (root / "config").mkdir()
@@ -394,3 +448,41 @@ def test_grpc_unknown_model_is_not_found(target: Endpoint) -> None:
             stub.Predict(request, 10.0)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert raised.value.details() == "Servable not found for request: Latest(nope)"
+
+
+def _upstream_predict(target: Endpoint, tensor: Any) -> Any:
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "upstream_half_plus_two"
+        request.inputs["x"].CopyFrom(tensor)
+        return stub.Predict(request, 10.0)
+
+
+def test_grpc_outputs_in_float_val_from_a_zero_padded_version(target: Endpoint) -> None:
+    """Upstream's VerifyPredictRequest: x=[2.0] shape [1] on x [-1,1] answers float_val [3.0]
+    (typed field, not tensor_content) from version 123 (directory 00000123)."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.0])
+    tensor.tensor_shape.dim.add().size = 1
+    response = _upstream_predict(target, tensor)
+    assert list(response.outputs["y"].float_val) == [3.0]
+    assert response.outputs["y"].tensor_content == b""
+    assert response.model_spec.version.value == 123
+
+
+def test_grpc_wrong_input_dtype_is_refused(target: Endpoint) -> None:
+    """An int32 tensor for a float input is refused (INVALID_ARGUMENT), never converted."""
+    import grpc
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[1, 2, 5])
+    tensor.tensor_shape.dim.add().size = 3
+    with pytest.raises(grpc.RpcError) as raised:
+        _upstream_predict(target, tensor)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "Expects arg[0] to be float but int32 is provided"
