@@ -7,6 +7,7 @@ message and an exit code (2 for bad input, 1 for failures). `./tfstack --list` s
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,8 +20,23 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
+from rich.console import Console
 
+import tfstack.build.images
+import tfstack.docker.engine
+import tfstack.rollout
+import tfstack.stack.lifecycle
+import tfstack.stack.predict
+from tfstack.bench.runner import describe_benchmarks, run_benchmark
+from tfstack.build import optimized
+from tfstack.core.files import format_plan
 from tfstack.errors import TfstackError
+from tfstack.models.demo import plan_demo_models, write_demo_models
+from tfstack.render import plan_render, render_to_disk
+from tfstack.selftest import run_tests
+from tfstack.serving.client import ModelRef, format_signatures
+from tfstack.spec import check_spec, write_json_schema
+from tfstack.stack.status import render_table
 
 ROOT = Path(__file__).resolve().parent
 # TensorFlow's C++ INFO lines (oneDNN, CPU features) drown tfstack's own output when tasks import
@@ -54,9 +70,8 @@ def say(text: str) -> None:
 @task
 def engine(c: Context) -> None:
     """Make sure a Docker engine and Compose v2 are usable; installs them as root on Debian."""
-    from tfstack.engine import ensure_engine
 
-    client = call(ensure_engine, say=say)
+    client = call(tfstack.docker.engine.ensure_engine, say=say)
     print(f"Docker engine {client.version()['Version']} ready")
 
 
@@ -69,7 +84,6 @@ def engine(c: Context) -> None:
 )
 def test(c: Context, unit: bool = False, k: str = "", x: bool = False) -> None:
     """Run the test suite: unit and integration (installs and starts Docker when needed)."""
-    from tfstack.testing import run_tests
 
     code = call(run_tests, root=ROOT, unit_only=unit, keyword=k, exit_first=x, say=say)
     if code != 0:
@@ -97,7 +111,6 @@ def spec_file(spec: str) -> Path:
 )
 def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> None:
     """Check a stack spec and print every problem found (exit 2), or a one-line summary."""
-    from tfstack.validate import check_spec
 
     report = call(check_spec, spec_file(spec), check_disk=not skip_disk)
     call(report.raise_for_problems)
@@ -107,7 +120,6 @@ def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> N
 @task
 def schema(c: Context) -> None:
     """Regenerate config/stack.schema.json (the JSON Schema editors use) from the typed spec."""
-    from tfstack.validate import write_json_schema
 
     target = ROOT / "config" / "stack.schema.json"
     changed = call(write_json_schema, target)
@@ -122,7 +134,6 @@ def schema(c: Context) -> None:
 )
 def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
     """Validate the spec, render compose/ and config/ files, check them, write them atomically."""
-    from tfstack.render import render_to_disk
 
     report = call(render_to_disk, spec_file(spec), ROOT, dry_run=dry_run)
     for change in report.changes:
@@ -139,8 +150,6 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
 @task(help={"spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)"})
 def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
     """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
-    from tfstack.files import format_plan
-    from tfstack.render import plan_render
 
     changes = call(plan_render, spec_file(spec), ROOT)
     print(format_plan(changes), end="")
@@ -159,7 +168,6 @@ def bench(
     c: Context, what: str | None = None, runs: int = 0, image: list[str] | None = None
 ) -> None:
     """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
-    from tfstack.bench import describe_benchmarks, run_benchmark
 
     if what in (None, "-h", "--help"):
         # invoke hands a trailing --help to a missing positional; answer it here.
@@ -179,16 +187,24 @@ def bench(
 )
 def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
     """Build the runtime image tfstack/serving-runtime: no registry, no network in the build."""
-    from tfstack.engine import docker_client, ensure_engine
-    from tfstack.images import apply_runtime_build, plan_runtime_build
 
-    client = call(docker_client) if dry_run else call(ensure_engine, say=say)
-    plans = call(plan_runtime_build, client, root=ROOT, no_cache=no_cache, try_pull=not dry_run)
+    client = (
+        call(tfstack.docker.engine.docker_client)
+        if dry_run
+        else call(tfstack.docker.engine.ensure_engine, say=say)
+    )
+    plans = call(
+        tfstack.build.images.plan_runtime_build,
+        client,
+        root=ROOT,
+        no_cache=no_cache,
+        try_pull=not dry_run,
+    )
     if dry_run:
         print("\n".join(plans.describe()))
         print("dry run: nothing downloaded or built")
         return
-    built = call(apply_runtime_build, client, plans, root=ROOT, say=say)
+    built = call(tfstack.build.images.apply_runtime_build, client, plans, root=ROOT, say=say)
     print(built.summary())
 
 
@@ -201,12 +217,6 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
 )
 def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bool = False) -> None:
     """Start the stack, or apply changes (hot reload if only models changed); wait for it."""
-    import json
-
-    from rich.console import Console
-
-    from tfstack.lifecycle import Lifecycle
-    from tfstack.status import render_table
 
     console = Console(stderr=True)
     with console.status("tfstack up") as live:
@@ -219,7 +229,9 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
 
         # No root=ROOT: the stack's project root is the spec's grandparent (<root>/config/
         # stack.yaml), so `--spec /elsewhere/config/stack.yaml` runs a stack living elsewhere.
-        lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=tell, progress=progress)
+        lifecycle = tfstack.stack.lifecycle.Lifecycle(
+            spec_file(spec), source_root=ROOT, say=tell, progress=progress
+        )
         report = call(lifecycle.up, timeout=timeout, dry_run=dry_run)
     out = Console()
     if dry_run:
@@ -243,9 +255,11 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
 )
 def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
-    from tfstack.lifecycle import Lifecycle
 
-    removed = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).down, volumes=volumes)
+    removed = call(
+        tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).down,
+        volumes=volumes,
+    )
     for item in removed:
         print(f"removed {item}")
     print("stack down")
@@ -259,14 +273,10 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
 )
 def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
     """Per model and version: state, labels, error; per service: container, health, endpoints."""
-    import json
 
-    from rich.console import Console
-
-    from tfstack.lifecycle import Lifecycle
-    from tfstack.status import render_table
-
-    result = call(Lifecycle(spec_file(spec), source_root=ROOT, say=say).status)
+    result = call(
+        tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).status
+    )
     if json_:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -297,19 +307,21 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     spec: str = DEFAULT_SPEC,
 ) -> None:
     """Send one predict request to the running stack and print the answer as JSON."""
-    import json
-
-    from tfstack.client import ModelRef
-    from tfstack.lifecycle import parse_data
-    from tfstack.lifecycle import predict as run_predict
 
     if not model or not data:
         raise Exit("tfstack: error: --model and --data are required (see --help)", code=2)
-    body = call(parse_data, data, cwd=Path.cwd())
+    body = call(tfstack.stack.predict.parse_data, data, cwd=Path.cwd())
     if version and not version.isdigit():
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
-    answer = call(run_predict, spec_file(spec), ref, body, grpc=grpc, signature=signature or None)
+    answer = call(
+        tfstack.stack.predict.predict,
+        spec_file(spec),
+        ref,
+        body,
+        grpc=grpc,
+        signature=signature or None,
+    )
     print(json.dumps(answer))
 
 
@@ -322,12 +334,10 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
 )
 def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT_SPEC) -> None:
     """Signatures, inputs and outputs (dtypes, shapes) of a served model, like saved_model_cli."""
-    from tfstack.client import format_signatures
-    from tfstack.lifecycle import inspect as run_inspect
 
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
-    metadata = call(run_inspect, spec_file(spec), model, grpc=grpc)
+    metadata = call(tfstack.stack.predict.inspect, spec_file(spec), model, grpc=grpc)
     print(format_signatures(metadata))
 
 
@@ -340,9 +350,8 @@ def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT
 )
 def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_SPEC) -> None:
     """Print the serving containers' logs (docker compose logs)."""
-    from tfstack.lifecycle import Lifecycle
 
-    lifecycle = Lifecycle(spec_file(spec), source_root=ROOT, say=say)
+    lifecycle = tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say)
     text = call(lifecycle.logs, follow=follow, tail=tail or None)
     if text:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -364,7 +373,6 @@ def models(
     dry_run: bool = False,
 ) -> None:
     """Write the demo model repository with TensorFlow (half_plus_two, half_plus_three, resnet)."""
-    from tfstack.demo_models import plan_demo_models, write_demo_models
 
     target = Path(root) if Path(root).is_absolute() else ROOT / root
     if dry_run:
@@ -409,15 +417,17 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
     write_dockerfiles: bool = False,
 ) -> None:
     """Build tensorflow_model_server for a CPU target: devel image (Bazel), then runtime image."""
-    from tfstack import optimized
 
     if write_dockerfiles:
         for path in call(optimized.write_committed_dockerfiles, ROOT):
             print(f"wrote {path.relative_to(ROOT)}")
         return
-    from tfstack.engine import docker_client, ensure_engine
 
-    client = call(docker_client) if dry_run else call(ensure_engine, say=say)
+    client = (
+        call(tfstack.docker.engine.docker_client)
+        if dry_run
+        else call(tfstack.docker.engine.ensure_engine, say=say)
+    )
     request = optimized.BuildRequest(
         version=version or None,
         target=target or None,
@@ -470,8 +480,6 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     spec: str = DEFAULT_SPEC,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
-    from tfstack.rollout import Context as RolloutContext
-    from tfstack.rollout import RolloutRequest, run_rollout
 
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
@@ -479,7 +487,7 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         raise Exit("tfstack: error: --version is required for a rollout (see --help)", code=2)
     spec_path = spec_file(spec)
     source_path = str(Path(source).resolve()) if source else None
-    request = RolloutRequest(
+    request = tfstack.rollout.RolloutRequest(
         model=model,
         version=version or None,
         source=source_path,
@@ -490,8 +498,10 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         drain_s=drain,
         latency_factor=latency_factor,
     )
-    context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    outcome = call(run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort)
+    context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
+    outcome = call(
+        tfstack.rollout.run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort
+    )
     if not outcome.dry_run:
         print(outcome.summary)
 
@@ -505,14 +515,12 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
 )
 def rollback(c: Context, model: str = "", dry_run: bool = False, spec: str = DEFAULT_SPEC) -> None:
     """Move labels back to the previous version (reloaded if retired); unload the bad one."""
-    from tfstack.rollout import Context as RolloutContext
-    from tfstack.rollout import run_rollback
 
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     spec_path = spec_file(spec)
-    context = RolloutContext(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    outcome = call(run_rollback, context, dry_run=dry_run)
+    context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
+    outcome = call(tfstack.rollout.run_rollback, context, dry_run=dry_run)
     if not outcome.dry_run:
         print(outcome.summary)
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tfstack.engine import ensure_engine
+from tfstack.docker.engine import ensure_engine
 
 
 def pytest_args(*, unit_only: bool, keyword: str = "", exit_first: bool = False) -> list[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from tfstack.engine import ensure_engine
-from tfstack.images import BuiltImage, ensure_runtime_image
+from tfstack.build.images import BuiltImage, ensure_runtime_image
+from tfstack.docker.engine import ensure_engine
 
 # Ryuk (testcontainers' reaper) needs an image from a registry; we clean up through labels.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")

@@ -28,9 +28,8 @@ import docker
 import docker.errors
 import pytest
 
-from tfstack.errors import StackError
-from tfstack.isa import ISA_LABEL, X86_FEATURES, check_image_isa, engine_cpu, level_flags
-from tfstack.optimized import (
+from tfstack.build.isa import ISA_LABEL, X86_FEATURES, check_image_isa, engine_cpu, level_flags
+from tfstack.build.optimized import (
     COMMITTED_DIR,
     DEVEL_DOCKERFILE,
     BuildRequest,
@@ -40,6 +39,7 @@ from tfstack.optimized import (
     gather_facts,
     plan_optimized_build,
 )
+from tfstack.errors import StackError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tfserving_stub"

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+
+from tfstack.models.demo import write_demo_models
 
 pytestmark = pytest.mark.integration
 
@@ -317,7 +320,6 @@ def _wait_available(endpoint: Endpoint, alive: Callable[[], str | None], timeout
 @pytest.fixture(scope="module")
 def model_root() -> Iterator[Path]:
     """Demo models in a directory a container's non-root user can read."""
-    from tfstack.demo_models import write_demo_models
 
     root = Path(tempfile.mkdtemp(prefix="tfstack-contract-"))
     try:
@@ -379,7 +381,7 @@ def target(request: pytest.FixtureRequest, model_root: Path) -> Iterator[Endpoin
     """The server under test, one per parameter."""
     kind = request.param
     if kind == "inprocess":
-        from tests.unit.runtime.conftest import start_server
+        from tests.unit.runtime.conftest import start_server  # noqa: PLC0415  # only this test starts the in-process runtime
 
         server = start_server(
             f"--model_config_file={model_root / 'local.config'}", LABELS_AT_STARTUP
@@ -417,9 +419,8 @@ def test_rest_contract(target: Endpoint, case: Case) -> None:
 def test_grpc_predict_contract(target: Endpoint) -> None:
     """gRPC Predict answers y = 0.5x + 2 and echoes the resolved model spec (version 1,
     signature serving_default)."""
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: PLC0415  # TF Serving protos: TensorFlow modules
 
     with grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -435,9 +436,8 @@ def test_grpc_predict_contract(target: Endpoint) -> None:
 
 def test_grpc_unknown_model_is_not_found(target: Endpoint) -> None:
     """gRPC Predict for a model that is not served fails with NOT_FOUND and upstream's text."""
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: PLC0415  # TF Serving protos: TensorFlow modules
 
     with grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

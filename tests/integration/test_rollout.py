@@ -1,6 +1,6 @@
 """Rollouts and rollbacks against real containers, under the bounded load generator.
 
-Each test starts a throw-away project (``tfstack.bench_rollout.RolloutScenario``: half_plus_two v1
+Each test starts a throw-away project (``tfstack.bench.rollout.RolloutScenario``: half_plus_two v1
 = 0.5x + 2 with ``latest: 1`` and ``stable: 1``, on free loopback ports) and runs about 50 req/s
 (REST and gRPC, unlabelled and via ``stable``, x = 1) while it rolls out. Responses carry no version
 over REST, so the math tells them apart: 2.5 is version 1, 3.5 is version 2 (gRPC also reports the
@@ -29,14 +29,15 @@ import docker.errors
 import pytest
 import yaml
 
-from tfstack import textproto
-from tfstack.bench_rollout import MODEL, V1_VALUE, V2_VALUE, RolloutScenario, write_candidates
-from tfstack.client import ModelRef, RestClient
+from tfstack.bench.loadgen import LoadReport, Sample
+from tfstack.bench.rollout import MODEL, V1_VALUE, V2_VALUE, RolloutScenario, write_candidates
+from tfstack.build.images import BuiltImage
+from tfstack.core import textproto
 from tfstack.errors import RolloutError
-from tfstack.images import BuiltImage
-from tfstack.journal import read_journal, status_summary
-from tfstack.loadgen import LoadReport, Sample
-from tfstack.rollout import RolloutRequest, run_rollback, run_rollout
+from tfstack.rollout.journal import read_journal, status_summary
+from tfstack.rollout.plan import RolloutRequest
+from tfstack.rollout.run import run_rollback, run_rollout
+from tfstack.serving.client import ModelRef, RestClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TAIL_S = 2.0  # load kept running after a step so the new state is observed

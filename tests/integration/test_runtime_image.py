@@ -23,7 +23,7 @@ import pytest
 import requests
 from testcontainers.core.container import DockerContainer
 
-from tfstack.images import BuiltImage
+from tfstack.build.images import BuiltImage
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_LABELS = {"org.tfstack.managed": "true", "org.tfstack.test": "test_runtime_image"}
@@ -187,7 +187,7 @@ def test_isa_label_matches_what_tensorflow_reports(
 def model_repository() -> Iterator[Path]:
     """half_plus_two version 1 (y = 0.5x + 2), saved with the host's TensorFlow, readable by
     the container's uid 1000."""
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     class HalfPlusTwo(tf.Module):  # type: ignore[misc]
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])  # type: ignore[misc]

@@ -31,11 +31,20 @@ import pytest
 import requests
 import yaml
 
-from tfstack.client import GrpcClient, ModelRef, RestClient, format_signatures, json_to_tensor
+from tfstack.build.images import BuiltImage
+from tfstack.docker.engine import docker_client as connect
 from tfstack.errors import EngineError, SpecError, StackError
-from tfstack.images import BuiltImage
-from tfstack.lifecycle import Lifecycle, UpAction
-from tfstack.waiting import LoadFailed
+from tfstack.models.demo import write_half_plus
+from tfstack.serving.client import (
+    GrpcClient,
+    ModelRef,
+    RestClient,
+    format_signatures,
+    json_to_tensor,
+)
+from tfstack.serving.waiting import LoadFailed
+from tfstack.stack.lifecycle import Lifecycle
+from tfstack.stack.plan import UpAction
 
 ROOT = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 150.0
@@ -48,7 +57,6 @@ def free_port() -> int:
 
 
 def write_model(path: Path, offset: float) -> None:
-    from tfstack.demo_models import write_half_plus
 
     write_half_plus(path, offset=offset, offset2=offset + 1, model_name=path.parent.name)
     _open_up(path)
@@ -517,7 +525,6 @@ def test_engine_not_running_is_a_clear_error(
     fresh: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no engine answering, `up` stops with EngineError naming where it looked."""
-    from tfstack.engine import docker_client as connect
 
     dead = fresh.root / "no-engine.sock"
     monkeypatch.setenv("DOCKER_HOST", f"unix://{dead}")

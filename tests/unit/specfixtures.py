@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tfstack.errors import SpecProblem
-from tfstack.validate import validate_spec
+from tfstack.spec import validate_spec
 
 
 def valid_spec() -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tfstack.baseimage import choose_mirror, parse_apt_sources
+from tfstack.build.baseimage import choose_mirror, parse_apt_sources
 from tfstack.errors import BuildError
 
 DEB822 = """\

@@ -11,8 +11,8 @@ import docker.errors
 import pytest
 from rich.console import Console
 
-from tfstack import optimized
-from tfstack.buildstream import BuildProgress, StepOutcome, stream_build
+from tfstack.build import optimized
+from tfstack.build.buildstream import BuildProgress, StepOutcome, stream_build
 from tfstack.errors import BuildError
 
 IMAGE_ID = "sha256:" + "e" * 64

@@ -11,7 +11,8 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from tfstack.client import (
+from tfstack.errors import UsageError
+from tfstack.serving.client import (
     ModelRef,
     RestClient,
     ServingRequestError,
@@ -28,7 +29,6 @@ from tfstack.client import (
     signature_inputs,
     to_tensor_proto,
 )
-from tfstack.errors import UsageError
 
 METADATA: dict[str, Any] = {
     "model_spec": {"name": "half_plus_two", "signature_name": "", "version": "1"},
@@ -220,7 +220,7 @@ def test_tensor_proto_round_trip(dtype: str, value: Any) -> None:
 
 def test_from_tensor_proto_reads_tensor_content_and_broadcasts() -> None:
     """Servers answer with tensor_content (raw little-endian) or one value for a whole tensor."""
-    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415  # TF Serving protos: TensorFlow modules
 
     proto = tensor_pb2.TensorProto(dtype=1, tensor_content=struct.pack("<3f", 2.5, 3.0, 4.5))
     proto.tensor_shape.dim.add(size=3)
@@ -233,7 +233,7 @@ def test_from_tensor_proto_reads_tensor_content_and_broadcasts() -> None:
 
 def test_float32_answers_print_like_rest() -> None:
     """float32 values come back as the short decimal REST prints (0.1, not 0.10000000149)."""
-    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415  # TF Serving protos: TensorFlow modules
 
     proto = tensor_pb2.TensorProto(dtype=1, float_val=[0.1, 2.5])
     proto.tensor_shape.dim.add(size=2)

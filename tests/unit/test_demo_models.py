@@ -1,4 +1,4 @@
-"""Unit tests of tfstack.demo_models: signatures, math, warmup files and atomic placement."""
+"""Unit tests of tfstack.models.demo: signatures, math, warmup files and atomic placement."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tfstack import demo_models
-from tfstack.demo_models import WARMUP_FILE, DemoModelError
+from tfstack.models import demo as demo_models
+from tfstack.models.demo import WARMUP_FILE, DemoModelError
 
 
 def serialized_examples(*xs: float) -> tf.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tfstack.engine import MachineFacts, plan_engine_setup
+from tfstack.docker.engine import MachineFacts, plan_engine_setup
 from tfstack.errors import EngineError
 
 

@@ -1,4 +1,4 @@
-"""Atomic multi-file writes and plans (tfstack.files); failures are injected, no Docker needed."""
+"""Atomic multi-file writes and plans (tfstack.core.files); injected failures, no Docker needed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tfstack import files as files_module
+from tfstack.core import files as files_module
+from tfstack.core.files import format_plan, plan_files, write_files_atomically
 from tfstack.errors import WriteError
-from tfstack.files import format_plan, plan_files, write_files_atomically
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

@@ -16,11 +16,10 @@ import tasks
 from invoke.context import MockContext
 from rich.console import Console
 
-import tfstack.engine
-import tfstack.images
-from tfstack.baseimage import BaseImagePlan
-from tfstack.errors import BuildError
-from tfstack.images import (
+import tfstack.build.images
+import tfstack.docker.engine
+from tfstack.build.baseimage import BaseImagePlan
+from tfstack.build.images import (
     CONTEXT_SCRIPTS,
     ImageBuildPlan,
     RuntimeImagePlans,
@@ -31,7 +30,8 @@ from tfstack.images import (
     source_info,
     tensorflow_version,
 )
-from tfstack.wheelhouse import TargetPlatform, WheelhousePlan
+from tfstack.build.wheelhouse import TargetPlatform, WheelhousePlan
+from tfstack.errors import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = SourceInfo("0123456789abcdef0123456789abcdef01234567", "2026-11-27T23:00:00+00:00")
@@ -397,10 +397,10 @@ def test_images_dry_run_prints_the_plans_and_builds_nothing(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a dry run must not build")
 
-    monkeypatch.setattr(tfstack.engine, "docker_client", object)
-    monkeypatch.setattr(tfstack.engine, "ensure_engine", refuse)
-    monkeypatch.setattr(tfstack.images, "plan_runtime_build", fake_plan)
-    monkeypatch.setattr(tfstack.images, "apply_runtime_build", refuse)
+    monkeypatch.setattr(tfstack.docker.engine, "docker_client", object)
+    monkeypatch.setattr(tfstack.docker.engine, "ensure_engine", refuse)
+    monkeypatch.setattr(tfstack.build.images, "plan_runtime_build", fake_plan)
+    monkeypatch.setattr(tfstack.build.images, "apply_runtime_build", refuse)
     tasks.images(MockContext(), dry_run=True, no_cache=True)
     out = capsys.readouterr().out
     assert seen == {"root": tasks.ROOT, "no_cache": True, "try_pull": False}

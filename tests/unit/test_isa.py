@@ -9,8 +9,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tfstack.errors import StackError, UsageError
-from tfstack.isa import (
+from tfstack.build.isa import (
     AARCH64,
     ISA_FLAGS_LABEL,
     ISA_LABEL,
@@ -25,6 +24,7 @@ from tfstack.isa import (
     parse_cpuinfo,
     resolve_target,
 )
+from tfstack.errors import StackError, UsageError
 
 DATA = Path(__file__).parent / "data" / "cpuinfo"
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tfstack.errors import RolloutError
-from tfstack.journal import (
+from tfstack.rollout.journal import (
     Journal,
     ModelState,
     Step,
@@ -21,6 +22,7 @@ from tfstack.journal import (
     unfinished,
     write_journal,
 )
+from tfstack.stack.status import observe, render_table
 
 
 def make(status: str = "running", pid: int | None = None) -> Journal:
@@ -138,9 +140,6 @@ def test_model_state_describes_policies() -> None:
 
 def test_status_table_shows_an_unfinished_rollout_with_the_next_command(tmp_path: Path) -> None:
     """invoke status finds the journal next to the spec and prints one line per rollout."""
-    from rich.console import Console
-
-    from tfstack.status import observe
 
     interrupted = make(pid=dead_pid())
     write_journal(tmp_path, interrupted)
@@ -161,7 +160,6 @@ def test_status_table_shows_an_unfinished_rollout_with_the_next_command(tmp_path
     )
     assert status.rollout is not None and status.rollout["m"]["state"] == "interrupted"
     assert status.to_json()["rollout"]["m"]["step"] == "load"
-    from tfstack.status import render_table
 
     console = Console(width=200, record=True)
     console.print(render_table(status))

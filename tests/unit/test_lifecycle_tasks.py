@@ -12,11 +12,13 @@ import tasks
 from invoke.context import MockContext
 from invoke.exceptions import Exit
 
-import tfstack.lifecycle as lifecycle_module
-from tfstack.client import ModelRef
+import tfstack.stack.lifecycle as lifecycle_module
+import tfstack.stack.predict as predict_module
 from tfstack.errors import StackError
-from tfstack.lifecycle import UpAction, UpPlan, UpReport
-from tfstack.status import StackStatus
+from tfstack.serving.client import ModelRef
+from tfstack.stack.lifecycle import UpReport
+from tfstack.stack.plan import UpAction, UpPlan
+from tfstack.stack.status import StackStatus
 
 
 def a_status(ok: bool = True) -> StackStatus:
@@ -30,7 +32,7 @@ def a_status(ok: bool = True) -> StackStatus:
 
 
 class FakeLifecycle:
-    """Stands in for tfstack.lifecycle.Lifecycle; records how the task built and called it."""
+    """Stands in for tfstack.stack.lifecycle.Lifecycle; records how the task built and called it."""
 
     instances: list[FakeLifecycle] = []
     up_error: Exception | None = None
@@ -144,7 +146,7 @@ def test_predict_builds_the_model_ref_and_prints_json(
         seen.update(ref=ref, body=body, **kwargs)
         return {"predictions": [2.5]}
 
-    monkeypatch.setattr(lifecycle_module, "predict", fake_predict)
+    monkeypatch.setattr(predict_module, "predict", fake_predict)
     tasks.predict(
         MockContext(),
         model="m",
@@ -201,7 +203,7 @@ def test_inspect_prints_signatures(
             }
         },
     }
-    monkeypatch.setattr(lifecycle_module, "inspect", lambda spec, model, grpc: metadata)
+    monkeypatch.setattr(predict_module, "inspect", lambda spec, model, grpc: metadata)
     tasks.inspect(MockContext(), model="m")
     out = capsys.readouterr().out
     assert "inputs['x'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1)" in out

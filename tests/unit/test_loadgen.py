@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from tfstack.errors import UsageError
-from tfstack.loadgen import (
+from tfstack.bench.loadgen import (
     HARD_MAX_REQUESTS,
     HARD_MAX_SECONDS,
     LoadGenerator,
@@ -17,6 +16,7 @@ from tfstack.loadgen import (
     first_value,
     percentile,
 )
+from tfstack.errors import UsageError
 
 
 def test_every_request_is_recorded_with_its_target_value_and_failure() -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tfstack.errors import UsageError
-from tfstack.isa import CpuInfo, parse_cpuinfo
-from tfstack.optimized import (
+from tfstack.build.isa import CpuInfo, parse_cpuinfo
+from tfstack.build.optimized import (
     COMMITTED_DIR,
     DEVEL_DOCKERFILE,
     RUNTIME_DOCKERFILE,
@@ -31,6 +30,7 @@ from tfstack.optimized import (
     render_dockerfiles,
     size_bazel,
 )
+from tfstack.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 CPUINFO = Path(__file__).parent / "data" / "cpuinfo"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tfstack.bazel_cache import CacheServer, server_source
+from tfstack.build.bazel_cache import CacheServer, server_source
 
 
 @pytest.fixture

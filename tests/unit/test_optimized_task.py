@@ -10,7 +10,8 @@ import tasks
 from invoke.context import MockContext
 from invoke.exceptions import Exit
 
-from tfstack import engine, optimized
+from tfstack.build import optimized
+from tfstack.docker import engine
 from tfstack.errors import UsageError
 
 

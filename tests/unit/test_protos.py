@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tfstack.protos import _plan
+from tfstack.serving.protos import _plan
 
 
 def _run_fresh(script: str) -> dict[str, object]:
@@ -33,7 +33,7 @@ def test_grpc_requests_build_without_loading_tensorflow_runtime() -> None:
     result = _run_fresh(
         """
         import json, sys
-        from tfstack.client import GrpcClient, ModelRef, Tensor, predict_request
+        from tfstack.serving.client import GrpcClient, ModelRef, Tensor, predict_request
 
         request = predict_request(
             ModelRef("half_plus_two", version=2),
@@ -77,8 +77,8 @@ def test_real_tensorflow_imported_afterwards_reuses_the_loaded_protos() -> None:
     result = _run_fresh(
         """
         import json, sys
-        from tfstack.client import ModelRef, Tensor, predict_request
-        from tfstack.protos import load_serving_protos
+        from tfstack.serving.client import ModelRef, Tensor, predict_request
+        from tfstack.serving.protos import load_serving_protos
 
         request = predict_request(ModelRef("m"), {"x": Tensor("DT_FLOAT", (2,), (1.5, 2.5))})
         before = {m: id(mod) for m, mod in sys.modules.items() if m.startswith("tensorflow.")}
@@ -208,7 +208,7 @@ def test_an_import_the_plan_missed_falls_back_to_the_ordinary_import(tmp_path: P
             textwrap.dedent(
                 """
                 import builtins, json, sys
-                from tfstack.protos import load_serving_protos
+                from tfstack.serving.protos import load_serving_protos
                 load_serving_protos(["tensorflow_serving.apis.entry_pb2"])
                 a = sys.modules["tensorflow.core.framework.a_pb2"]
                 print(json.dumps({

@@ -1,4 +1,4 @@
-"""Renderers (tfstack.render): golden files, flags, security settings, labels, checks.
+"""Renderers (tfstack.render.renderer): golden files, flags, security settings, labels, checks.
 
 Golden files in tests/golden/render/<case>/ are compared after parsing (YAML by yaml.safe_load,
 text protos as TF Serving messages), so formatting-only edits do not break them but any change of
@@ -19,7 +19,7 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
-from tfstack import render, textproto
+from tfstack.core import textproto
 from tfstack.errors import RenderError
 from tfstack.render import (
     BATCHING_CONFIG,
@@ -28,6 +28,7 @@ from tfstack.render import (
     MONITORING_CONFIG,
     render_stack,
 )
+from tfstack.render import renderer as render
 from tfstack.spec import StackSpec
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "render"

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfstack import textproto
+from tfstack.core import textproto
 from tfstack.render import (
     BATCHING_CONFIG,
     COMPOSE_FILE,

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tfstack import textproto
+from tfstack.core import textproto
 from tfstack.render import (
     COMPOSE_FILE,
     MODELS_CONFIG,

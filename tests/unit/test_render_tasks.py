@@ -15,10 +15,11 @@ import yaml
 from invoke.context import MockContext
 from invoke.exceptions import Exit
 
-from tfstack import bench, render
+from tfstack.bench import runner as bench
 from tfstack.errors import RenderError, SpecError, UsageError
 from tfstack.render import BATCHING_CONFIG, COMPOSE_FILE, MODELS_CONFIG, MONITORING_CONFIG
-from tfstack.validate import load_spec
+from tfstack.render import renderer as render
+from tfstack.spec import load_spec
 
 from .specfixtures import Project, valid_spec
 

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from tfstack.errors import RolloutError, StackError
-from tfstack.journal import Journal, ModelState, Step, StepRecord, read_journal, write_journal
-from tfstack.rollout import Observed, RolloutRequest, apply, plan, run_abort
+from tfstack.rollout.apply import apply, run_abort
+from tfstack.rollout.journal import (
+    Journal,
+    ModelState,
+    Step,
+    StepRecord,
+    read_journal,
+    write_journal,
+)
+from tfstack.rollout.plan import Observed, RolloutRequest, plan
 
 LATEST = ModelState({"latest": 1}, {"stable": 1})
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from tfstack.docker.compose import ContainerInfo
 from tfstack.errors import RolloutError, UsageError
-from tfstack.journal import Journal, ModelState, StepRecord
-from tfstack.rollout import (
+from tfstack.rollout.apply import describe_steps
+from tfstack.rollout.journal import Journal, ModelState, StepRecord
+from tfstack.rollout.plan import (
     Observed,
     RolloutRequest,
-    describe_steps,
     plan,
     plan_abort,
     plan_rollback,
     previous_from_history,
 )
+from tfstack.rollout.runner import replicas_of
+from tfstack.spec import StackSpec
 
 LATEST = ModelState({"latest": 1}, {"stable": 1})
 PINNED_1 = ModelState({"specific": [1]}, {"stable": 1})
@@ -251,9 +254,6 @@ def test_dry_run_text_shows_every_config_transition() -> None:
 def test_each_replica_is_reached_through_its_own_published_ports() -> None:
     """With replicas, every running serving container is reloaded on the host ports Compose
     published for it; without containers the spec's ports are used."""
-    from tfstack.rollout import replicas_of
-    from tfstack.spec import StackSpec
-    from tfstack.stack import ContainerInfo
 
     spec = StackSpec.model_validate(
         {

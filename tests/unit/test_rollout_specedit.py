@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tfstack.errors import RolloutError
-from tfstack.specedit import set_model_state
+from tfstack.spec.edit import set_model_state
 
 SPEC = """\
 # yaml-language-server: $schema=stack.schema.json

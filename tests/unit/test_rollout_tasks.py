@@ -12,8 +12,9 @@ from invoke.exceptions import Exit
 
 import tfstack.rollout as rollout_module
 from tfstack.errors import RolloutError
-from tfstack.journal import Journal, ModelState
-from tfstack.rollout import Outcome, RolloutRequest
+from tfstack.rollout.journal import Journal, ModelState
+from tfstack.rollout.plan import RolloutRequest
+from tfstack.rollout.run import Outcome
 
 
 def outcome(dry_run: bool = False) -> Outcome:

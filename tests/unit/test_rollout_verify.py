@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tfstack import textproto
-from tfstack.spec import SampleRequest, StackSpec
-from tfstack.verify import (
+from tfstack.core import textproto
+from tfstack.rollout.verify import (
     LABEL_ROLE,
     compare_latency,
     error_lines,
     plan_side_instance,
     sample_problem,
 )
+from tfstack.spec import SampleRequest, StackSpec
 
 
 def spec() -> StackSpec:

@@ -15,10 +15,11 @@ from tfstack.spec import (
     LatestPolicy,
     SpecificPolicy,
     StackSpec,
+    check_spec,
     json_schema,
     json_schema_text,
+    load_spec,
 )
-from tfstack.validate import check_spec, load_spec
 
 from .specfixtures import Project
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tfstack.errors import CommandFailed, StackError
-from tfstack.stack import (
+from tfstack.docker.compose import (
     CommandResult,
     ComposeProject,
     PortConflict,
@@ -30,6 +29,7 @@ from tfstack.stack import (
     remove_labelled,
     up_args,
 )
+from tfstack.errors import CommandFailed, StackError
 
 PROJECT = ComposeProject("demo", Path("/p/compose/docker-compose.yml"), Path("/p/compose"))
 BASE = [

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tfstack.errors import RolloutError
-from tfstack.staging import (
+from tfstack.models.demo import write_half_plus
+from tfstack.rollout.staging import (
     STAGING_PREFIX,
     Signature,
     TensorInfo,
@@ -28,9 +29,7 @@ from tfstack.staging import (
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """v1 (half_plus_two), a compatible candidate (+3) and an incompatible one (input z int64)."""
-    import tensorflow as tf
-
-    from tfstack.demo_models import write_half_plus
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     base = tmp_path_factory.mktemp("staging-models")
     write_half_plus(base / "v1", offset=2.0, offset2=3.0, model_name="m")
@@ -217,7 +216,7 @@ def test_removal_is_atomic_and_leftovers_are_cleaned(model_dir: Path) -> None:
 
 def test_a_keras_file_is_exported_with_a_serving_signature(tmp_path: Path) -> None:
     """A .keras file becomes a SavedModel with serving_default before it is placed."""
-    import keras
+    import keras  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     model = keras.Sequential([keras.Input((3,), name="features"), keras.layers.Dense(2)])
     source = tmp_path / "model.keras"

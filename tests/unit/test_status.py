@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,26 @@ import pytest
 import requests
 from rich.console import Console
 
-from tfstack.client import ModelRef, VersionState
-from tfstack.stack import ContainerInfo
-from tfstack.status import (
+from tfstack.docker.compose import ContainerInfo
+from tfstack.rollout.journal import (
+    Journal,
+    ModelState,
+    Step,
+    StepRecord,
+    status_summary,
+    write_journal,
+)
+from tfstack.serving.client import ModelRef, ServingRequestError, VersionState
+from tfstack.serving.waiting import ModelExpectation, ModelObservation
+from tfstack.stack.status import (
     SCHEMA_VERSION,
+    StartFailure,
     model_status,
     observe,
     render_table,
     service_status,
+    with_start_failures,
 )
-from tfstack.waiting import ModelExpectation, ModelObservation
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
 
@@ -63,7 +74,6 @@ EXPECT = [
 
 
 def sample_status() -> Any:
-    from tfstack.client import ServingRequestError
 
     rest = FakeRest(
         {
@@ -103,7 +113,6 @@ def test_status_json_has_exactly_the_documented_fields() -> None:
 
 
 def interrupted_journal() -> Any:
-    from tfstack.journal import Journal, ModelState, Step, StepRecord
 
     state = ModelState({"specific": [1]}, {"stable": 1})
     return Journal(
@@ -125,9 +134,6 @@ def interrupted_journal() -> Any:
 
 def test_rollout_entries_have_exactly_the_documented_fields() -> None:
     """`rollout` in --json: journal summary keys match docs/status-json.md (example and table)."""
-    import tempfile
-
-    from tfstack.journal import status_summary, write_journal
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -348,8 +354,6 @@ def test_a_single_replica_verdict_comes_from_the_same_observation() -> None:
 def test_recorded_start_failures_show_as_end_with_their_error() -> None:
     """A model left out of a degraded start (the server does not know it) shows its recorded
     version as END with the error; the stack is not ok; models the server knows are untouched."""
-    from tfstack.client import ServingRequestError
-    from tfstack.status import StartFailure, with_start_failures
 
     rest = FakeRest(
         {

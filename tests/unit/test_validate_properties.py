@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfstack.errors import SpecError
-from tfstack.spec import StackSpec
-from tfstack.validate import load_spec
+from tfstack.spec import StackSpec, load_spec
 
 from .specfixtures import Project, valid_spec
 

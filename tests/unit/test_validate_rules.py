@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tfstack.errors import SpecError
-from tfstack.validate import check_spec, load_spec, validate_spec
+from tfstack.spec import check_spec, load_spec, validate_spec
 
 from .specfixtures import Project, messages, only, valid_spec
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tfstack.validate import format_yaml_path
+from tfstack.spec import format_yaml_path
 
 from .specfixtures import Project, only, valid_spec
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tfstack.errors import SpecError
-from tfstack.validate import MAX_DEPTH, MAX_SPEC_BYTES, load_spec, read_yaml, validate_spec
+from tfstack.spec import load_spec, read_yaml, validate_spec
+from tfstack.spec.yamlread import MAX_DEPTH, MAX_SPEC_BYTES
 
 from .specfixtures import Project, only
 

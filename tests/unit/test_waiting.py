@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import requests
 
-from tfstack.client import ModelRef, ServingRequestError, VersionState
 from tfstack.errors import StackError
-from tfstack.waiting import (
+from tfstack.serving.client import ModelRef, ServingRequestError, VersionState
+from tfstack.serving.waiting import (
     LoadFailed,
     ModelExpectation,
     ModelObservation,

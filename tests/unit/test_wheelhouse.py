@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tfstack.errors import BuildError, CommandFailed
-from tfstack.wheelhouse import (
+from tfstack.build.wheelhouse import (
     SERVING_API_PIN,
     TargetPlatform,
     Wheelhouse,
@@ -21,6 +20,7 @@ from tfstack.wheelhouse import (
     target_platform,
     wheel_command,
 )
+from tfstack.errors import BuildError, CommandFailed
 
 BOOKWORM = TargetPlatform("3.11", (2, 36), "x86_64")
 PINS = ('"tensorflow-cpu==2.21.0"', '"grpcio==1.85.3"', '"uvloop==0.23.0"')

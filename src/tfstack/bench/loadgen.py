@@ -24,6 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tfstack.errors import UsageError
+from tfstack.serving.client import (
+    GrpcClient,
+    ModelRef,
+    RestClient,
+    rest_body_to_grpc,
+    signature_inputs,
+)
 
 HARD_MAX_SECONDS = 120.0
 HARD_MAX_REQUESTS = 12_000
@@ -282,13 +289,6 @@ def stack_senders(
     transports: Sequence[str] = ("rest", "grpc"),
 ) -> dict[str, Sender]:
     """Senders named ``rest/default``, ``rest/stable``, ``grpc/default``... for one model."""
-    from tfstack.client import (
-        GrpcClient,
-        ModelRef,
-        RestClient,
-        rest_body_to_grpc,
-        signature_inputs,
-    )
 
     check_loopback(rest_url)
     check_loopback(grpc_target)

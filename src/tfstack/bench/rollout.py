@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tfstack.bench import BenchContext, BenchResult, benchmark
-from tfstack.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.runner import BenchContext, BenchResult, benchmark
+from tfstack.build.images import ensure_image
+from tfstack.docker.engine import ensure_engine
+from tfstack.models.demo import write_half_plus
+from tfstack.rollout.plan import RolloutRequest
+from tfstack.rollout.run import run_rollback, run_rollout
+from tfstack.rollout.runner import Context
+from tfstack.stack.lifecycle import Lifecycle
 
 MODEL = "half_plus_two"
 BODY = {"instances": [1.0]}
@@ -35,7 +42,7 @@ TARGET_ROLLOUT_S = 10.0
 TARGET_ROLLBACK_S = 5.0
 
 SPEC_TEMPLATE = """\
-# Throw-away rollout project (tfstack.bench_rollout); removed when done.
+# Throw-away rollout project (tfstack.bench.rollout); removed when done.
 format: 1
 project: {project}
 model_repository: ../models
@@ -73,9 +80,7 @@ def _open_up(path: Path) -> None:
 
 def write_candidates(base: Path) -> dict[str, Path]:
     """Version 1 and the candidates (see the module docstring), written once with TensorFlow."""
-    import tensorflow as tf
-
-    from tfstack.demo_models import write_half_plus
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     paths = {name: base / name for name in ("v1", "good", "corrupt", "incompatible")}
     write_half_plus(paths["v1"], offset=2.0, offset2=3.0, model_name=MODEL)
@@ -147,7 +152,6 @@ class RolloutScenario:
         return f"127.0.0.1:{self.grpc_port}"
 
     def lifecycle(self) -> Any:
-        from tfstack.lifecycle import Lifecycle
 
         return Lifecycle(self.spec_path, root=self.root, client=self.client)
 
@@ -164,7 +168,6 @@ class RolloutScenario:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def context(self, say: Callable[[str], None] = lambda text: None) -> Any:
-        from tfstack.rollout import Context
 
         return Context(self.spec_path, self.root, MODEL, client=self.client, say=say)
 
@@ -191,9 +194,6 @@ def _ms(seconds: float) -> str:
 def bench_rollout(context: BenchContext) -> BenchResult:
     """Target #6: 0 failed requests, p99 during <= 2x steady, rollout <= 10 s after the files
     land, rollback <= 5 s."""
-    from tfstack.engine import ensure_engine
-    from tfstack.lifecycle import ensure_image
-    from tfstack.rollout import RolloutRequest, run_rollback, run_rollout
 
     say = context.say
     client = ensure_engine(say=say)

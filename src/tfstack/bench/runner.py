@@ -24,14 +24,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from tfstack.core.files import write_files_atomically
 from tfstack.errors import UsageError
+from tfstack.render import (
+    COMPOSE_FILE,
+    check_compose_file,
+    check_protos,
+    check_rendered,
+    render_stack,
+)
+from tfstack.spec import load_spec
 
 Say = Callable[[str], None]
 
 BENCHMARK_MODULES: tuple[str, ...] = (
-    "tfstack.bench_up",
-    "tfstack.bench_serve",
-    "tfstack.bench_rollout",
+    "tfstack.bench.up",
+    "tfstack.bench.serve",
+    "tfstack.bench.rollout",
 )
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
@@ -201,8 +212,6 @@ class _Timing:
 
 
 def _validate_and_render_once(spec_path: Path, root: Path) -> _Timing:
-    from tfstack.render import COMPOSE_FILE, check_compose_file, check_protos, render_stack
-    from tfstack.validate import load_spec
 
     start = time.perf_counter()
     spec = load_spec(spec_path, check_disk=True, project_root=root)
@@ -226,7 +235,7 @@ _COLD_SNIPPET = """
 import sys, time
 from pathlib import Path
 start = time.perf_counter()
-from tfstack.bench import _validate_and_render_once
+from tfstack.bench.runner import _validate_and_render_once
 timing = _validate_and_render_once(Path(sys.argv[1]), Path(sys.argv[2]))
 print(time.perf_counter() - start, timing.digest)
 """
@@ -258,11 +267,6 @@ def _ms(seconds: float) -> str:
 )
 def bench_render(context: BenchContext) -> BenchResult:
     """Target #10: render + validate a 200-model spec in at most 1 s, byte-identical re-render."""
-    import yaml
-
-    from tfstack.files import write_files_atomically
-    from tfstack.render import check_rendered, render_stack
-    from tfstack.validate import load_spec
 
     runs = context.runs or 7
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-render-") as tmp:

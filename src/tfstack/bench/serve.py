@@ -22,6 +22,7 @@ containers are stopped at the end, even on failure.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import http.client
@@ -42,8 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tfstack.bench import BenchContext, BenchResult, benchmark
-from tfstack.errors import StackError
+import docker
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from tfstack.bench.runner import BenchContext, BenchResult, benchmark
+from tfstack.errors import StackError, UsageError
+from tfstack.models.demo import sample_jpeg, write_demo_models
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -142,7 +149,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
         command = [
             sys.executable,
             "-c",
-            "from tfstack.bench_serve import _load_main; _load_main()",
+            "from tfstack.bench.serve import _load_main; _load_main()",
             str(output),
         ]
         if spec.cpus is not None:
@@ -168,7 +175,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
 def _load_main() -> None:
     """Entry of the load client process: spec as JSON on stdin, result as JSON into the file
     named by the first argument (not stdout: the event loop may make stdout non-blocking)."""
-    import uvloop
+    import uvloop  # noqa: PLC0415  # optional: the runtime's event-loop libraries, only for this benchmark
 
     spec = LoadSpec.from_json(sys.stdin.read())
     result = uvloop.run(_drive(spec))
@@ -176,7 +183,6 @@ def _load_main() -> None:
 
 
 async def _drive(spec: LoadSpec) -> LoadResult:
-    import asyncio
 
     seconds = min(spec.seconds, HARD_MAX_SECONDS)
     limit = min(spec.max_requests, HARD_MAX_REQUESTS)
@@ -256,9 +262,8 @@ async def _callers(spec: LoadSpec) -> _Callers:
 
 async def _rest_callers(spec: LoadSpec) -> _Callers:
     """Keep-alive HTTP/1.1 connections, one per client, responses parsed with httptools."""
-    import asyncio
 
-    import httptools
+    import httptools  # noqa: PLC0415  # optional: the runtime's event-loop libraries, only for this benchmark
 
     loop = asyncio.get_running_loop()
     request = (
@@ -326,7 +331,6 @@ async def _rest_callers(spec: LoadSpec) -> _Callers:
 
 async def _grpc_callers(spec: LoadSpec) -> _Callers:
     """One ``grpc.aio`` channel; requests are pre-serialized bytes (no client-side protobuf)."""
-    import grpc
 
     channel = grpc.aio.insecure_channel(
         f"{LOOPBACK}:{spec.port}",
@@ -602,8 +606,8 @@ def wait_available(server: Server, models: Sequence[str], alive: Callable[[], bo
 
 def grpc_predict_bytes(model: str, alias: str, values: Any, dtype: Any) -> bytes:
     """A serialized PredictRequest built the seed's way (``make_tensor_proto``)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -1046,8 +1050,6 @@ def build_rows(
 
 
 def print_table(rows: list[Row], names: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title="invoke bench serve", show_lines=True)
     table.add_column("figure", overflow="fold", max_width=34)
@@ -1068,7 +1070,6 @@ def print_table(rows: list[Row], names: list[str]) -> None:
 
 
 def _models_root(say: Callable[[str], None]) -> Path:
-    from tfstack.demo_models import write_demo_models
 
     root = SOURCE_ROOT / "models"
     write_demo_models(root, include_resnet=True, say=say)
@@ -1083,12 +1084,9 @@ def _models_root(say: Callable[[str], None]) -> Path:
     default_runs=5,
 )
 def bench_serve(context: BenchContext) -> BenchResult:
-    from tfstack.demo_models import sample_jpeg
 
     images = context.images
     if len(images) > 2:
-        from tfstack.errors import UsageError
-
         raise UsageError(f"--image takes at most two images, not {len(images)}")
     window = float(min(context.runs or 5, int(HARD_MAX_SECONDS)))
     say = context.say
@@ -1137,8 +1135,6 @@ def bench_serve(context: BenchContext) -> BenchResult:
                 )
             )
         else:
-            import docker
-
             client = docker.from_env()
             stack.callback(client.close)
             stack.callback(_sweep, client)

@@ -15,6 +15,7 @@ Everything is torn down at the end (``down``, label sweep), even on failure.
 from __future__ import annotations
 
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -24,15 +25,24 @@ from pathlib import Path
 
 import yaml
 
-from tfstack.bench import BenchContext, BenchResult, benchmark
+from tfstack.bench.runner import BenchContext, BenchResult, benchmark
+from tfstack.build.images import ensure_image
+from tfstack.docker.compose import ComposeProject, Stack, remove_labelled
+from tfstack.docker.engine import docker_client, ensure_engine
 from tfstack.errors import StackError
+from tfstack.models.demo import write_demo_models
+from tfstack.serving.client import RestClient
+from tfstack.serving.endpoints import endpoints_for
+from tfstack.serving.waiting import ModelsReady, Poll
+from tfstack.spec import load_spec
+from tfstack.stack.lifecycle import Lifecycle
+from tfstack.stack.plan import load
 
 UP_TARGET_S = 10.0
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -75,11 +85,6 @@ def _timed_up(spec_path: Path, context: BenchContext) -> float:
 
 def _reference(spec_path: Path) -> float:
     """Compose alone: `docker compose up -d` until every declared model is AVAILABLE (REST)."""
-    from tfstack.client import RestClient
-    from tfstack.engine import docker_client
-    from tfstack.lifecycle import endpoints_for, load
-    from tfstack.stack import ComposeProject, Stack
-    from tfstack.waiting import ModelsReady, Poll
 
     loaded = load(spec_path)
     client = docker_client()
@@ -102,11 +107,6 @@ def _reference(spec_path: Path) -> float:
 )
 def bench_up(context: BenchContext) -> BenchResult:
     """Target #4: `invoke up` (images present) -> every demo model answering in <= 10 s."""
-    from tfstack.demo_models import write_demo_models
-    from tfstack.engine import ensure_engine
-    from tfstack.lifecycle import Lifecycle, ensure_image
-    from tfstack.stack import remove_labelled
-    from tfstack.validate import load_spec
 
     runs = context.runs or 1
     client = ensure_engine(say=context.say)

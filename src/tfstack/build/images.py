@@ -22,21 +22,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 from rich.console import Console
 
-from tfstack.baseimage import LOCAL_BASE, BaseImagePlan, apply_base_image, plan_base_image
-from tfstack.buildstream import BuildProgress, stream_build
-from tfstack.errors import BuildError
-from tfstack.wheelhouse import (
+from tfstack.build.baseimage import LOCAL_BASE, BaseImagePlan, apply_base_image, plan_base_image
+from tfstack.build.buildstream import BuildProgress, stream_build
+from tfstack.build.wheelhouse import (
     WheelhousePlan,
     apply_wheelhouse,
     plan_wheelhouse,
     runtime_version,
     target_platform,
 )
+from tfstack.errors import BuildError
+
+Say = Callable[[str], None]
 
 RUNTIME_REPOSITORY = "tfstack/serving-runtime"
 DOCKER_DIR = Path("runtime/docker")
@@ -53,10 +56,10 @@ BUILD_TARGET = "runtime"
 MANAGED_LABEL = "org.tfstack.managed"
 STAGE_LABEL = "org.tfstack.stage"  # set by the Dockerfile: deps, devel or runtime
 SUPERSEDED_GRACE_S = 3600.0
-# The CPU features the TensorFlow wheel is compiled for (the format tfstack.isa parses). Measured,
-# not assumed: on this AVX-512 host, TF 2.21's cpu_feature_guard logs "To enable the following
-# instructions: AVX2 AVX512F AVX512_VNNI ... FMA" and never SSE3/SSE4.1/SSE4.2/AVX, so the x86_64
-# tensorflow-cpu wheel is built with -mavx (which implies SSE3, SSSE3, SSE4.1, SSE4.2); a CPU
+# The CPU features the TensorFlow wheel is compiled for (the format tfstack.build.isa parses).
+# Measured, not assumed: on this AVX-512 host, TF 2.21's cpu_feature_guard logs "To enable the
+# following instructions: AVX2 AVX512F AVX512_VNNI ... FMA" and never SSE3/SSE4.1/SSE4.2/AVX, so the
+# x86_64 tensorflow-cpu wheel is built with -mavx (which implies SSE3, SSSE3, SSE4.1, SSE4.2); a CPU
 # without AVX aborts at import. tests/integration/test_runtime_image.py re-checks this in the image.
 ISA_BASELINES = {"x86_64": "x86_64:SSE3,SSSE3,SSE4.1,SSE4.2,AVX"}
 TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow")
@@ -383,3 +386,27 @@ def ensure_runtime_image(
     """The runtime image, current with the source tree (a cached rebuild when nothing changed)."""
     plans = plan_runtime_build(client, root=root, no_cache=no_cache)
     return apply_runtime_build(client, plans, root=root, say=say, console=console)
+
+
+def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
+    """The image id of ``image``: present, else pulled, else (the runtime image) built."""
+
+    try:
+        return str(client.images.get(image).id)
+    except docker.errors.ImageNotFound:
+        pass
+    if image.split(":", 1)[0] == RUNTIME_REPOSITORY:
+        say(f"image {image} is missing: building it (first time: several minutes)")
+        ensure_runtime_image(client, root=source_root, say=say)
+        return str(client.images.get(image).id)
+    say(f"image {image} is missing: pulling it")
+    try:
+        client.images.pull(image)
+        return str(client.images.get(image).id)
+    except docker.errors.DockerException as exc:
+        raise BuildError(
+            f"image {image} is not on the engine and cannot be pulled: {exc}",
+            image=image,
+            hint="load it (`docker load`), or use the runtime image "
+            f"{RUNTIME_REPOSITORY}:latest, which `invoke images` builds locally",
+        ) from exc

@@ -6,12 +6,13 @@ Upstream's two-stage flow (contract section 1), with its traps removed:
   ``/usr/local/bin/tensorflow_model_server`` out of it onto a slim, non-root runtime base. Both are
   rendered from ``templates/optimized/`` (one template each; the offline Debian toolchain and a
   local ``--source`` tree are parameters, so the Bazel command line and target label never differ).
-* The target ISA becomes ``TF_SERVING_BUILD_OPTIONS`` (:mod:`tfstack.isa`), recorded in labels and
-  in the tag ``<repo>:<version>-<isa>``; the version is a pinned tag or commit, never master's tip.
+* The target ISA becomes ``TF_SERVING_BUILD_OPTIONS`` (:mod:`tfstack.build.isa`), recorded in
+  labels and in the tag ``<repo>:<version>-<isa>``; the version is a pinned tag or commit, never
+  master's tip.
 * Bazel's ``--jobs`` and ``--local_ram_resources`` come from the engine's memory and CPUs.
 * A persistent Bazel cache although the legacy builder cannot mount volumes into ``RUN``: a small
-  HTTP cache server (:mod:`tfstack.bazel_cache`) keeps action results on a named volume, and the
-  build runs in that server's network namespace (``network_mode=container:<server>``), so
+  HTTP cache server (:mod:`tfstack.build.bazel_cache`) keeps action results on a named volume, and
+  the build runs in that server's network namespace (``network_mode=container:<server>``), so
   ``--remote_cache=http://127.0.0.1:<port>`` is the same on every build and the Docker layer cache
   of the build step stays valid. Changing the ISA flags invalidates the C++ compiles of the target
   configuration (they must be redone), but every exec-configuration action (protoc and the other
@@ -44,11 +45,19 @@ import docker.errors
 import jinja2
 from rich.console import Console
 
-from tfstack import bazel_cache
-from tfstack.baseimage import plan_base_image
-from tfstack.buildstream import ANSI_ESCAPE, BuildProgress, stream_build
+from tfstack.build import bazel_cache
+from tfstack.build.baseimage import apply_base_image, plan_base_image
+from tfstack.build.buildstream import ANSI_ESCAPE, BuildProgress, stream_build
+from tfstack.build.isa import (
+    CpuInfo,
+    IsaTarget,
+    engine_cpu,
+    isa_labels,
+    parse_cpuinfo,
+    resolve_target,
+)
 from tfstack.errors import BuildError, RenderError, UsageError
-from tfstack.isa import CpuInfo, IsaTarget, isa_labels, parse_cpuinfo, resolve_target
+from tfstack.render import environment
 
 DEFAULT_REPOSITORY = "tfstack/tfserving"
 DEFAULT_VERSION = "2.20.0"
@@ -105,7 +114,6 @@ def committed_variant() -> DockerfileVariant:
 
 
 def _environment() -> jinja2.Environment:
-    from tfstack.render import environment
 
     return environment()
 
@@ -503,8 +511,6 @@ def gather_facts(
     engine reports its own CPU; when a dry run finds no base image yet, the local /proc/cpuinfo
     stands in (and the plan says so).
     """
-    from tfstack.baseimage import apply_base_image
-    from tfstack.isa import engine_cpu
 
     info = client.info()
     base = plan_base_image(client, try_pull=not dry_run)

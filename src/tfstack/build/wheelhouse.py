@@ -80,7 +80,7 @@ def target_platform(suite: str, engine_arch: str) -> TargetPlatform:
         raise BuildError(
             f"no wheel platform is known for Debian '{suite}'",
             hint=f"use one of {', '.join(sorted(SUITE_PLATFORMS))}, or add the suite's python3 "
-            "version and glibc to tfstack.wheelhouse.SUITE_PLATFORMS",
+            "version and glibc to tfstack.build.wheelhouse.SUITE_PLATFORMS",
         )
     arch = ARCH_ALIASES.get(engine_arch.lower())
     if arch is None:

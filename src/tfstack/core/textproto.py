@@ -15,7 +15,13 @@ import functools
 import importlib
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 from google.protobuf.message import Message
 
 _PRINTABLE_ASCII = range(0x20, 0x7F)
@@ -113,7 +119,6 @@ def _fallback_file() -> descriptor_pb2.FileDescriptorProto:
 
 @functools.cache
 def _fallback_classes() -> dict[str, type[Message]]:
-    from google.protobuf import wrappers_pb2
 
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)

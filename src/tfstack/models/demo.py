@@ -225,7 +225,7 @@ def write_demo_models(
 
 def _set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
     """TF2 saves every signature as `predict`; upstream's classify/regress have their own method."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     path = export_dir / "saved_model.pb"
     saved = saved_model_pb2.SavedModel.FromString(path.read_bytes())
@@ -237,7 +237,7 @@ def _set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
     # file rather than leave a stale checksum: fingerprints are optional for loading).
     fingerprint = export_dir / "fingerprint.pb"
     try:
-        from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+        from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
         fingerprint.write_bytes(fingerprinting.CreateFingerprintDef(str(export_dir)))
     except (ImportError, AttributeError, RuntimeError, ValueError):
@@ -245,7 +245,7 @@ def _set_method_names(export_dir: Path, methods: dict[str, str]) -> None:
 
 
 def _write_warmup(export_dir: Path, logs: list[Any]) -> None:
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     target = export_dir / WARMUP_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ def _write_warmup(export_dir: Path, logs: list[Any]) -> None:
 
 
 def _example(x: float) -> Any:
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     example = tf.train.Example()
     example.features.feature["x"].float_list.value.append(x)
@@ -264,8 +264,8 @@ def _example(x: float) -> Any:
 
 def write_half_plus(path: Path, *, offset: float, offset2: float, model_name: str) -> None:
     """half_plus_two's signatures with y = 0.5x + offset (regress_x_to_y2: 0.5x + offset2)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import (
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    from tensorflow_serving.apis import (  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
         classification_pb2,
         model_pb2,
         predict_pb2,
@@ -345,7 +345,7 @@ def write_half_plus(path: Path, *, offset: float, offset2: float, model_name: st
 
 def sample_jpeg(size: int = 224) -> bytes:
     """A deterministic JPEG (colour gradient) for warmup and tests."""
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     ramp = tf.linspace(0.0, 255.0, size)
     red = tf.tile(ramp[tf.newaxis, :], [size, 1])
@@ -357,9 +357,9 @@ def sample_jpeg(size: int = 224) -> bytes:
 
 def write_resnet(path: Path, *, seed: int = RESNET_SEED) -> None:
     """ResNet-50 (random weights fixed by ``seed``, 1001 classes) behind a JPEG-bytes signature."""
-    import keras
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    import keras  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     keras.utils.set_random_seed(seed)
     network = keras.applications.ResNet50(weights=None, classes=RESNET_CLASSES)

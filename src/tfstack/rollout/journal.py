@@ -1,10 +1,11 @@
 """The rollout journal: what a rollout planned, how far it got, and how to undo it.
 
 One JSON file per model, ``state/rollouts/<project>/<model>.json`` under the project root, written
-atomically (:func:`tfstack.files.write_files_atomically`) before and after every step. It holds the
-serialized plan, each step's status, the spec text and model state from before the rollout (so an
-abort can put them back byte for byte), whether tfstack created the version directory (so only
-that one is ever removed) and a short history of finished rollouts (so ``invoke rollback`` knows
+atomically (:func:`tfstack.core.files.write_files_atomically`) before and after every step. It
+holds the serialized plan, each step's status, the spec text and model state from before the
+rollout (so an abort can put them back byte for byte), whether tfstack created the version directory
+(so only that one is ever removed) and a short history of finished rollouts (so ``invoke rollback``
+knows
 the previous version).
 
 A journal whose status is ``running`` but whose process is gone is *interrupted*: ``invoke rollout
@@ -22,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tfstack.core.files import write_files_atomically
 from tfstack.errors import RolloutError
-from tfstack.files import write_files_atomically
 
 JOURNAL_FORMAT = 1
 JOURNAL_DIR = "state/rollouts"
@@ -85,7 +86,7 @@ class ModelState:
 class Step:
     """One step of a rollout plan, as data (printed for ``--dry-run``, stored in the journal).
 
-    ``kind`` says what :class:`tfstack.rollout.Runner` does:
+    ``kind`` says what :class:`tfstack.rollout.run.Runner` does:
 
     - ``transition``: edit the spec to ``target`` (or put back the original text with
       ``restore_original``), render models.config, reload every serving replica in turn and wait

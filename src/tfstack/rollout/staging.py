@@ -2,7 +2,7 @@
 
 TF Serving's file-system poll loads any child of a model directory whose name is a number, even
 half-copied. So a new version is built under a dot-name (``.tfstack-staging-<N>-<pid>``, which the
-server and ``tfstack.validate`` ignore), fsynced, checked, and only then renamed to ``<N>`` in one
+server and ``tfstack.spec.load`` ignore), fsynced, checked, and only then renamed to ``<N>`` in one
 ``rename(2)``. Removal works the other way round: rename away first, delete after.
 
 Checks before the rename:
@@ -14,8 +14,8 @@ Checks before the rename:
   agree wherever both give a size (``-1`` and unknown rank agree with anything). New signatures are
   fine. ``--allow-signature-change`` turns incompatibilities into warnings.
 
-Whether the graph really loads is proven by the side instance (:mod:`tfstack.verify`), which runs
-the same server image as production.
+Whether the graph really loads is proven by the side instance (:mod:`tfstack.rollout.verify`),
+which runs the same server image as production.
 
 Keras files (``.keras``, ``.h5``) are exported to a SavedModel with a ``serving_default``
 signature first, in a subprocess (Keras and TensorFlow state stay out of the caller).
@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from tfstack.errors import RolloutError
 
@@ -114,7 +116,7 @@ def signature_problems(old: Mapping[str, Signature], new: Mapping[str, Signature
 
 
 def _tensor_info(info: Any) -> TensorInfo:
-    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     dtype = types_pb2.DataType.Name(info.dtype)
     shape = info.tensor_shape
@@ -127,8 +129,7 @@ def read_signatures(version_dir: Path) -> dict[str, Signature]:
 
     Raises RolloutError (step ``stage``) when it is not a readable SavedModel.
     """
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     pb = version_dir / "saved_model.pb"
     try:
@@ -257,7 +258,14 @@ def is_keras_file(source: Path) -> bool:
 
 def export_keras(source: Path, target: Path) -> None:
     """Export a Keras model file to a SavedModel with a ``serving_default`` signature."""
-    argv = [sys.executable, "-m", "tfstack.staging", "export-keras", str(source), str(target)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tfstack.rollout.staging",
+        "export-keras",
+        str(source),
+        str(target),
+    ]
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False
@@ -280,7 +288,7 @@ def export_keras(source: Path, target: Path) -> None:
 
 
 def _export_keras_main(source: str, target: str) -> None:
-    import keras
+    import keras  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     model = keras.models.load_model(source, compile=False)
     # Keras 3: a tf.function endpoint `serve` that is also the `serving_default` signature.
@@ -434,4 +442,4 @@ if __name__ == "__main__":  # pragma: no cover - exercised through export_keras
     if len(sys.argv) == 4 and sys.argv[1] == "export-keras":
         _export_keras_main(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m tfstack.staging export-keras SOURCE TARGET")
+        sys.exit("usage: python -m tfstack.rollout.staging export-keras SOURCE TARGET")

@@ -30,8 +30,10 @@ from typing import Any
 
 import requests
 
-from tfstack import textproto
-from tfstack.client import (
+from tfstack.core import textproto
+from tfstack.docker.compose import LABEL_MANAGED, LABEL_PROJECT
+from tfstack.errors import RolloutError, StackError
+from tfstack.serving.client import (
     ModelRef,
     RestClient,
     ServingRequestError,
@@ -39,10 +41,8 @@ from tfstack.client import (
     matches_expected,
     summarize,
 )
-from tfstack.errors import RolloutError, StackError
+from tfstack.serving.waiting import Poll
 from tfstack.spec import SampleRequest, StackSpec
-from tfstack.stack import LABEL_MANAGED, LABEL_PROJECT
-from tfstack.waiting import Poll
 
 LABEL_ROLE = "org.tfstack.role"
 LABEL_MODEL = "org.tfstack.model"

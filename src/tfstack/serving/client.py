@@ -6,23 +6,26 @@ and the integration tests. Request building is pure (``model_path``, ``rest_inpu
 
 The gRPC side uses the protos and stubs of ``tensorflow-serving-api`` and converts JSON values to
 ``TensorProto`` by hand (no ``tf.make_tensor_proto``, no numpy). Those protos import modules of the
-``tensorflow`` package; :func:`tfstack.protos.load_serving_protos` loads them without starting
-TensorFlow's runtime (0.3 s instead of 3-4 s), and only when gRPC is used.
+``tensorflow`` package; :func:`tfstack.serving.protos.load_serving_protos` loads them without
+starting TensorFlow's runtime (0.3 s instead of 3-4 s), and only when gRPC is used.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import grpc
 import requests
+from google.protobuf import json_format, text_format
 
 from tfstack.errors import StackError, UsageError
-from tfstack.protos import load_serving_protos
+from tfstack.serving.protos import load_serving_protos
 
 DEFAULT_SIGNATURE = "serving_default"
 GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -303,7 +306,7 @@ def json_to_tensor(value: Any, dtype: str, where: str = "input") -> Tensor:
 def to_tensor_proto(tensor: Tensor) -> Any:
     """A ``tensorflow.TensorProto`` holding ``tensor`` (typed repeated fields)."""
     load_serving_protos()
-    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     number, field_name, _ = DTYPES[tensor.dtype]
     proto = tensor_pb2.TensorProto(dtype=number)
@@ -486,7 +489,7 @@ def predict_request(
 ) -> Any:
     """A ``tensorflow.serving.PredictRequest`` for ``ref`` with ``tensors`` as its inputs."""
     load_serving_protos()
-    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
     request = predict_pb2.PredictRequest()
     _fill_model_spec(request.model_spec, ref, signature)
@@ -519,7 +522,6 @@ class GrpcClient:
     """TF Serving's gRPC PredictionService and ModelService on one target."""
 
     def __init__(self, target: str, *, timeout: float = 30.0) -> None:
-        import grpc
 
         # Every proto and stub the methods import, loaded once without TensorFlow's runtime.
         load_serving_protos()
@@ -543,7 +545,6 @@ class GrpcClient:
 
     def _call(self, what: str, method: Any, request: Any, timeout: float | None) -> Any:
         """The one place gRPC calls are made; errors as ServingRequestError with the code name."""
-        import grpc
 
         try:
             return method(request, timeout=timeout if timeout is not None else self.timeout)
@@ -561,7 +562,7 @@ class GrpcClient:
     def predict(
         self, ref: ModelRef, tensors: Mapping[str, Tensor], *, signature: str | None = None
     ) -> GrpcPrediction:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
         request = predict_request(ref, tensors, signature=signature)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -586,8 +587,7 @@ class GrpcClient:
 
     def metadata(self, ref: ModelRef) -> dict[str, Any]:
         """GetModelMetadata, rendered in the same JSON shape as the REST metadata answer."""
-        from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._model_spec(request.model_spec, ref)
@@ -609,7 +609,7 @@ class GrpcClient:
         }
 
     def model_status(self, ref: ModelRef, timeout: float | None = None) -> list[VersionState]:
-        from tensorflow_serving.apis import (
+        from tensorflow_serving.apis import (  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
             get_model_status_pb2,
             model_service_pb2_grpc,
         )
@@ -619,7 +619,7 @@ class GrpcClient:
         stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         response = self._call(f"GetModelStatus({ref})", stub.GetModelStatus, request, timeout)
         enum = get_model_status_pb2.ModelVersionStatus.State
-        from tensorflow.core.protobuf import error_codes_pb2
+        from tensorflow.core.protobuf import error_codes_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
         return sorted(
             (
@@ -636,9 +636,8 @@ class GrpcClient:
 
     def reload_config(self, config_text: str, *, timeout: float) -> None:
         """ModelService.HandleReloadConfigRequest with a models.config text (model_config_list)."""
-        from google.protobuf import text_format
-        from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-        from tensorflow_serving.config import model_server_config_pb2
+        from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
+        from tensorflow_serving.config import model_server_config_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
         config = model_server_config_pb2.ModelServerConfig()
         try:
@@ -651,7 +650,7 @@ class GrpcClient:
             "HandleReloadConfigRequest", stub.HandleReloadConfigRequest, request, timeout
         )
         if response.status.error_code != 0:
-            from tensorflow.core.protobuf import error_codes_pb2
+            from tensorflow.core.protobuf import error_codes_pb2  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
 
             code = error_codes_pb2.Code.Name(response.status.error_code)
             raise ServingRequestError(
@@ -687,7 +686,6 @@ def matches_expected(actual: Any, expected: Any, tolerance: float) -> bool:
 
 def summarize(value: Any, limit: int = 200) -> str:
     """A one-line, bounded rendering of a JSON value for messages."""
-    import json
 
     text = json.dumps(value, separators=(",", ":"), default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."

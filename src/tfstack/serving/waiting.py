@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 
 import requests
 
-from tfstack.client import ModelRef, RestClient, ServingRequestError, VersionState
 from tfstack.errors import StackError
+from tfstack.serving.client import ModelRef, RestClient, ServingRequestError, VersionState
 
 T = TypeVar("T")
 

@@ -1,7 +1,9 @@
 """The stack spec: typed, frozen objects for ``config/stack.yaml``.
 
 The data model lives here; loading (YAML with line numbers), schema errors and the semantic checks
-live in :mod:`tfstack.validate` so that this module stays a plain description of the format.
+live in :mod:`tfstack.spec.load` and its phases, so this module stays a plain description of the
+format. :class:`StackSpecFields` holds the root's fields; :class:`tfstack.spec.StackSpec` (in
+``load``) adds the ``from_yaml`` constructor, so this module never imports the loader.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tfstack.errors import StackError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -138,7 +142,7 @@ class MonitoringSpec(_Frozen):
     path: Annotated[str, Field(pattern=METRICS_PATH_PATTERN)] = "/monitoring/prometheus/metrics"
 
 
-class StackSpec(_Frozen):
+class StackSpecFields(_Frozen):
     """A whole TF Serving deployment: ``config/stack.yaml``."""
 
     format: Literal[1] = SPEC_FORMAT
@@ -154,26 +158,6 @@ class StackSpec(_Frozen):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
-    @classmethod
-    def from_yaml(cls, path: Path, *, check_disk: bool = True) -> StackSpec:
-        """Load and validate a spec file (see :func:`tfstack.validate.load_spec`)."""
-        from tfstack.validate import load_spec
-
-        return load_spec(path, check_disk=check_disk)
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema editors use for completion of ``stack.yaml``."""
-    schema = StackSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "tfstack stack spec"
-    return schema
-
-
-def json_schema_text() -> str:
-    """The schema as committed in ``config/stack.schema.json`` (stable key order, final newline)."""
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
 
 def spec_dir(spec_path: Path) -> Path:
     return spec_path.resolve().parent
@@ -183,7 +167,7 @@ CONTAINER_MODEL_ROOT = "/models"
 CONTAINER_CONFIG_DIR = "/config"
 
 
-def model_repository_dir(spec: StackSpec, spec_path: Path) -> Path:
+def model_repository_dir(spec: StackSpecFields, spec_path: Path) -> Path:
     """The host directory mounted read-only at /models (relative to the spec's folder)."""
     root = Path(spec.model_repository)
     return root if root.is_absolute() else (spec_dir(spec_path) / root).resolve()
@@ -194,7 +178,7 @@ def model_relative_path(model: ModelSpec) -> str:
     return model.path if model.path is not None else model.name
 
 
-def model_host_dir(spec: StackSpec, spec_path: Path, model: ModelSpec) -> Path:
+def model_host_dir(spec: StackSpecFields, spec_path: Path, model: ModelSpec) -> Path:
     """Where the model's numbered version directories live on the host."""
     relative = Path(model_relative_path(model))
     if relative.is_absolute():
@@ -209,3 +193,15 @@ def model_base_path(model: ModelSpec) -> str:
         # Models outside the repository get their own mount at /models/<name>.
         return f"{CONTAINER_MODEL_ROOT}/{model.name}"
     return f"{CONTAINER_MODEL_ROOT}/{relative.as_posix()}"
+
+
+def sample_body(sample: SampleRequest, spec_path: Path) -> dict[str, Any]:
+    """The JSON body of a spec sample: inline, or read from ``body_file`` beside the spec."""
+    if sample.body is not None:
+        return dict(sample.body)
+    assert sample.body_file is not None
+    path = spec_dir(spec_path) / sample.body_file
+    body = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(body, dict):
+        raise StackError(f"{path}: a sample body must be a JSON object")
+    return body

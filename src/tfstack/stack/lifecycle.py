@@ -18,37 +18,38 @@ from the spec's samples → status. :func:`down` removes exactly what tfstack cr
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+
 from tfstack import render as render_module
-from tfstack.client import (
-    Endpoints,
-    GrpcClient,
-    ModelRef,
-    RestClient,
-    ServingRequestError,
-    matches_expected,
-    summarize,
-)
-from tfstack.errors import BuildError, StackError, TfstackError
-from tfstack.spec import SampleRequest, StackSpec, spec_dir
-from tfstack.stack import (
+from tfstack.build.images import ensure_image
+from tfstack.build.isa import check_image_isa
+from tfstack.core.files import write_files_atomically
+from tfstack.docker.compose import (
     ComposeProject,
-    ContainerInfo,
     Replica,
     Stack,
     port_conflicts,
     raise_for_conflicts,
     replicas,
 )
-from tfstack.status import StackStatus, StartFailure, observe, with_start_failures
-from tfstack.waiting import (
+from tfstack.docker.engine import ensure_engine
+from tfstack.errors import StackError, TfstackError
+from tfstack.models.demo import plan_demo_models, write_demo_models
+from tfstack.render.applied import forget_applied, read_applied, record_applied
+from tfstack.rollout.journal import unfinished
+from tfstack.serving.client import (
+    GrpcClient,
+    RestClient,
+    ServingRequestError,
+)
+from tfstack.serving.endpoints import endpoints_for
+from tfstack.serving.waiting import (
     LoadFailed,
     ModelExpectation,
     ModelsReady,
@@ -57,216 +58,34 @@ from tfstack.waiting import (
     assess,
     observe_model,
 )
+from tfstack.spec import StackSpec, load_spec, model_repository_dir
+from tfstack.spec.model import sample_body
+from tfstack.stack.degraded import (
+    START_FAILURES,
+    config_without,
+    forget_start_failures,
+    parse_start_failures,
+    read_start_failures,
+    record_start_failures,
+)
+from tfstack.stack.plan import (
+    DEFAULT_TIMEOUT_S,
+    RELOAD_TIMEOUT_S,
+    SERVICE,
+    Loaded,
+    Observed,
+    UpAction,
+    UpPlan,
+    load,
+    plan_reload,
+    plan_up,
+    project_root_for,
+    step_config_text,
+)
+from tfstack.stack.smoke import SmokeResult, raise_for_smoke, smoke
+from tfstack.stack.status import StackStatus, StartFailure, observe, with_start_failures
 
 Say = Callable[[str], None]
-SERVICE = "serving"
-APPLIED_CONFIG = "state/applied-models.config"
-"""The models.config the running server last accepted (at start or by reload), per project root."""
-START_FAILURES = "state/failed-models.json"
-"""Model versions that failed to load at the last start, left out of the server's config."""
-DEFAULT_TIMEOUT_S = 180.0
-RELOAD_TIMEOUT_S = 120.0
-
-
-class UpAction(StrEnum):
-    START = "start"
-    RECREATE = "recreate"
-    RELOAD = "reload"
-    NOOP = "noop"
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A validated spec with what the model repository holds."""
-
-    spec: StackSpec
-    spec_path: Path
-    root: Path  # project root: compose/, config/, state/ live here
-    expectations: tuple[ModelExpectation, ...]
-
-
-def project_root_for(spec_path: Path) -> Path:
-    """``<root>/config/stack.yaml`` → ``<root>``."""
-    return spec_path.resolve().parent.parent
-
-
-def load(spec_path: Path, root: Path | None = None) -> Loaded:
-    """Validate the spec against the disk; expectations = the versions each policy serves."""
-    from tfstack.validate import check_spec
-
-    root = root or project_root_for(spec_path)
-    report = check_spec(spec_path, check_disk=True, project_root=root)
-    spec = report.raise_for_problems()
-    served = {item.name: item.served for item in report.inventory}
-    expectations = tuple(
-        ModelExpectation(model.name, tuple(served.get(model.name, ())), dict(model.labels))
-        for model in spec.models
-    )
-    return Loaded(spec, spec_path, root, expectations)
-
-
-def endpoints_for(spec: StackSpec) -> Endpoints:
-    """Where to reach the stack from this host (a wildcard bind is reached on 127.0.0.1)."""
-    host = spec.serving.bind_address
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return Endpoints(host, spec.serving.rest_port, spec.serving.grpc_port)
-
-
-# --------------------------------------------------------------------------------------------
-# Planning (pure)
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What runs, as far as planning cares."""
-
-    containers: tuple[ContainerInfo, ...]
-    desired_hashes: Mapping[str, str]  # service -> compose config hash of the rendered file
-    desired_image_id: str | None
-    applied_models_config: str | None  # what the server last accepted (None: unknown)
-    desired_models_config: str
-    models_ready: bool | None = None  # every declared version and label AVAILABLE (None: unknown)
-
-
-@dataclass(frozen=True)
-class UpPlan:
-    action: UpAction
-    reasons: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"{self.action.value}: {'; '.join(self.reasons)}"
-
-
-def plan_up(observed: Observed) -> UpPlan:
-    """Decide what ``up`` must do (see the module docstring)."""
-    serving = [c for c in observed.containers if c.service == SERVICE]
-    if not serving:
-        return UpPlan(UpAction.START, ("no serving container exists",))
-    recreate: list[str] = []
-    for container in serving:
-        wanted = observed.desired_hashes.get(container.service)
-        if wanted is not None and container.config_hash != wanted:
-            recreate.append(
-                f"{container.name}: compose configuration changed (flags, ports, mounts)"
-            )
-        if observed.desired_image_id and container.image_id != observed.desired_image_id:
-            recreate.append(f"{container.name}: image changed")
-    if set(observed.desired_hashes) - {c.service for c in observed.containers}:
-        missing = sorted(set(observed.desired_hashes) - {c.service for c in observed.containers})
-        recreate.append(f"services without a container: {', '.join(missing)}")
-    if recreate:
-        return UpPlan(UpAction.RECREATE, tuple(recreate))
-    stopped = [c.name for c in serving if c.state != "running"]
-    if stopped:
-        return UpPlan(UpAction.START, (f"not running: {', '.join(stopped)}",))
-    reasons: list[str] = []
-    if observed.applied_models_config is None:
-        reasons.append("the model config the server holds is unknown")
-    elif _config_body(observed.applied_models_config) != _config_body(
-        observed.desired_models_config
-    ):
-        reasons.append("models, labels or policies changed")
-    if observed.models_ready is False:
-        reasons.append("not every declared version and label is AVAILABLE")
-    if reasons:
-        return UpPlan(UpAction.RELOAD, tuple(reasons))
-    return UpPlan(UpAction.NOOP, ("nothing changed",))
-
-
-def _config_body(text: str) -> str:
-    """models.config without comment lines (the header names the spec file, not the models)."""
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-
-
-def first_step_labels(
-    desired: Mapping[str, Mapping[str, int]],
-    available: Mapping[str, set[int]],
-    current: Mapping[str, Mapping[str, int | None]],
-) -> dict[str, dict[str, int]]:
-    """Labels safe to send now: a label may only point at an AVAILABLE version (contract §4).
-
-    A label whose target is not AVAILABLE yet keeps its current target when that one is
-    AVAILABLE (clients using it keep working), else it waits for the second reload.
-    """
-    result: dict[str, dict[str, int]] = {}
-    for model, labels in desired.items():
-        safe: dict[str, int] = {}
-        for label, version in labels.items():
-            if version in available.get(model, set()):
-                safe[label] = version
-                continue
-            old = current.get(model, {}).get(label)
-            if old is not None and old in available.get(model, set()):
-                safe[label] = old
-        result[model] = safe
-    return result
-
-
-@dataclass(frozen=True)
-class ReloadStep:
-    """One HandleReloadConfigRequest: labels per model and versions to keep loaded."""
-
-    labels: Mapping[str, Mapping[str, int]]
-    keep_versions: Mapping[str, tuple[int, ...]]  # model -> versions held for labels (step 1)
-
-
-def plan_reload(
-    expectations: Sequence[ModelExpectation],
-    available: Mapping[str, set[int]],
-    current: Mapping[str, Mapping[str, int | None]],
-) -> list[ReloadStep]:
-    """One step when every label can move now, else two (hold-back, then the final labels)."""
-    desired = {e.name: dict(e.labels) for e in expectations}
-    first = first_step_labels(desired, available, current)
-    if first == desired:
-        return [ReloadStep(desired, {})]
-    keep: dict[str, tuple[int, ...]] = {}
-    for expectation in expectations:
-        held = {
-            v
-            for label, v in first[expectation.name].items()
-            if v != desired[expectation.name][label]
-        }
-        if held - set(expectation.versions):
-            keep[expectation.name] = tuple(sorted(set(expectation.versions) | held))
-    return [ReloadStep(first, keep), ReloadStep(desired, {})]
-
-
-def step_config_text(desired_text: str, step: ReloadStep) -> Any:
-    """The ModelServerConfig message for a reload step: labels replaced, held versions kept."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    text_format.Parse(desired_text, config)
-    for entry in config.model_config_list.config:
-        entry.version_labels.clear()
-        for label, version in sorted(step.labels.get(entry.name, {}).items()):
-            entry.version_labels[label] = version
-        if entry.name in step.keep_versions:
-            entry.model_version_policy.Clear()
-            entry.model_version_policy.specific.versions.extend(step.keep_versions[entry.name])
-    return config
-
-
-# --------------------------------------------------------------------------------------------
-# Applying
-
-
-@dataclass
-class SmokeResult:
-    model: str
-    sample: str
-    target: str  # "default", "version 2", "label stable"
-    ok: bool
-    detail: str = ""
-    answer: Any = None
-    replica: str = ""  # the container asked (set with several replicas)
 
 
 @dataclass
@@ -276,109 +95,6 @@ class UpReport:
     smoke: list[SmokeResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     sample: tuple[str, Any, Any] | None = None  # (request line, body, answer)
-
-
-def applied_config_path(root: Path) -> Path:
-    return root / APPLIED_CONFIG
-
-
-def read_applied(root: Path) -> str | None:
-    try:
-        return applied_config_path(root).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-
-
-def record_applied(root: Path, text: str) -> None:
-    from tfstack.files import write_files_atomically
-
-    write_files_atomically(root, {APPLIED_CONFIG: text})
-
-
-def forget_applied(root: Path) -> None:
-    applied_config_path(root).unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Degraded start: models that fail to load at start are left out, the others serve
-
-_FAILED_START = re.compile(r"Failed to start server\. Error: (?P<error>.*)$")
-_LOADING_FAILED = re.compile(
-    r"Loading servable:? \{name: (?P<model>\S+) version: (?P<version>\d+)\} failed: (?P<error>.*)$"
-)
-_DUE_TO = re.compile(
-    r"\{name: (?P<model>\S+) version: (?P<version>\d+)\} due to error: (?P<error>.*?)\}(?=, |\}|$)"
-)
-
-
-def parse_start_failures(lines: Sequence[str]) -> list[StartFailure] | None:
-    """The model versions a server that failed to start could not load, from its log.
-
-    None when the log has no ``Failed to start server. Error:`` line (it did not fail at start);
-    [] when it failed for another reason (a flag, a config parse error, a port). Each servable's
-    own ``Loading servable {name: m version: n} failed: ...`` line gives the full error (the last
-    one wins: retries repeat it); the ``... due to error: ...`` list in the final line is used for
-    servables without one. Texts of tfstack's runtime and of TF Serving (``Loading servable:``).
-    """
-    final: str | None = None
-    per_servable: dict[tuple[str, int], str] = {}
-    for line in lines:
-        loading = _LOADING_FAILED.search(line)
-        if loading is not None:
-            key = (loading["model"], int(loading["version"]))
-            per_servable[key] = loading["error"].strip()
-            continue
-        failed = _FAILED_START.search(line)
-        if failed is not None:
-            final = failed["error"].strip()
-    if final is None:
-        return None
-    found = dict(per_servable)
-    for match in _DUE_TO.finditer(final):
-        found.setdefault((match["model"], int(match["version"])), match["error"].strip())
-    if "did not become available" not in final:
-        return []
-    return [StartFailure(m, v, error) for (m, v), error in sorted(found.items())]
-
-
-def config_without(desired_text: str, models: set[str], note: str) -> str:
-    """``desired_text`` (models.config) without ``models``; a header comment says why."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    text_format.Parse(desired_text, config)
-    entries = list(config.model_config_list.config)
-    del config.model_config_list.config[:]
-    config.model_config_list.config.extend(e for e in entries if e.name not in models)
-    header = [line for line in desired_text.splitlines() if line.lstrip().startswith("#")]
-    body = str(text_format.MessageToString(config))
-    return "\n".join([*header, f"# {note}", ""]) + body
-
-
-def start_failures_path(root: Path) -> Path:
-    return root / START_FAILURES
-
-
-def read_start_failures(root: Path) -> list[StartFailure]:
-    try:
-        data = json.loads(start_failures_path(root).read_text(encoding="utf-8"))
-        return [StartFailure.from_json(item) for item in data.get("failures", [])]
-    except FileNotFoundError:
-        return []
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return []  # a damaged record only loses the extra status detail
-
-
-def record_start_failures(root: Path, failures: Sequence[StartFailure]) -> None:
-    from tfstack.files import write_files_atomically
-
-    document = {"format": 1, "failures": [f.to_json() for f in failures]}
-    write_files_atomically(root, {START_FAILURES: json.dumps(document, indent=2) + "\n"})
-
-
-def forget_start_failures(root: Path) -> None:
-    start_failures_path(root).unlink(missing_ok=True)
 
 
 BLOCKING_ROLLOUT_STATES = ("running", "interrupted", "restore_failed")
@@ -391,7 +107,6 @@ def refuse_during_rollout(root: Path, project: str) -> None:
     ``up`` would render the spec as the rollout left it mid-way and reload or recreate the
     servers under it; the journal must be finished (``--resume``) or undone (``--abort``) first.
     """
-    from tfstack.journal import unfinished
 
     blocking = [j.summary() for j in unfinished(root, project)]
     blocking = [s for s in blocking if s["state"] in BLOCKING_ROLLOUT_STATES]
@@ -417,102 +132,6 @@ def refuse_during_rollout(root: Path, project: str) -> None:
         + "\n".join(f"    {line}" for line in lines),
         service=SERVICE,
         hint=f"{commands}; then run `invoke up` (`invoke status` shows the rollout)",
-    )
-
-
-def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
-    """The image id of ``image``: present, else pulled, else (the runtime image) built."""
-    import docker.errors
-
-    from tfstack.images import RUNTIME_REPOSITORY
-
-    try:
-        return str(client.images.get(image).id)
-    except docker.errors.ImageNotFound:
-        pass
-    if image.split(":", 1)[0] == RUNTIME_REPOSITORY:
-        from tfstack.images import ensure_runtime_image
-
-        say(f"image {image} is missing: building it (first time: several minutes)")
-        ensure_runtime_image(client, root=source_root, say=say)
-        return str(client.images.get(image).id)
-    say(f"image {image} is missing: pulling it")
-    try:
-        client.images.pull(image)
-        return str(client.images.get(image).id)
-    except docker.errors.DockerException as exc:
-        raise BuildError(
-            f"image {image} is not on the engine and cannot be pulled: {exc}",
-            image=image,
-            hint="load it (`docker load`), or use the runtime image "
-            f"{RUNTIME_REPOSITORY}:latest, which `invoke images` builds locally",
-        ) from exc
-
-
-def sample_body(sample: SampleRequest, spec_path: Path) -> dict[str, Any]:
-    if sample.body is not None:
-        return dict(sample.body)
-    assert sample.body_file is not None
-    path = spec_dir(spec_path) / sample.body_file
-    body = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(body, dict):
-        raise StackError(f"{path}: a sample body must be a JSON object")
-    return body
-
-
-def smoke(loaded: Loaded, rest: RestClient, *, replica: str = "") -> list[SmokeResult]:
-    """Every sample against each model's default, every declared version and every label.
-
-    Every request must answer 200; ``expect`` is checked on the default (unpinned) request, since
-    versions may differ in math on purpose. ``replica`` names the container in the results.
-    """
-    results: list[SmokeResult] = []
-    for model, expectation in zip(loaded.spec.models, loaded.expectations, strict=True):
-        targets: list[tuple[str, ModelRef]] = [("default", ModelRef(model.name))]
-        targets += [(f"version {v}", ModelRef(model.name, version=v)) for v in expectation.versions]
-        targets += [(f"label {k}", ModelRef(model.name, label=k)) for k in sorted(model.labels)]
-        for sample in model.samples:
-            body = sample_body(sample, loaded.spec_path)
-            for target, ref in targets:
-                try:
-                    answer = rest.predict(
-                        ref, body, method=sample.method, signature=sample.signature_name
-                    )
-                except ServingRequestError as exc:
-                    results.append(
-                        SmokeResult(
-                            model.name, sample.name, target, False, exc.message, replica=replica
-                        )
-                    )
-                    continue
-                ok, detail = True, ""
-                if target == "default" and sample.expect is not None:
-                    ok = matches_expected(answer, sample.expect, sample.tolerance)
-                    if not ok:
-                        detail = (
-                            f"expected {summarize(sample.expect)} (tolerance {sample.tolerance}), "
-                            f"got {summarize(answer)}"
-                        )
-                results.append(
-                    SmokeResult(model.name, sample.name, target, ok, detail, answer, replica)
-                )
-    return results
-
-
-def raise_for_smoke(results: Sequence[SmokeResult]) -> None:
-    failed = [r for r in results if not r.ok]
-    if not failed:
-        return
-    lines = [
-        (f"{r.replica}: " if r.replica else "") + f"{r.model} ({r.target}) sample {r.sample}: "
-        f"{r.detail}"
-        for r in failed
-    ]
-    raise StackError(
-        "smoke requests failed:\n" + "\n".join(f"    {line}" for line in lines),
-        service=SERVICE,
-        hint="the models are AVAILABLE but answer wrongly: check the SavedModels and the "
-        "samples' `expect` in the spec",
     )
 
 
@@ -559,8 +178,6 @@ class Lifecycle:
             if self._engine is not None:
                 self._client = self._engine()
             else:
-                from tfstack.engine import ensure_engine
-
                 self._client = ensure_engine(say=self.say)
         return self._client
 
@@ -577,9 +194,6 @@ class Lifecycle:
         """
         if self.spec_path.resolve() != (self.source_root / "config" / "stack.yaml").resolve():
             return
-        from tfstack.demo_models import plan_demo_models, write_demo_models
-        from tfstack.spec import model_repository_dir
-        from tfstack.validate import load_spec
 
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
         names = {model.name for model in spec.models}
@@ -597,7 +211,6 @@ class Lifecycle:
     def render(self, loaded: Loaded) -> dict[str, str]:
         files = render_module.render_stack(loaded.spec, loaded.spec_path, self.root)
         render_module.check_rendered(files, self.root)
-        from tfstack.files import write_files_atomically
 
         written = write_files_atomically(
             self.root, files, remove=render_module.stale_files(files, self.root)
@@ -743,7 +356,6 @@ class Lifecycle:
         timeout: float,
         many: bool,
     ) -> None:
-        from google.protobuf import text_format
 
         rest = RestClient(replica.rest_url, timeout=10)
         try:
@@ -803,7 +415,6 @@ class Lifecycle:
         previous = read_applied(self.root)
         if previous is None:
             return
-        from tfstack.files import write_files_atomically
 
         write_files_atomically(self.root, {render_module.MODELS_CONFIG: previous})
 
@@ -824,7 +435,6 @@ class Lifecycle:
         are waited for and smoke-tested. Always raises :class:`LoadFailed` naming the failures;
         the spec is not changed, so the next ``up`` reloads the full config (hot, no restart).
         """
-        from tfstack.files import write_files_atomically
 
         failed = {f.model for f in failures}
         lines = [f"model {f.model} version {f.version}: {f.error}" for f in failures]
@@ -889,8 +499,6 @@ class Lifecycle:
         def lap(name: str) -> None:
             timings[name] = round(time.monotonic() - started - sum(timings.values()), 3)
 
-        from tfstack.validate import load_spec
-
         project = load_spec(self.spec_path, check_disk=False, project_root=self.root).project
         try:
             refuse_during_rollout(self.root, project)
@@ -921,8 +529,6 @@ class Lifecycle:
             return UpReport(plan, self.status(loaded, stack), timings=timings)
         desired_text = files[render_module.MODELS_CONFIG]
         if plan.action in (UpAction.START, UpAction.RECREATE):
-            from tfstack.isa import check_image_isa
-
             check_image_isa(client, loaded.spec.serving.image, service=SERVICE)
             endpoints = endpoints_for(loaded.spec)
             raise_for_conflicts(
@@ -982,8 +588,6 @@ class Lifecycle:
 
     def status(self, loaded: Loaded | None = None, stack: Stack | None = None) -> StackStatus:
         if loaded is None:
-            from tfstack.validate import load_spec
-
             spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
             try:
                 loaded = load(self.spec_path, self.root)
@@ -1015,13 +619,11 @@ class Lifecycle:
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> str:
         """The server log (printed by Compose itself when following)."""
-        from tfstack.validate import load_spec
 
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
         return self.stack(spec).logs(follow=follow, tail=tail).stdout
 
     def down(self, *, volumes: bool = False) -> list[str]:
-        from tfstack.validate import load_spec
 
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
         removed = self.stack(spec).down(volumes=volumes)
@@ -1061,88 +663,3 @@ def _sample_line(loaded: Loaded, results: Sequence[SmokeResult]) -> tuple[str, A
                     line = f"POST {endpoints.rest_url}/v1/models/{model.name}:{sample.method}"
                     return line, body, result.answer
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# predict / inspect / logs
-
-
-def parse_data(data: str, *, cwd: Path | None = None) -> dict[str, Any]:
-    """``--data``: a JSON object, or ``@file`` naming a JSON file (relative to ``cwd``)."""
-    from tfstack.errors import UsageError
-
-    text = data
-    if data.startswith("@"):
-        path = Path(data[1:])
-        if not path.is_absolute() and cwd is not None:
-            path = cwd / path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--data {data}: cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"--data is not valid JSON: {exc}",
-            hint="give a request body such as '{\"instances\": [1.0, 2.0]}' or @file.json",
-        ) from exc
-    if not isinstance(body, dict):
-        raise UsageError('--data must be a JSON object such as {"instances": [...]}')
-    return body
-
-
-def _spec_endpoints(spec_path: Path, root: Path | None) -> Endpoints:
-    from tfstack.validate import load_spec
-
-    spec = load_spec(spec_path, check_disk=False, project_root=root or project_root_for(spec_path))
-    return endpoints_for(spec)
-
-
-def predict(
-    spec_path: Path,
-    ref: ModelRef,
-    body: Mapping[str, Any],
-    *,
-    grpc: bool = False,
-    signature: str | None = None,
-    root: Path | None = None,
-) -> dict[str, Any]:
-    """One predict request to the stack the spec describes (REST, or gRPC with ``grpc``)."""
-    endpoints = _spec_endpoints(spec_path, root)
-    try:
-        if grpc:
-            with GrpcClient(endpoints.grpc_target) as grpc_client:
-                return grpc_client.predict_json(ref, body, signature=signature)
-        rest = RestClient(endpoints.rest_url)
-        try:
-            return rest.predict(ref, body, signature=signature)
-        finally:
-            rest.close()
-    except (OSError, ConnectionError) as exc:
-        raise StackError(
-            f"cannot reach the stack at {endpoints.rest_url}: {exc}",
-            hint="start it with `invoke up`",
-        ) from exc
-
-
-def inspect(
-    spec_path: Path, model: str, *, grpc: bool = False, root: Path | None = None
-) -> dict[str, Any]:
-    """The server's metadata for a model (REST or gRPC); format with ``format_signatures``."""
-    endpoints = _spec_endpoints(spec_path, root)
-    ref = ModelRef(model)
-    try:
-        if grpc:
-            with GrpcClient(endpoints.grpc_target) as grpc_client:
-                return grpc_client.metadata(ref)
-        rest = RestClient(endpoints.rest_url)
-        try:
-            return rest.metadata(ref)
-        finally:
-            rest.close()
-    except (OSError, ConnectionError) as exc:
-        raise StackError(
-            f"cannot reach the stack at {endpoints.rest_url}: {exc}",
-            hint="start it with `invoke up`",
-        ) from exc

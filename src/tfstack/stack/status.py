@@ -12,13 +12,18 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
-from tfstack.client import RestClient
-from tfstack.stack import ContainerInfo, published_address
-from tfstack.waiting import ModelExpectation, ModelObservation, assess, observe_model
+from tfstack.docker.compose import ContainerInfo, published_address
+from tfstack.rollout.journal import status_summary
+from tfstack.serving.client import RestClient
+from tfstack.serving.waiting import ModelExpectation, ModelObservation, assess, observe_model
 
 COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 
@@ -404,9 +409,6 @@ def _rollout_line(model: str, info: Any) -> str:
 
 def _rollouts_in_progress(project: str, spec_path: str) -> Mapping[str, Any] | None:
     """Unfinished rollouts from the journals under ``<root>/state/rollouts/<project>/``."""
-    from pathlib import Path
-
-    from tfstack.journal import status_summary
 
     try:
         return status_summary(Path(spec_path).resolve().parent.parent, project)
@@ -428,9 +430,6 @@ _STATE_STYLE = {
 
 def render_table(status: StackStatus) -> Any:
     """A rich renderable: a models table, a services table and the endpoints."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
 
     models = Table(title=f"models of {status.project}", title_justify="left", expand=False)
     for column in ("model", "version", "state", "labels", "error"):

@@ -1,0 +1,3 @@
+"""Small shared leaf modules: atomic file writes with diffs (``files``), TF Serving text protos
+(``textproto``).
+"""

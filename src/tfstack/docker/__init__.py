@@ -1,0 +1,3 @@
+"""The Docker engine and Compose: engine bootstrap (``engine``), compose command lines, containers
+and ports (``compose``).
+"""

@@ -1,0 +1,1 @@
+"""Demo models written without a training step (``demo``)."""

@@ -1,0 +1,269 @@
+"""The real runner: spec, models.config, serving replicas, side instance.
+
+:class:`StackRunner` performs each :class:`~tfstack.rollout.journal.Step` against the running
+stack: spec edits (comments kept), rendering, gRPC reloads of every replica, waiting, staging and
+the side-instance verification.
+"""
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tfstack import render
+from tfstack.core.files import write_files_atomically
+from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
+from tfstack.docker.engine import ensure_engine
+from tfstack.errors import RolloutError, SpecError, TfstackError, UsageError
+from tfstack.render.applied import record_applied
+from tfstack.rollout.journal import (
+    Journal,
+    ModelState,
+    Step,
+)
+from tfstack.rollout.plan import RELOAD_TIMEOUT_S
+from tfstack.rollout.staging import clean_leftovers, remove_version_dir, stage_version
+from tfstack.rollout.verify import plan_side_instance, remove_verifiers, verify_candidate
+from tfstack.serving.client import GrpcClient, RestClient, ServingRequestError
+from tfstack.serving.endpoints import endpoints_for
+from tfstack.serving.waiting import ModelExpectation, ModelsReady, Poll
+from tfstack.spec import load_spec, model_host_dir
+from tfstack.spec.edit import set_model_state
+from tfstack.spec.model import sample_body
+
+Say = Callable[[str], None]
+
+
+# The real runner: spec, models.config, serving replicas, side instance
+
+
+@dataclass
+class Context:
+    """One rollout's surroundings: the spec, the project root, the engine, output."""
+
+    spec_path: Path
+    root: Path
+    model: str
+    client: Any = None
+    say: Say = lambda text: None
+    reload_timeout: float = RELOAD_TIMEOUT_S
+
+    def docker(self) -> Any:
+        if self.client is None:
+            self.client = ensure_engine(say=self.say)
+        return self.client
+
+    def load_spec(self, *, check_disk: bool = True) -> Any:
+
+        return load_spec(self.spec_path, check_disk=check_disk, project_root=self.root)
+
+    def model_spec(self, spec: Any) -> Any:
+        for model in spec.models:
+            if model.name == self.model:
+                return model
+        known = ", ".join(m.name for m in spec.models)
+        raise UsageError(f"the spec has no model {self.model!r} (models: {known})")
+
+    def model_dir(self, spec: Any) -> Path:
+
+        return Path(model_host_dir(spec, self.spec_path, self.model_spec(spec)))
+
+
+def state_of(model: Any) -> ModelState:
+    """A spec ModelSpec's policy and labels as a ModelState."""
+    return ModelState(model.policy.model_dump(), dict(model.labels))
+
+
+def versions_on_disk(model_dir: Path) -> tuple[int, ...]:
+    try:
+        entries = list(os.scandir(model_dir))
+    except OSError:
+        return ()
+    return tuple(
+        sorted(int(e.name) for e in entries if e.name.isascii() and e.name.isdigit() and e.is_dir())
+    )
+
+
+def replicas_of(spec: Any, containers: Sequence[Any]) -> list[Replica]:
+    """Each running serving container's published REST and gRPC ports (its own, per replica);
+    the spec's ports when no container is known (a server started some other way)."""
+
+    endpoints = endpoints_for(spec)
+    found = replicas(
+        containers,
+        host=endpoints.host,
+        rest_port=spec.serving.rest_port,
+        grpc_port=spec.serving.grpc_port,
+    )
+    if not found:
+        return [Replica("serving", endpoints.rest_url, endpoints.grpc_target)]
+    return found
+
+
+class StackRunner:
+    """Runs steps against the real stack (see :class:`Runner`)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    @property
+    def say(self) -> Say:
+        return self.context.say
+
+    def sleep(self, seconds: float) -> None:
+        self.say(f"      draining for {seconds:g}s")
+        time.sleep(seconds)
+
+    def replicas(self, spec: Any) -> list[Replica]:
+
+        try:
+            stack = Stack(
+                ComposeProject.for_root(spec.project, self.context.root), self.context.docker()
+            )
+            containers = stack.service_containers("serving")
+        except TfstackError:
+            containers = []
+        return replicas_of(spec, containers)
+
+    # -- transition -------------------------------------------------------------------------
+
+    def _write_spec(self, text: str) -> None:
+
+        path = self.context.spec_path.resolve()
+        write_files_atomically(path.parent, {path.name: text})
+
+    def transition(self, step: Step, journal: Journal) -> str:
+
+        assert step.target is not None
+        context = self.context
+        before = context.spec_path.read_text(encoding="utf-8")
+        if step.restore_original:
+            text = journal.original_spec_text
+        else:
+            text = set_model_state(
+                before, context.model, policy=step.target.policy, labels=step.target.labels
+            )
+        self._write_spec(text)
+        try:
+            spec = context.load_spec(check_disk=True)
+        except SpecError as exc:
+            self._write_spec(before)
+            raise RolloutError(
+                "the edited spec does not validate; it was put back",
+                model=context.model,
+                step=step.name,
+                evidence=[str(p) for p in exc.problems],
+            ) from exc
+        files = render.render_stack(spec, context.spec_path, context.root)
+        config_text = files[render.MODELS_CONFIG]
+        write_files_atomically(context.root, {render.MODELS_CONFIG: config_text})
+        replicas = self.replicas(spec)
+        labels = dict(step.target.labels)
+        started = time.monotonic()
+        for replica in replicas:
+            self._reload(replica, config_text, step, labels)
+        record_applied(context.root, config_text)
+        where = f"{len(replicas)} replica{'s' if len(replicas) != 1 else ''}"
+        return f"{step.target.describe()} on {where} in {time.monotonic() - started:.2f}s"
+
+    def _reload(
+        self, replica: Replica, config_text: str, step: Step, labels: Mapping[str, int]
+    ) -> None:
+
+        context = self.context
+        with GrpcClient(replica.grpc_target, timeout=context.reload_timeout) as grpc_client:
+            try:
+                grpc_client.reload_config(config_text, timeout=context.reload_timeout)
+            except ServingRequestError as exc:
+                raise RolloutError(
+                    f"{replica.name} rejected the new model config",
+                    model=context.model,
+                    step=step.name,
+                    evidence=[exc.message],
+                ) from exc
+        # Labels whose version must be AVAILABLE; the others may be loading still.
+        expectation = ModelExpectation(context.model, step.wait_available, dict(labels))
+        rest = RestClient(replica.rest_url, timeout=10)
+        try:
+            ModelsReady(
+                rest, [expectation], Poll(timeout=context.reload_timeout, interval=0.1)
+            ).wait()
+        except TfstackError as exc:
+            raise RolloutError(
+                f"{replica.name}: versions {list(step.wait_available)} and labels "
+                f"{dict(labels)} not ready",
+                model=context.model,
+                step=step.name,
+                evidence=str(exc).splitlines()[:12],
+            ) from exc
+        finally:
+            rest.close()
+        self.say(f"      {replica.name}: {step.target.describe() if step.target else ''} ready")
+
+    # -- stage, verify, remove ------------------------------------------------------------------
+
+    def stage(self, step: Step, journal: Journal, mark_created: Callable[[], None]) -> str:
+
+        assert step.version is not None
+        spec = self.context.load_spec(check_disk=False)
+        model_dir = self.context.model_dir(spec)
+        final = model_dir / str(step.version)
+        source: Path | None = Path(step.source) if step.source else None
+        if journal.created_version_dir and final.is_dir():
+            source = None  # renamed before an interruption: check it in place
+        result = stage_version(
+            source,
+            model_dir,
+            step.version,
+            current=step.compare_with,
+            allow_signature_change=step.allow_signature_change,
+            model=self.context.model,
+            before_rename=mark_created,
+            say=self.say,
+        )
+        for warning in result.warnings:
+            self.say(f"      warning: {warning}")
+        names = ", ".join(sorted(result.signatures))
+        return f"{result.version_dir} in place; signatures: {names}"
+
+    def verify(self, step: Step, journal: Journal) -> str:
+
+        assert step.version is not None and step.compare_with is not None
+        spec = self.context.load_spec(check_disk=False)
+        model = self.context.model_spec(spec)
+        samples = [(s, sample_body(s, self.context.spec_path)) for s in model.samples]
+        plan_ = plan_side_instance(
+            spec,
+            self.context.model_dir(spec),
+            model.name,
+            stable=step.compare_with,
+            candidate=step.version,
+        )
+        report = verify_candidate(
+            self.context.docker(),
+            plan_,
+            samples,
+            latency_factor=step.latency_factor,
+            say=lambda text: self.say(f"      {text}"),
+        )
+        parts = [f"loaded in {report.ready_s:.1f}s", f"{report.samples_checked} samples ok"]
+        if report.latency is not None:
+            parts.append(report.latency.describe())
+        parts += report.notes
+        return "; ".join(parts)
+
+    def remove_version(self, step: Step, journal: Journal) -> str:
+
+        assert step.version is not None
+        spec = self.context.load_spec(check_disk=False)
+        model_dir = self.context.model_dir(spec)
+        removed = []
+        if journal.created_version_dir and remove_version_dir(model_dir, step.version):
+            removed.append(str(step.version))
+        removed += clean_leftovers(model_dir)
+        with contextlib.suppress(Exception):
+            removed += remove_verifiers(self.context.docker(), spec.project, self.context.model)
+        return "removed " + (", ".join(removed) if removed else "nothing (none left)")

@@ -1,0 +1,129 @@
+"""Loading and validating a stack spec: YAML with line numbers, schema errors, semantic checks.
+
+``load_spec(path)`` is the one way the rest of tfstack reads ``config/stack.yaml``: it returns a
+frozen :class:`~tfstack.spec.StackSpec` or raises :class:`~tfstack.errors.SpecError` carrying every
+problem found (file, line, YAML path such as ``models[2].labels.canary``, message, hint). Nothing
+else ever escapes, and nothing is written.
+
+Three phases, each reporting all of its problems:
+
+1. **YAML**: size, encoding and syntax; one document whose top level is a mapping; no aliases (so no
+   "billion laughs"), bounded nesting, no duplicate keys, only plain JSON-like scalar types. Mapping
+   keys are always kept as strings (``1:`` is the key ``"1"``, ``on:`` is ``"on"``).
+2. **Schema**: the typed model in :mod:`tfstack.spec` (pydantic), its errors translated into what
+   was expected, with "did you mean" hints for unknown keys and one clear message for a bad version
+   policy.
+3. **Semantics**: what TF Serving or Docker would reject at start or reload (tfserving-contract
+   sections 2-4), and what would make tfstack's own later steps fail. With ``check_disk`` the model
+   repository is inspected too (file names only: nothing here imports TensorFlow). Semantic checks
+   run once the schema is valid.
+
+Version directory policy: TF Serving silently ignores children of a model directory whose names do
+not parse as integers. tfstack treats such a directory (``v2``, ``1.5``, ``-3``) as an error because
+it is nearly always a mistake that would leave a version unserved without a word. Names starting
+with ``.`` are the exception: they are reserved for staging a version before it is renamed into
+place, and are ignored like TF Serving does. Plain files are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tfstack.errors import SpecError, SpecProblem
+from tfstack.spec.model import (
+    StackSpecFields,
+)
+from tfstack.spec.rules import Checker, ModelInventory
+from tfstack.spec.schema_errors import schema_problems
+from tfstack.spec.yamlread import count_noun, read_yaml
+
+
+class StackSpec(StackSpecFields):
+    """A whole TF Serving deployment: ``config/stack.yaml``, with its named constructor."""
+
+    @classmethod
+    def from_yaml(cls, path: Path, *, check_disk: bool = True) -> StackSpec:
+        """Load and validate a spec file (see :func:`load_spec`)."""
+        return load_spec(path, check_disk=check_disk)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Everything :func:`check_spec` found; ``spec`` is None when the schema phase failed."""
+
+    path: Path
+    problems: list[SpecProblem]
+    spec: StackSpec | None = None
+    inventory: tuple[ModelInventory, ...] = ()
+    checked_disk: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.spec is not None
+
+    def raise_for_problems(self) -> StackSpec:
+        """The spec, or SpecError with every problem."""
+        if self.problems or self.spec is None:
+            raise SpecError(self.problems)
+        return self.spec
+
+    def summary(self) -> str:
+        """One line for `invoke validate`: models, versions found, labels."""
+        spec = self.raise_for_problems()
+        labels = sum(len(m.labels) for m in spec.models)
+        text = f"{self.path}: OK, {count_noun(len(spec.models), 'model')}"
+        if self.checked_disk:
+            found = sum(len(i.on_disk) for i in self.inventory)
+            served = sum(len(i.served) for i in self.inventory)
+            text += f", {count_noun(found, 'version')} found ({served} served)"
+        else:
+            text += " (model directories not checked)"
+        return text + f", {count_noun(labels, 'label')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_spec(
+    path: Path, *, check_disk: bool = True, project_root: Path | None = None
+) -> StackSpec:
+    """Read and validate a stack spec; raise SpecError listing every problem found.
+
+    ``check_disk=False`` skips the checks of model directories and sample body files (for specs
+    whose models are generated later). ``project_root`` bounds relative paths; by default it is the
+    parent of the spec's directory (``<project>/config/stack.yaml``).
+    """
+    return check_spec(path, check_disk=check_disk, project_root=project_root).raise_for_problems()
+
+
+def validate_spec(
+    path: Path, *, check_disk: bool = True, project_root: Path | None = None
+) -> list[SpecProblem]:
+    """Every problem in the spec at ``path`` (empty when it is valid)."""
+    return check_spec(path, check_disk=check_disk, project_root=project_root).problems
+
+
+def check_spec(
+    path: Path, *, check_disk: bool = True, project_root: Path | None = None
+) -> ValidationReport:
+    """Run all three phases; the report carries the spec, the problems and the disk inventory."""
+    path = Path(path)
+    file = str(path)
+    data, lines, problems = read_yaml(path)
+    if problems or data is None:
+        return ValidationReport(path, problems, checked_disk=check_disk)
+    try:
+        spec = StackSpec.model_validate(data)
+    except ValidationError as exc:
+        return ValidationReport(
+            path, schema_problems(exc, data, lines, file), checked_disk=check_disk
+        )
+    checker = Checker(spec, path, file, lines, check_disk=check_disk, project_root=project_root)
+    checker.run()
+    return ValidationReport(
+        path, checker.problems, spec, tuple(checker.inventory), checked_disk=check_disk
+    )

@@ -1,0 +1,3 @@
+"""The serving stack's lifecycle: ``up``/``down`` plans and their application, status, smoke
+requests, predict/inspect.
+"""
