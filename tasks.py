@@ -173,7 +173,9 @@ def bench(
         # invoke hands a trailing --help to a missing positional; answer it here.
         print(describe_benchmarks())
         return
-    result = call(run_benchmark, what, runs=runs or None, say=say, images=tuple(image or ()))
+    result = call(
+        run_benchmark, what, root=ROOT, runs=runs or None, say=say, images=tuple(image or ())
+    )
     print(result.report())
     if not result.met:
         raise Exit(code=1)

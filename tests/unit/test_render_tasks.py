@@ -199,10 +199,10 @@ def test_bench_unknown_name_exits_2_with_suggestion() -> None:
     assert "did you mean `invoke bench render`?" in str(caught.value.message)
 
 
-def test_bench_runs_option_is_bounded() -> None:
+def test_bench_runs_option_is_bounded(tmp_path: Path) -> None:
     """--runs outside 1..1000 is refused before anything runs."""
     with pytest.raises(UsageError, match="--runs"):
-        bench.run_benchmark("render", runs=5000)
+        bench.run_benchmark("render", root=tmp_path, runs=5000)
 
 
 def test_bench_registry_rejects_duplicates() -> None:

@@ -152,7 +152,6 @@ class RolloutScenario:
         return f"127.0.0.1:{self.grpc_port}"
 
     def lifecycle(self) -> Any:
-
         return Lifecycle(self.spec_path, root=self.root, client=self.client)
 
     def up(self) -> None:
@@ -168,7 +167,6 @@ class RolloutScenario:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def context(self, say: Callable[[str], None] = lambda text: None) -> Any:
-
         return Context(self.spec_path, self.root, MODEL, client=self.client, say=say)
 
     def load(self, *, max_seconds: float = 90.0, rate: float = 50.0) -> LoadGenerator:
@@ -198,7 +196,7 @@ def bench_rollout(context: BenchContext) -> BenchResult:
     say = context.say
     client = ensure_engine(say=say)
     image = "tfstack/serving-runtime:latest"
-    ensure_image(client, image, source_root=Path(__file__).resolve().parents[2], say=say)
+    ensure_image(client, image, source_root=context.root, say=say)
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-models-") as tmp:
         say("writing half_plus_two v1 and the v2 candidate with TensorFlow")
         candidates = write_candidates(Path(tmp))

@@ -49,8 +49,10 @@ BENCHMARK_MODULES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class BenchContext:
-    """What every benchmark gets: repetitions asked for (None = its default) and a logger."""
+    """What every benchmark gets: the checkout, repetitions asked for (None = default), a logger."""
 
+    root: Path
+    """The tfstack checkout (config/, models/, runtime/): from the invoke config, never guessed."""
     runs: int | None = None
     say: Say = lambda text: None
     images: tuple[str, ...] = ()
@@ -123,6 +125,7 @@ def _name(item: Benchmark) -> str:
 def run_benchmark(
     what: str,
     *,
+    root: Path,
     runs: int | None = None,
     say: Say = lambda text: None,
     images: tuple[str, ...] = (),
@@ -140,7 +143,7 @@ def run_benchmark(
         raise UsageError(f"--runs must be between 1 and 1000, not {runs}")
     chosen = BENCHMARKS[what]
     return chosen.function(
-        BenchContext(runs=runs or chosen.default_runs, say=say, images=tuple(images))
+        BenchContext(root, runs=runs or chosen.default_runs, say=say, images=tuple(images))
     )
 
 
@@ -212,7 +215,6 @@ class _Timing:
 
 
 def _validate_and_render_once(spec_path: Path, root: Path) -> _Timing:
-
     start = time.perf_counter()
     spec = load_spec(spec_path, check_disk=True, project_root=root)
     validated = time.perf_counter()

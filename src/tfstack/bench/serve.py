@@ -52,7 +52,6 @@ from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.errors import StackError, UsageError
 from tfstack.models.demo import sample_jpeg, write_demo_models
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 HARD_MAX_SECONDS = 30.0
 """No single load run lasts longer than this, whatever is asked."""
@@ -1050,7 +1049,6 @@ def build_rows(
 
 
 def print_table(rows: list[Row], names: list[str]) -> None:
-
     table = Table(title="invoke bench serve", show_lines=True)
     table.add_column("figure", overflow="fold", max_width=34)
     table.add_column("target", overflow="fold", max_width=26)
@@ -1069,9 +1067,8 @@ def print_table(rows: list[Row], names: list[str]) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def _models_root(say: Callable[[str], None]) -> Path:
-
-    root = SOURCE_ROOT / "models"
+def _models_root(source_root: Path, say: Callable[[str], None]) -> Path:
+    root = source_root / "models"
     write_demo_models(root, include_resnet=True, say=say)
     return root
 
@@ -1084,13 +1081,12 @@ def _models_root(say: Callable[[str], None]) -> Path:
     default_runs=5,
 )
 def bench_serve(context: BenchContext) -> BenchResult:
-
     images = context.images
     if len(images) > 2:
         raise UsageError(f"--image takes at most two images, not {len(images)}")
     window = float(min(context.runs or 5, int(HARD_MAX_SECONDS)))
     say = context.say
-    models_root = _models_root(say)
+    models_root = _models_root(context.root, say)
     jpeg = sample_jpeg()
     all_figures: list[Figures] = []
     with ExitStack() as stack:

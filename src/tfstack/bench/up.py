@@ -39,17 +39,15 @@ from tfstack.stack.lifecycle import Lifecycle
 from tfstack.stack.plan import load
 
 UP_TARGET_S = 10.0
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def write_bench_project(root: Path, source_root: Path = SOURCE_ROOT) -> Path:
+def write_bench_project(root: Path, source_root: Path) -> Path:
     """The demo spec on free ports with the checkout's model repository; returns its path."""
     source_spec = source_root / "config" / "stack.yaml"
     data = yaml.safe_load(source_spec.read_text(encoding="utf-8"))
@@ -73,7 +71,7 @@ def _timed_up(spec_path: Path, context: BenchContext) -> float:
     argv = [sys.executable, "-m", "invoke", "up", "--spec", str(spec_path)]
     started = time.perf_counter()
     result = subprocess.run(
-        argv, cwd=SOURCE_ROOT, capture_output=True, text=True, check=False, timeout=600
+        argv, cwd=context.root, capture_output=True, text=True, check=False, timeout=600
     )
     wall = time.perf_counter() - started
     if result.returncode != 0:
@@ -111,16 +109,16 @@ def bench_up(context: BenchContext) -> BenchResult:
     runs = context.runs or 1
     client = ensure_engine(say=context.say)
     context.say("making sure the demo models and the serving image exist (not timed)")
-    write_demo_models(SOURCE_ROOT / "models", say=context.say)
-    demo = load_spec(SOURCE_ROOT / "config" / "stack.yaml", check_disk=True)
-    ensure_image(client, demo.serving.image, source_root=SOURCE_ROOT, say=context.say)
+    write_demo_models(context.root / "models", say=context.say)
+    demo = load_spec(context.root / "config" / "stack.yaml", check_disk=True)
+    ensure_image(client, demo.serving.image, source_root=context.root, say=context.say)
     firsts: list[float] = []
     seconds: list[float] = []
     references: list[float] = []
     with tempfile.TemporaryDirectory(prefix="tfstack-bench-up-") as tmp:
-        spec_path = write_bench_project(Path(tmp))
+        spec_path = write_bench_project(Path(tmp), context.root)
         project = load_spec(spec_path, check_disk=True).project
-        lifecycle = Lifecycle(spec_path, source_root=SOURCE_ROOT, client=client)
+        lifecycle = Lifecycle(spec_path, source_root=context.root, client=client)
         try:
             for run in range(runs):
                 context.say(f"run {run + 1}/{runs}: first up")

@@ -114,7 +114,6 @@ def committed_variant() -> DockerfileVariant:
 
 
 def _environment() -> jinja2.Environment:
-
     return environment()
 
 

@@ -119,7 +119,6 @@ def _fallback_file() -> descriptor_pb2.FileDescriptorProto:
 
 @functools.cache
 def _fallback_classes() -> dict[str, type[Message]]:
-
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(_fallback_file())

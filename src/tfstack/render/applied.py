@@ -26,7 +26,6 @@ def read_applied(root: Path) -> str | None:
 
 
 def record_applied(root: Path, text: str) -> None:
-
     write_files_atomically(root, {APPLIED_CONFIG: text})
 
 

@@ -57,7 +57,6 @@ class Context:
         return self.client
 
     def load_spec(self, *, check_disk: bool = True) -> Any:
-
         return load_spec(self.spec_path, check_disk=check_disk, project_root=self.root)
 
     def model_spec(self, spec: Any) -> Any:
@@ -68,7 +67,6 @@ class Context:
         raise UsageError(f"the spec has no model {self.model!r} (models: {known})")
 
     def model_dir(self, spec: Any) -> Path:
-
         return Path(model_host_dir(spec, self.spec_path, self.model_spec(spec)))
 
 
@@ -118,7 +116,6 @@ class StackRunner:
         time.sleep(seconds)
 
     def replicas(self, spec: Any) -> list[Replica]:
-
         try:
             stack = Stack(
                 ComposeProject.for_root(spec.project, self.context.root), self.context.docker()
@@ -131,12 +128,10 @@ class StackRunner:
     # -- transition -------------------------------------------------------------------------
 
     def _write_spec(self, text: str) -> None:
-
         path = self.context.spec_path.resolve()
         write_files_atomically(path.parent, {path.name: text})
 
     def transition(self, step: Step, journal: Journal) -> str:
-
         assert step.target is not None
         context = self.context
         before = context.spec_path.read_text(encoding="utf-8")
@@ -206,7 +201,6 @@ class StackRunner:
     # -- stage, verify, remove ------------------------------------------------------------------
 
     def stage(self, step: Step, journal: Journal, mark_created: Callable[[], None]) -> str:
-
         assert step.version is not None
         spec = self.context.load_spec(check_disk=False)
         model_dir = self.context.model_dir(spec)
@@ -230,7 +224,6 @@ class StackRunner:
         return f"{result.version_dir} in place; signatures: {names}"
 
     def verify(self, step: Step, journal: Journal) -> str:
-
         assert step.version is not None and step.compare_with is not None
         spec = self.context.load_spec(check_disk=False)
         model = self.context.model_spec(spec)
@@ -256,7 +249,6 @@ class StackRunner:
         return "; ".join(parts)
 
     def remove_version(self, step: Step, journal: Journal) -> str:
-
         assert step.version is not None
         spec = self.context.load_spec(check_disk=False)
         model_dir = self.context.model_dir(spec)

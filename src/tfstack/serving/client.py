@@ -522,7 +522,6 @@ class GrpcClient:
     """TF Serving's gRPC PredictionService and ModelService on one target."""
 
     def __init__(self, target: str, *, timeout: float = 30.0) -> None:
-
         # Every proto and stub the methods import, loaded once without TensorFlow's runtime.
         load_serving_protos()
         self.target = target

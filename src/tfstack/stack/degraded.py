@@ -88,7 +88,6 @@ def read_start_failures(root: Path) -> list[StartFailure]:
 
 
 def record_start_failures(root: Path, failures: Sequence[StartFailure]) -> None:
-
     document = {"format": 1, "failures": [f.to_json() for f in failures]}
     write_files_atomically(root, {START_FAILURES: json.dumps(document, indent=2) + "\n"})
 

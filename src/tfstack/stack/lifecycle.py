@@ -164,7 +164,8 @@ class Lifecycle:
     ) -> None:
         self.spec_path = spec_path
         self.root = (root or project_root_for(spec_path)).resolve()
-        self.source_root = (source_root or Path(__file__).resolve().parents[2]).resolve()
+        # The checkout holding runtime/ (to build the runtime image); by default the project root.
+        self.source_root = (source_root or self.root).resolve()
         self._client = client
         self.say = say
         self.progress = progress
@@ -624,7 +625,6 @@ class Lifecycle:
         return self.stack(spec).logs(follow=follow, tail=tail).stdout
 
     def down(self, *, volumes: bool = False) -> list[str]:
-
         spec = load_spec(self.spec_path, check_disk=False, project_root=self.root)
         removed = self.stack(spec).down(volumes=volumes)
         forget_applied(self.root)

@@ -44,7 +44,6 @@ def parse_data(data: str, *, cwd: Path | None = None) -> dict[str, Any]:
 
 
 def _spec_endpoints(spec_path: Path, root: Path | None) -> Endpoints:
-
     spec = load_spec(spec_path, check_disk=False, project_root=root or project_root_for(spec_path))
     return endpoints_for(spec)
 
