@@ -39,22 +39,21 @@ BOOTSTRAP_TIMEOUT_S = 1500
 TIMINGS: list[tuple[str, str, float]] = []
 
 
-def machine_flags() -> dict[str, object]:
-    """docker-py run() options that let a full dockerd run inside the machine (cgroup v1).
+def machine_flags() -> list[str]:
+    """`docker run` options that let a full dockerd run inside the machine (cgroup v1).
 
-    With /sys/fs/cgroup bound read-write (see :func:`start_machine`); the nested engine's own
+    The CLI, not docker-py: ``systempaths=unconfined`` is a CLI-side option docker-py lacks. With
+    /sys/fs/cgroup bound read-write (:func:`start_machine`); the nested engine's own
     --cgroup-parent comes from the machine's /etc/docker/daemon.json.
     """
-    return {
-        "cap_add": ["ALL"],
-        "cap_drop": ["SYS_RESOURCE"],  # not grantable here, which is why --privileged fails
-        "security_opt": [
-            "seccomp=unconfined",
-            "apparmor=unconfined",
-            "systempaths=unconfined",
-        ],
-        "cgroupns": "host",
-    }
+    return [
+        "--cap-add=ALL",
+        "--cap-drop=SYS_RESOURCE",  # not grantable here, which is why --privileged fails
+        "--security-opt=seccomp=unconfined",
+        "--security-opt=apparmor=unconfined",
+        "--security-opt=systempaths=unconfined",
+        "--cgroupns=host",
+    ]
 
 
 @dataclass
@@ -167,25 +166,23 @@ def start_machine(
 ) -> Machine:
     """A machine of ``family`` with ``clone`` at /src/tfstack and, if given, /var/lib/docker."""
     cgroup_parent = session.cgroup_parent(name)
-    volumes = {
-        str(clone): {"bind": SRC, "mode": "rw"},
-        str(CGROUP_ROOT): {"bind": str(CGROUP_ROOT), "mode": "rw"},
-        str(HOST_CA): {"bind": MACHINE_CA, "mode": "ro"},
-    }
+    mounts = [
+        f"{clone}:{SRC}:rw",
+        f"{CGROUP_ROOT}:{CGROUP_ROOT}:rw",
+        f"{HOST_CA}:{MACHINE_CA}:ro",
+    ]
     if docker_dir is not None:
-        volumes[docker_dir] = {"bind": "/var/lib/docker", "mode": "rw"}
+        mounts.append(f"{docker_dir}:/var/lib/docker:rw")
     if pip_cache:
-        volumes[PIP_CACHE_VOLUME] = {"bind": "/root/.cache/pip", "mode": "rw"}
-    container = session.client.containers.run(
-        session.images[family],
-        ["sleep", "infinity"],
-        name=f"tfstack-fresh-{session.token}-{name}",
-        detach=True,
-        labels=session.labels,
-        environment=MACHINE_ENV,
-        volumes=volumes,
-        **machine_flags(),
-    )
+        mounts.append(f"{PIP_CACHE_VOLUME}:/root/.cache/pip:rw")
+    argv = ["docker", "run", "--detach", f"--name=tfstack-fresh-{session.token}-{name}"]
+    argv += [f"--label={key}={value}" for key, value in session.labels.items()]
+    argv += [f"--env={key}={value}" for key, value in MACHINE_ENV.items()]
+    argv += [f"--volume={mount}" for mount in mounts]
+    argv += [*machine_flags(), session.images[family], "sleep", "infinity"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"starting machine {name} failed: {result.stderr.strip()}"
+    container = session.client.containers.get(result.stdout.strip())
     machine = Machine(container, name)
     # Every engine this machine will run (started by the test or by tfstack) nests its containers'
     # cgroups under a parent of its own; plain `dockerd` reads this file.
