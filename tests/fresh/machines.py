@@ -47,6 +47,7 @@ def machine_flags() -> list[str]:
     --cgroup-parent comes from the machine's /etc/docker/daemon.json.
     """
     return [
+        "--init",  # a real PID 1 that reaps: the engine's daemons and shims are reparented to it
         "--cap-add=ALL",
         "--cap-drop=SYS_RESOURCE",  # not grantable here, which is why --privileged fails
         "--security-opt=seccomp=unconfined",
@@ -209,7 +210,8 @@ def stop_engine(machine: Machine) -> None:
     """Stop the machine's dockerd cleanly, so its /var/lib/docker can be reused."""
     code, out = machine.sh(
         "pid=$(cat /var/run/docker.pid) && kill -TERM $pid && i=0;"
-        " while kill -0 $pid 2>/dev/null; do i=$((i+1)); [ $i -gt 60 ] && exit 1; sleep 1; done",
+        " while [ -e /var/run/docker.pid ] || kill -0 $pid 2>/dev/null; do"
+        " i=$((i+1)); [ $i -gt 60 ] && exit 1; sleep 1; done",
         timeout_s=90,
     )
     assert code == 0, f"dockerd did not stop in {machine.name}: {out}"
