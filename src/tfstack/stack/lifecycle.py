@@ -507,6 +507,10 @@ class Lifecycle:
             if not dry_run:
                 raise
             self.say(f"warning: {exc}")
+        # The engine and Compose before anything that needs them (rendering checks the compose
+        # file with Compose): on a machine with a plugin-less Docker CLI this installs the plugin.
+        client = self.client
+        lap("engine")
         self.ensure_models()
         loaded = load(self.spec_path, self.root)
         lap("validate")
@@ -515,7 +519,6 @@ class Lifecycle:
         else:
             files = self.render(loaded)
         lap("render")
-        client = self.client
         stack = self.stack(loaded.spec)
         if not dry_run:
             ensure_image(
