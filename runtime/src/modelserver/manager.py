@@ -10,7 +10,10 @@ It mirrors upstream's ServerCore + AspiredVersionsManager with the availability-
 * labels are validated against AVAILABLE versions before any config change is applied.
 
 Requests resolve servables through an immutable routing table swapped on every state change, so the
-hot path takes no lock.
+hot path takes no lock. The manager's lock guards only its bookkeeping: base paths are listed
+before it is taken (a slow or hung file system must not stall status calls, loads and unloads),
+and state callbacks run after it is released, in the order the states changed (a callback may
+call back into the manager or block without holding up every other model).
 """
 
 from __future__ import annotations
@@ -127,6 +130,29 @@ def version_directories(base_path: str) -> dict[int, str]:
     return found
 
 
+def scan_base_path(name: str, base_path: str) -> dict[int, str] | None:
+    """``version_directories`` of a model's base path, logging upstream's messages; None when it
+    cannot be listed (the caller keeps the previous aspired versions, as upstream does)."""
+    try:
+        directories = version_directories(base_path)
+    except OSError as exc:
+        log.error(
+            "File system storage path source: could not find base path %s for servable %s: %s",
+            base_path,
+            name,
+            exc.strerror or exc,
+        )
+        return None
+    if not directories:
+        log.warning(
+            "No versions of servable %s found under base path %s. Did you forget to name "
+            "your leaf directory as a number (eg. '/1/')?",
+            name,
+            base_path,
+        )
+    return directories
+
+
 def versions_on_disk(base_path: str) -> list[int]:
     """Numeric child directories of ``base_path``; ``OSError`` if it cannot be listed."""
     return sorted(version_directories(base_path))
@@ -173,6 +199,12 @@ class ModelManager:
         self._on_event = on_event
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # One config change at a time: it lists base paths between two holds of ``_lock``.
+        self._config_lock = threading.Lock()
+        # State changes recorded under ``_lock``, delivered to ``on_event`` after its release;
+        # ``_delivery`` keeps deliveries from several threads in order.
+        self._events: list[tuple[str, int, State, ServingError | None]] = []
+        self._delivery = threading.Lock()
         self._models: dict[str, ModelEntry] = {}
         self._routes: dict[str, Route] = {}
         self._pool = ThreadPoolExecutor(
@@ -190,8 +222,25 @@ class ModelManager:
         models that were not in the previous config are AVAILABLE (or report those that failed),
         at most ``timeout`` seconds when given (then DEADLINE_EXCEEDED; the config stays)."""
         configs = list(model_configs)
-        with self._lock:
-            self._validate(configs)
+        with self._config_lock:
+            with self._lock:
+                self._validate(configs)  # refuse a bad config before touching the disk
+            scans = self._scan([(c.name, c.base_path) for c in configs])
+            new_names = self._apply(configs, scans)
+        if wait and new_names:
+            self.wait_until_settled(new_names, timeout)
+
+    def _scan(self, models: list[tuple[str, str]]) -> dict[str, dict[int, str] | None]:
+        """Every model's version directories, listed without the manager's lock (none when
+        the file system is not polled)."""
+        if self.options.file_system_poll_wait_seconds < 0:
+            return {}
+        return {name: scan_base_path(name, base) for name, base in models}
+
+    def _apply(self, configs: list[Any], scans: Mapping[str, dict[int, str] | None]) -> list[str]:
+        """Apply a validated config and its scans; the names of models new to the config."""
+        with self._locked():
+            self._validate(configs)  # versions may have changed state during the scan
             new_names: list[str] = []
             wanted = {c.name for c in configs}
             for name, entry in self._models.items():
@@ -211,14 +260,12 @@ class ModelManager:
                 entry.config = config
                 entry.in_config = True
                 entry.labels = dict(config.version_labels)
-            if self.options.file_system_poll_wait_seconds >= 0:
-                for name in wanted:
-                    self._poll_model(self._models[name])
+                if config.name in scans:
+                    self._apply_scan(entry, scans[config.name])
             for entry in self._models.values():
                 self._reconcile(entry)
             self._publish()
-        if wait and new_names:
-            self.wait_until_settled(new_names, timeout)
+        return new_names
 
     def _validate(self, configs: list[Any]) -> None:
         seen: set[str] = set()
@@ -296,35 +343,27 @@ class ModelManager:
                 self._stop.wait()
 
     def poll(self) -> None:
-        """One pass over every configured model's base path."""
-        with self._lock:
-            for entry in self._models.values():
-                if entry.in_config:
-                    self._poll_model(entry)
-                self._reconcile(entry)
-            self._publish()
+        """One pass over every configured model's base path (listed outside the lock)."""
+        with self._config_lock:
+            with self._lock:
+                configs = {n: e.config for n, e in self._models.items() if e.in_config}
+            found = {
+                name: scan_base_path(name, config.base_path) for name, config in configs.items()
+            }
+            with self._locked():
+                for name, entry in self._models.items():
+                    # _config_lock kept the configs as scanned.
+                    if name in found:
+                        self._apply_scan(entry, found[name])
+                    self._reconcile(entry)
+                self._publish()
 
-    def _poll_model(self, entry: ModelEntry) -> None:
-        base = entry.config.base_path
-        try:
-            directories = version_directories(base)
-        except OSError as exc:
-            log.error(
-                "File system storage path source: could not find base path %s for servable %s: %s",
-                base,
-                entry.name,
-                exc.strerror or exc,
-            )
-            return  # keep the previous aspired versions, as upstream does on access errors
-        on_disk = sorted(directories)
-        if not on_disk:
-            log.warning(
-                "No versions of servable %s found under base path %s. Did you forget to name "
-                "your leaf directory as a number (eg. '/1/')?",
-                entry.name,
-                base,
-            )
-        aspired = aspired_versions(entry.config, on_disk)
+    def _apply_scan(self, entry: ModelEntry, directories: dict[int, str] | None) -> None:
+        """Aspire the versions a scan found; a failed scan keeps the previous aspired versions,
+        as upstream does on access errors."""
+        if directories is None:
+            return
+        aspired = aspired_versions(entry.config, sorted(directories))
         for version, record in entry.versions.items():
             if version not in aspired:
                 record.aspired = False
@@ -380,7 +419,28 @@ class ModelManager:
         if error is None:
             log.info("Servable %s: state %s", servable_id(name, version), state.name)
         if self._on_event is not None:
-            self._on_event("state", name, version, state, error)
+            self._events.append((name, version, state, error))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock for a state change, then deliver the state events it recorded.
+
+        Never entered while this thread already holds the lock: the events would then run
+        under it."""
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._deliver_events()
+
+    def _deliver_events(self) -> None:
+        if self._on_event is None:
+            return
+        with self._delivery:
+            with self._lock:
+                events, self._events = self._events, []
+            for name, version, state, error in events:
+                self._on_event("state", name, version, state, error)
 
     def _load(self, name: str, record: VersionRecord) -> None:
         with self._lock:
@@ -415,12 +475,12 @@ class ModelManager:
                 break
             log.error("Loading servable %s failed: %s", servable_id(name, record.version), error)
             if attempt >= self.options.max_num_load_retries or self._stop.is_set():
-                with self._lock:
+                with self._locked():
                     self._set(entry, record, State.END, error)
                     self._reconcile(entry)
                     self._publish()
                 return
-            with self._lock:
+            with self._locked():
                 if not record.aspired:
                     self._set(entry, record, State.END, error)
                     self._reconcile(entry)
@@ -434,7 +494,7 @@ class ModelManager:
             )
             if self._stop.wait(self.options.load_retry_interval_micros / 1e6):
                 return
-        with self._lock:
+        with self._locked():
             record.servable = servable
             self._set(entry, record, State.AVAILABLE)
             self._reconcile(entry)
@@ -451,7 +511,7 @@ class ModelManager:
         def finish() -> None:
             if servable is not None:
                 servable.close(timeout=60)
-            with self._lock:
+            with self._locked():
                 self._set(entry, record, State.END)
                 log.info(
                     "Done unloading servable version %s", servable_id(entry.name, record.version)

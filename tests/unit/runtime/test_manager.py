@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from tensorflow_serving.config import model_server_config_pb2
 
+from modelserver import manager as manager_module
 from modelserver.manager import (
     ManagerOptions,
     ModelManager,
@@ -297,3 +299,85 @@ def test_poller_picks_up_new_and_removed_versions(
     shutil.rmtree(tmp_path / "2")
     wait_for(lambda: states(manager, "m") == {2: "END", 1: "AVAILABLE"})
     assert [r.state for r in manager.status("m")] == [State.END, State.AVAILABLE]
+
+
+def answers_within(call: Callable[[], object], seconds: float) -> bool:
+    """Whether ``call`` returns within ``seconds`` when run on another thread."""
+    done = threading.Event()
+
+    def run() -> None:
+        call()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_state_callbacks_run_after_the_lock_is_released(models: ModelFiles, tmp_path: Path) -> None:
+    """Every state callback runs while other threads can use the manager (status answers)."""
+    models.place(tmp_path, 1)
+    holder: list[ModelManager] = []
+    answered: list[tuple[State, bool]] = []
+
+    def on_event(
+        kind: str, name: str, version: int, state: State, error: ServingError | None
+    ) -> None:
+        if kind == "state":
+            answered.append((state, answers_within(holder[0].snapshot, 2.0)))
+
+    manager = ModelManager(
+        ManagerOptions(file_system_poll_wait_seconds=0, max_num_load_retries=0),
+        loader,
+        on_event=on_event,
+    )
+    holder.append(manager)
+    try:
+        manager.apply_config([model_config("m", tmp_path)])
+        models.place(tmp_path, 2, "v2")
+        manager.poll()
+        wait_for(lambda: (State.END, True) in answered or (State.END, False) in answered)
+    finally:
+        manager.stop()
+    assert [state for state, _ in answered] == [
+        State.START,
+        State.LOADING,
+        State.AVAILABLE,
+        State.START,
+        State.LOADING,
+        State.AVAILABLE,
+        State.UNLOADING,
+        State.END,
+    ]
+    assert all(ok for _, ok in answered), answered
+
+
+def test_base_paths_are_listed_outside_the_lock(
+    models: ModelFiles,
+    tmp_path: Path,
+    make_manager: Callable[..., ModelManager],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a poll lists a slow base path, status and routing still answer."""
+    models.place(tmp_path, 1)
+    manager = make_manager()
+    manager.apply_config([model_config("m", tmp_path)])
+    listing = threading.Event()
+    release = threading.Event()
+    list_directories = manager_module.version_directories
+
+    def slow_listing(base_path: str) -> dict[int, str]:
+        listing.set()
+        release.wait(10)
+        return list_directories(base_path)
+
+    monkeypatch.setattr(manager_module, "version_directories", slow_listing)
+    poller = threading.Thread(target=manager.poll, daemon=True)
+    poller.start()
+    try:
+        assert listing.wait(10)
+        assert answers_within(lambda: manager.status("m"), 2.0)
+        assert answers_within(manager.model_names, 2.0)
+    finally:
+        release.set()
+        poller.join(10)
+    assert states(manager, "m") == {1: "AVAILABLE"}
