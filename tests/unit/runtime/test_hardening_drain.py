@@ -183,7 +183,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(
             assert (status, body) == (200, {"predictions": [expected]}), (api, value)
         else:
             assert (status, body) == ("OK", [expected]), (api, value)
-    assert exited < 6, f"exit took {exited:.1f}s after SIGTERM"
+    # Within the grace plus teardown (loaded CI machines need the margin).
+    assert exited < 8 + 4, f"exit took {exited:.1f}s after SIGTERM"
 
 
 def test_requests_outlasting_the_grace_are_cut_at_its_end(
