@@ -78,7 +78,6 @@ def engine_client() -> docker.DockerClient:
 @task
 def engine(c: Context) -> None:
     """Make sure a Docker engine and Compose v2 are usable; installs them as root on Debian."""
-
     client = engine_client()
     print(f"Docker engine {client.version()['Version']} ready")
 
@@ -92,7 +91,6 @@ def engine(c: Context) -> None:
 )
 def test(c: Context, unit: bool = False, k: str = "", x: bool = False) -> None:
     """Run the test suite: unit and integration (installs and starts Docker when needed)."""
-
     code = call(run_tests, root=ROOT, unit_only=unit, keyword=k, exit_first=x, say=say)
     if code != 0:
         raise Exit(code=code)
@@ -119,7 +117,6 @@ def spec_file(spec: str) -> Path:
 )
 def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> None:
     """Check a stack spec and print every problem found (exit 2), or a one-line summary."""
-
     report = call(check_spec, spec_file(spec), check_disk=not skip_disk)
     call(report.raise_for_problems)
     print(report.summary())
@@ -128,7 +125,6 @@ def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> N
 @task
 def schema(c: Context) -> None:
     """Regenerate config/stack.schema.json (the JSON Schema editors use) from the typed spec."""
-
     target = ROOT / "config" / "stack.schema.json"
     changed = call(write_json_schema, target)
     print(f"{target.relative_to(ROOT)} {'written' if changed else 'already up to date'}")
@@ -142,10 +138,9 @@ def schema(c: Context) -> None:
 )
 def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
     """Validate the spec, render compose/ and config/ files, check them, write them atomically."""
-
     report = call(render_to_disk, spec_file(spec), ROOT, dry_run=dry_run)
     for change in report.changes:
-        verb = change.action
+        verb: str = change.action
         if dry_run and change.action != "unchanged":
             verb = f"would {change.action}"
         print(f"{verb:>15}  {change.path}")
@@ -158,7 +153,6 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
 @task(help={"spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)"})
 def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
     """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
-
     changes = call(plan_render, spec_file(spec), ROOT)
     print(format_plan(changes), end="")
 
@@ -176,7 +170,6 @@ def bench(
     c: Context, what: str | None = None, runs: int = 0, image: list[str] | None = None
 ) -> None:
     """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
-
     if what in (None, "-h", "--help"):
         # invoke hands a trailing --help to a missing positional; answer it here.
         print(describe_benchmarks())
@@ -197,7 +190,6 @@ def bench(
 )
 def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
     """Build the runtime image tfstack/serving-runtime: no registry, no network in the build."""
-
     client = call(tfstack.docker.engine.docker_client) if dry_run else engine_client()
     plans = call(
         tfstack.build.images.plan_runtime_build,
@@ -223,7 +215,6 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
 )
 def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bool = False) -> None:
     """Start the stack, or apply changes (hot reload if only models changed); wait for it."""
-
     console = Console(stderr=True)
     with console.status("tfstack up") as live:
 
@@ -261,7 +252,6 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
 )
 def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
-
     removed = call(
         tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).down,
         volumes=volumes,
@@ -279,7 +269,6 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
 )
 def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
     """Per model and version: state, labels, error; per service: container, health, endpoints."""
-
     result = call(
         tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).status
     )
@@ -313,7 +302,6 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     spec: str = DEFAULT_SPEC,
 ) -> None:
     """Send one predict request to the running stack and print the answer as JSON."""
-
     if not model or not data:
         raise Exit("tfstack: error: --model and --data are required (see --help)", code=2)
     body = call(tfstack.stack.predict.parse_data, data, cwd=Path.cwd())
@@ -340,7 +328,6 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
 )
 def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT_SPEC) -> None:
     """Signatures, inputs and outputs (dtypes, shapes) of a served model, like saved_model_cli."""
-
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     metadata = call(tfstack.stack.predict.inspect, spec_file(spec), model, grpc=grpc)
@@ -356,7 +343,6 @@ def inspect(c: Context, model: str = "", grpc: bool = False, spec: str = DEFAULT
 )
 def logs(c: Context, follow: bool = False, tail: int = 200, spec: str = DEFAULT_SPEC) -> None:
     """Print the serving containers' logs (docker compose logs)."""
-
     lifecycle = tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say)
     text = call(lifecycle.logs, follow=follow, tail=tail or None)
     if text:
@@ -379,7 +365,6 @@ def models(
     dry_run: bool = False,
 ) -> None:
     """Write the demo model repository with TensorFlow (half_plus_two, half_plus_three, resnet)."""
-
     target = Path(root) if Path(root).is_absolute() else ROOT / root
     if dry_run:
         for step in plan_demo_models(target, force=force, include_resnet=not skip_resnet):
@@ -423,7 +408,6 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
     write_dockerfiles: bool = False,
 ) -> None:
     """Build tensorflow_model_server for a CPU target: devel image (Bazel), then runtime image."""
-
     if write_dockerfiles:
         for path in call(optimized.write_committed_dockerfiles, ROOT):
             print(f"wrote {path.relative_to(ROOT)}")
@@ -482,7 +466,6 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     spec: str = DEFAULT_SPEC,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
-
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     if not (version or promote or resume or abort):
@@ -517,7 +500,6 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
 )
 def rollback(c: Context, model: str = "", dry_run: bool = False, spec: str = DEFAULT_SPEC) -> None:
     """Move labels back to the previous version (reloaded if retired); unload the bad one."""
-
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     spec_path = spec_file(spec)
