@@ -1,6 +1,6 @@
 """Server-side batching across concurrent requests, honouring TF Serving's BatchingParameters.
 
-Interface (for manager.py / servable.py / rest.py / grpc_service.py):
+Interface (for batched_predictor.py):
 
   ``options = BatchingOptions.from_file(path)`` (text proto ``BatchingParameters``, contract
       section 3) or ``BatchingOptions.from_text(text)`` / ``BatchingOptions()`` (upstream
@@ -18,7 +18,7 @@ Interface (for manager.py / servable.py / rest.py / grpc_service.py):
   ``scheduler.close(drain=True)`` stops accepting work, finishes (or fails) what is queued and
       joins the workers.
 
-Errors are ``codec.ServingError`` with upstream's codes and texts: a task larger than
+Errors are ``errors.ServingError`` with upstream's codes and texts: a task larger than
 ``max_batch_size`` is INVALID_ARGUMENT ``Task size N is larger than maximum input batch size M``;
 a full queue is UNAVAILABLE ``The batch scheduling queue to which this task was submitted is full``
 (upstream uses UNAVAILABLE, not RESOURCE_EXHAUSTED). An exception raised by ``run`` reaches only
@@ -44,8 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
-from modelserver.codec import Code, ServingError
+from modelserver.errors import Code, ServingError
 
 __all__ = [
     "BatchFunction",
@@ -73,14 +80,14 @@ def _batching_parameters_class() -> Any:
     protobuf text parser accepts and rejects exactly what upstream does.
     """
     try:
-        from tensorflow_serving.servables.tensorflow import (
+        # Optional: only a TF Serving build ships this module (the pip wheel does not).
+        from tensorflow_serving.servables.tensorflow import (  # noqa: PLC0415
             session_bundle_config_pb2,
         )
 
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
         pass
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
     pool = descriptor_pool.DescriptorPool()
     wrappers = descriptor_pb2.FileDescriptorProto()
@@ -200,8 +207,6 @@ class BatchingOptions:
     @classmethod
     def from_text(cls, text: str, *, source: str = "<batching parameters>") -> BatchingOptions:
         """Parse a ``BatchingParameters`` text proto, e.g. ``max_batch_size { value: 32 }``."""
-        from google.protobuf import text_format
-
         message = _batching_parameters_class()()
         try:
             text_format.Parse(text, message)

@@ -1,4 +1,4 @@
-"""Predict through the shared batch scheduler of :mod:`modelserver.batching`.
+"""Predict through the shared batch scheduler of :mod:`modelserver.batch_scheduler`.
 
 One scheduler serves every model (upstream shares one). Requests are queued per (model, version,
 signature, fetched outputs) so only compatible requests merge; each request gets its own rows back.
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from modelserver.batching import BatchingOptions, BatchScheduler
+from modelserver.batch_scheduler import BatchingOptions, BatchScheduler
 from modelserver.servable import DEFAULT_SIGNATURE, Servable
 
 

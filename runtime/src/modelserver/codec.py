@@ -3,7 +3,7 @@
 Interface (for rest.py / grpc_service.py; this module never imports TensorFlow at import time):
 
 Errors
-  ``ServingError(code: Code, message: str)`` (from ``modelserver.status``, re-exported here) is
+  ``ServingError(code: Code, message: str)`` (from ``modelserver.errors``, re-exported here) is
       the one exception every function here raises: ``.code`` is the TF error code
       (``Code.INVALID_ARGUMENT`` ...), ``.http_status`` the REST status of contract section 5.
   ``error_body(message) -> bytes``  the upstream ``{"error": "..."}`` body.
@@ -34,10 +34,9 @@ Classify / regress
   ``encode_classify_response(classifications) -> bytes``;
   ``regression_results(outputs, n) -> np.ndarray``; ``encode_regress_response(values) -> bytes``.
 
-gRPC helpers (import TensorFlow lazily)
-  (TensorProto -> numpy for requests lives in ``modelserver.inference.tensor_to_ndarray``)
-  ``ndarray_to_tensor_proto(array)``; ``examples_from_input_proto(input_proto, limits)``;
-  ``check_request_tensors(tensors, specs, signature_name)`` (names, dtypes, shapes).
+gRPC helpers
+  (TensorProto <-> numpy lives in ``modelserver.inference``)
+  ``examples_from_input_proto(input_proto, limits)``.
 
 Known deviations from upstream: responses are compact JSON (upstream pretty-prints; the parsed
 values are identical); floats are written as the shortest text that round-trips to the same
@@ -61,7 +60,7 @@ from typing import Any, NoReturn
 import numpy as np
 import orjson
 
-from modelserver.status import HTTP_STATUS, Code, ServingError
+from modelserver.errors import HTTP_STATUS, Code, ServingError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -75,7 +74,6 @@ __all__ = [
     "RequestFormat",
     "ServingError",
     "TensorSpec",
-    "check_request_tensors",
     "classification_results",
     "decode_predict_inputs",
     "encode_classify_response",
@@ -83,7 +81,6 @@ __all__ = [
     "encode_regress_response",
     "error_body",
     "examples_from_input_proto",
-    "ndarray_to_tensor_proto",
     "parse_examples_request",
     "parse_json_object",
     "parse_predict_request",
@@ -489,24 +486,6 @@ def _to_array(
     # No check against the signature's shape: upstream builds the tensor from the JSON alone and
     # leaves shapes to the session run (graphs that broadcast accept other shapes).
     return array
-
-
-def _check_shape(name: str, shape: tuple[int, ...], spec: TensorSpec, *, batched: bool) -> None:
-    expected = spec.shape
-    if expected is None:
-        return
-    compatible = len(shape) == len(expected)
-    if compatible:
-        for want, got in zip(expected, shape, strict=True):
-            if want >= 0 and want != got:
-                compatible = False
-                break
-    if not compatible:
-        hint = " (each instance has the shape without the batch dimension)" if batched else ""
-        raise _invalid(
-            f"Input '{name}' has shape {_shape_text(shape)} but the signature expects "
-            f"{_shape_text(expected)}{hint}"
-        )
 
 
 def _numeric_array(
@@ -1028,13 +1007,6 @@ def encode_regress_response(values: np.ndarray) -> bytes:
 # --------------------------------------------------------------------------- gRPC helpers
 
 
-def ndarray_to_tensor_proto(array: np.ndarray) -> Any:
-    """A numpy array (object arrays of bytes for strings) as a ``tensorflow.TensorProto``."""
-    import tensorflow as tf
-
-    return tf.make_tensor_proto(array)
-
-
 def examples_from_input_proto(input_proto: Any, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
     """Serialized examples of a ``tensorflow.serving.Input`` (context merged, as upstream)."""
     kind = input_proto.WhichOneof("kind")
@@ -1051,30 +1023,3 @@ def examples_from_input_proto(input_proto: Any, limits: Limits = DEFAULT_LIMITS)
     if len(examples) > limits.max_elements:
         raise _invalid(f"{len(examples)} examples are more than the limit of {limits.max_elements}")
     return examples
-
-
-def check_request_tensors(
-    tensors: Mapping[str, np.ndarray],
-    specs: Mapping[str, TensorSpec],
-    signature_name: str = "serving_default",
-) -> None:
-    """Check gRPC request tensors against a signature's inputs (names, dtypes, shapes)."""
-    if set(tensors) != set(specs):
-        sent = sorted(tensors)
-        wanted = sorted(specs)
-        extra = sorted(set(sent) - set(wanted))
-        missing = sorted(set(wanted) - set(sent))
-        raise _invalid(
-            f"input size does not match signature: {len(sent)}!={len(wanted)} "
-            f"len({{{','.join(sent)}}}) != len({{{','.join(wanted)}}}). "
-            f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
-        )
-    for name, array in tensors.items():
-        spec = specs[name]
-        got = dtype_name(array.dtype)
-        if got != spec.dtype:
-            raise _invalid(
-                f"Input '{name}' of signature '{signature_name}' has dtype {got} but the "
-                f"signature expects {spec.dtype}"
-            )
-        _check_shape(name, tuple(array.shape), spec, batched=False)

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelserver.status import Code, ServingError, invalid_argument
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from modelserver.errors import Code, ServingError, invalid_argument
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -25,8 +28,6 @@ class ConfigParseError(ServingError):
 
 
 def parse_text(text: str, message: Any, path: str) -> Any:
-    from google.protobuf import text_format
-
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
@@ -43,15 +44,11 @@ def read_text(path: str) -> str:
 
 
 def load_model_server_config(path: str) -> Any:
-    from tensorflow_serving.config import model_server_config_pb2
-
     return parse_text(read_text(path), model_server_config_pb2.ModelServerConfig(), path)
 
 
 def single_model_config(name: str, base_path: str) -> Any:
     """The config upstream builds from ``--model_name`` / ``--model_base_path``."""
-    from tensorflow_serving.config import model_server_config_pb2
-
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = name
@@ -80,8 +77,6 @@ _MONITORING_CLASS: dict[str, Any] = {}
 def _monitoring_message() -> Any:
     """``tensorflow.serving.MonitoringConfig`` built from its descriptor (upstream numbering)."""
     if not _MONITORING_CLASS:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
         proto = descriptor_pb2.FileDescriptorProto(
             name="modelserver/monitoring_config.proto",
             package="tensorflow.serving",

@@ -1,5 +1,5 @@
 """gRPC PredictionService and ModelService on a synchronous ``grpc.server`` with
-tensorflow-serving-api's stubs.
+tensorflow-serving-api's stubs: a thin adapter of :mod:`modelserver.dataplane`.
 
 Each call runs start to finish in one of the gRPC server's worker threads (no event loop hop, no
 second pool): on one core the synchronous server answers about twice as many unary calls as
@@ -10,18 +10,14 @@ blocks its thread until the batch runs). Errors are TF status codes with upstrea
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from tensorflow_serving.apis import (
     classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
@@ -32,10 +28,10 @@ from tensorflow_serving.apis import (
 
 from modelserver import config as config_module
 from modelserver import inference
-from modelserver.manager import ModelManager, VersionRecord
+from modelserver.dataplane import DataPlane
+from modelserver.errors import Code, ServingError, as_serving_error
 from modelserver.metrics import Metrics
 from modelserver.servable import Servable
-from modelserver.status import Code, ServingError, as_serving_error, invalid_argument
 
 T = TypeVar("T")
 
@@ -50,66 +46,6 @@ RELOAD_DEADLINE_MARGIN = 0.25
 """Seconds before the client's deadline the call answers, so the answer arrives in time."""
 
 
-def resolve_spec(manager: ModelManager, spec: Any) -> Servable:
-    """The servable a ModelSpec addresses: version, label, or latest."""
-    kind = spec.WhichOneof("version_choice")
-    if kind == "version":
-        return manager.resolve(spec.name, version=spec.version.value)
-    if kind == "version_label":
-        return manager.resolve(spec.name, label=spec.version_label)
-    return manager.resolve(spec.name)
-
-
-def serving_spec(manager: ModelManager, spec: Any) -> AbstractContextManager[Servable]:
-    """Hold the servable a ModelSpec addresses for one request."""
-    kind = spec.WhichOneof("version_choice")
-    if kind == "version":
-        return manager.serving(spec.name, version=spec.version.value)
-    if kind == "version_label":
-        return manager.serving(spec.name, label=spec.version_label)
-    return manager.serving(spec.name)
-
-
-def fill_status(response: Any, records: list[VersionRecord]) -> None:
-    for record in records:
-        entry = response.model_version_status.add()
-        entry.version = record.version
-        entry.state = int(record.state)
-        entry.status.SetInParent()
-        if record.error is not None:
-            entry.status.error_code = int(record.error.code)
-            entry.status.error_message = record.error.message
-
-
-def model_status(manager: ModelManager, spec: Any) -> Any:
-    """GetModelStatusResponse for a ModelSpec (shared with REST)."""
-    if not spec.name:
-        raise invalid_argument("Missing model name in request.")
-    kind = spec.WhichOneof("version_choice")
-    version: int | None = None
-    if kind == "version":
-        version = spec.version.value
-    elif kind == "version_label":
-        version = manager.label_version(spec.name, spec.version_label)
-    response = get_model_status_pb2.GetModelStatusResponse()
-    fill_status(response, manager.status(spec.name, version))
-    return response
-
-
-def model_metadata(manager: ModelManager, request: Any) -> Any:
-    """GetModelMetadataResponse (only the ``signature_def`` field exists upstream)."""
-    if not request.metadata_field:
-        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
-    for field in request.metadata_field:
-        if field != "signature_def":
-            raise invalid_argument(f"Metadata field {field} is not supported")
-    servable = resolve_spec(manager, request.model_spec)
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    inference.fill_model_spec(response.model_spec, servable, None)
-    response.metadata["signature_def"].Pack(servable.signature_def_map())
-    return response
-
-
 class Services(
     prediction_service_pb2_grpc.PredictionServiceServicer,  # type: ignore[misc]
     model_service_pb2_grpc.ModelServiceServicer,  # type: ignore[misc]
@@ -118,20 +54,17 @@ class Services(
 
     def __init__(
         self,
-        manager: ModelManager,
+        plane: DataPlane,
         metrics: Metrics,
         reload: Callable[[Any, float | None], None],
         *,
-        predict: Callable[[Servable, Any, Any], None] | None = None,
         tensor_content: bool = False,
     ) -> None:
-        self.manager = manager
+        self.plane = plane
         self.metrics = metrics
         self._reload = reload
         # Outputs in typed fields unless --enable_serialization_as_tensor_content (upstream).
-        self._predict = predict or functools.partial(
-            inference.run_predict, as_content=tensor_content
-        )
+        self._tensor_content = tensor_content
 
     def _call(self, context: Any, api: str, model: str, work: Callable[[], T]) -> T:
         started = time.perf_counter()
@@ -156,15 +89,20 @@ class Services(
         self, request: Any, response: Any, run: Callable[[Servable, Any, Any], None]
     ) -> Callable[[], Any]:
         def work() -> Any:
-            with serving_spec(self.manager, request.model_spec) as servable:
+            with self.plane.serving(request.model_spec) as servable:
                 run(servable, request, response)
             return response
 
         return work
 
     def Predict(self, request: Any, context: Any) -> Any:
-        work = self._inference(request, predict_pb2.PredictResponse(), self._predict)
+        work = self._inference(request, predict_pb2.PredictResponse(), self._run_predict)
         return self._call(context, "predict", request.model_spec.name, work)
+
+    def _run_predict(self, servable: Servable, request: Any, response: Any) -> None:
+        inference.run_predict(
+            servable, request, response, self.plane.predict, as_content=self._tensor_content
+        )
 
     def Classify(self, request: Any, context: Any) -> Any:
         work = self._inference(
@@ -186,7 +124,7 @@ class Services(
 
         def work() -> Any:
             response = inference_pb2.MultiInferenceResponse()
-            with serving_spec(self.manager, spec) as servable:
+            with self.plane.serving(spec) as servable:
                 inference.run_multi_inference(servable, request, response)
             return response
 
@@ -197,7 +135,7 @@ class Services(
             context,
             "get_model_metadata",
             request.model_spec.name,
-            lambda: model_metadata(self.manager, request),
+            lambda: self.plane.model_metadata(request.model_spec, request.metadata_field),
         )
 
     def GetModelStatus(self, request: Any, context: Any) -> Any:
@@ -205,7 +143,7 @@ class Services(
             context,
             "get_model_status",
             request.model_spec.name,
-            lambda: model_status(self.manager, request.model_spec),
+            lambda: self.plane.model_status(request.model_spec),
         )
 
     def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:

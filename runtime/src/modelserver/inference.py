@@ -1,4 +1,5 @@
-"""Protocol-buffer requests run against a servable: what gRPC and warmup share.
+"""Protocol-buffer requests run against a servable: what gRPC and warmup share (Predict through
+the data plane's one path, :func:`modelserver.dataplane.predict`).
 
 TensorProtos are checked (shape, element count, content size) before anything is allocated, so a
 hostile request declaring a huge shape gets INVALID_ARGUMENT instead of exhausting memory: a
@@ -13,14 +14,20 @@ and like ``Tensor::AsProtoTensorContent`` with ``--enable_serialization_as_tenso
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 
-from modelserver import codec
+from modelserver import codec, dataplane
+from modelserver.dataplane import fill_model_spec
+from modelserver.errors import Code, ServingError, invalid_argument
 from modelserver.servable import DEFAULT_SIGNATURE, MAX_TENSOR_ELEMENTS, Servable
-from modelserver.status import Code, ServingError, invalid_argument
+
+Predict = Callable[[Servable, str, Mapping[str, Any], Sequence[str]], dict[str, np.ndarray]]
+"""How a Predict runs: :func:`modelserver.dataplane.predict` or a plane's batching choice."""
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -45,8 +52,6 @@ _VALUE_FIELDS = (
 
 def tensor_to_ndarray(proto: Any) -> np.ndarray:
     """A TensorProto as a numpy array, refusing malformed or oversized declarations."""
-    import tensorflow as tf
-
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument("Unable to parse tensor proto: the tensor shape has unknown rank")
     count = 1
@@ -161,8 +166,6 @@ def ndarray_to_tensor(array: np.ndarray, *, as_content: bool = False) -> Any:
     """A TensorProto as upstream's PredictResponse writes it: every value in the typed field
     (``float_val``...; ``Tensor::AsProtoField``) by default, or the raw little-endian bytes in
     ``tensor_content`` (``Tensor::AsProtoTensorContent``) when ``as_content``."""
-    from tensorflow.core.framework import tensor_pb2
-
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("="))
     proto = tensor_pb2.TensorProto()
@@ -184,8 +187,6 @@ def ndarray_to_tensor(array: np.ndarray, *, as_content: bool = False) -> Any:
     known = _FIELD_TYPES.get(array.dtype)
     if known is None:
         # Half, bfloat16, complex...: TensorFlow's own writer (tensor_content for arrays).
-        import tensorflow as tf
-
         converted: Any = tf.make_tensor_proto(array)
         return converted
     proto.dtype, field_name = known
@@ -213,21 +214,19 @@ def fill_predict_outputs(
         response.outputs[alias].CopyFrom(ndarray_to_tensor(value, as_content=as_content))
 
 
-def fill_model_spec(target: Any, servable: Servable, signature_name: str | None) -> None:
-    """The resolved model spec upstream echoes: name, version and (for inference) signature."""
-    target.name = servable.name
-    target.version.value = servable.version
-    if signature_name is not None:
-        target.signature_name = signature_name or DEFAULT_SIGNATURE
-
-
 def run_predict(
-    servable: Servable, request: Any, response: Any, *, as_content: bool = False
+    servable: Servable,
+    request: Any,
+    response: Any,
+    predict: Predict = dataplane.predict,
+    *,
+    as_content: bool = False,
 ) -> None:
-    """Fill a PredictResponse for a PredictRequest (outputs as ``ndarray_to_tensor`` writes)."""
+    """Fill a PredictResponse for a PredictRequest (outputs as ``ndarray_to_tensor`` writes);
+    ``predict`` runs it (unbatched unless the caller passes its plane's choice)."""
     signature_name = request.model_spec.signature_name
     inputs = {alias: tensor_to_ndarray(t) for alias, t in request.inputs.items()}
-    outputs = servable.predict(signature_name, inputs, list(request.output_filter))
+    outputs = predict(servable, signature_name, inputs, list(request.output_filter))
     fill_predict_outputs(response, outputs, as_content=as_content)
     fill_model_spec(response.model_spec, servable, signature_name)
 

@@ -13,9 +13,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import uvloop
+
 from modelserver import __version__
 from modelserver.flags import (
     FlagError,
+    Flags,
     ignored_flags,
     image_argv,
     parse_flags,
@@ -62,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc}\n{usage()}", file=sys.stderr)
         return FAILED_START
     if flags.version:
-        import tensorflow as tf
+        # TensorFlow takes seconds to import: only --version and the server itself need it.
+        import tensorflow as tf  # noqa: PLC0415
 
         print(f"TensorFlow ModelServer: {__version__}+modelserver")
         print(f"TensorFlow Library: {tf.__version__}")
@@ -79,18 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--%s is accepted for compatibility and has no effect in this server", name
         )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    import uvloop
-
     return uvloop.run(_serve(flags))
 
 
-async def _serve(flags: object) -> int:
-    from modelserver import config as config_module
-    from modelserver.flags import Flags
-    from modelserver.server import ModelServer, StartupError
-    from modelserver.status import ServingError
+async def _serve(flags: Flags) -> int:
+    # The server imports TensorFlow (seconds): --help, --version and flag errors answer without
+    # it, and TF_CPP_MIN_LOG_LEVEL must be set before it loads.
+    from modelserver import config as config_module  # noqa: PLC0415
+    from modelserver.errors import ServingError  # noqa: PLC0415
+    from modelserver.server import ModelServer, StartupError  # noqa: PLC0415
 
-    assert isinstance(flags, Flags)
     try:
         server = ModelServer(flags)
         loop = asyncio.get_running_loop()

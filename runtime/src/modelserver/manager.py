@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserver.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
 from modelserver.servable import Servable
-from modelserver.status import Code, ServingError, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger("modelserver.manager")
 

@@ -1,4 +1,5 @@
-"""The REST API of contract section 5, served by :mod:`modelserver.httpserver` (also an ASGI app).
+"""The REST API of contract section 5, served by :mod:`modelserver.httpserver`: a thin adapter of
+:mod:`modelserver.dataplane` (each URL becomes the ModelSpec gRPC would send).
 
 Routing follows upstream's two regular expressions; anything else under ``/v1/`` is
 ``Malformed request: <METHOD> <path>`` (400) and paths outside ``/v1/`` get a plain 404, except the
@@ -13,24 +14,19 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager
 from typing import Any
 
 from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from modelserver import codec
+from modelserver.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from modelserver.dispatch import InlinePolicy
-from modelserver.grpc_service import model_status
-from modelserver.manager import ModelManager
+from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
 from modelserver.metrics import Metrics
-from modelserver.servable import DEFAULT_SIGNATURE, Servable
-from modelserver.status import Code, ServingError, as_serving_error, invalid_argument
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from modelserver.servable import DEFAULT_SIGNATURE
 
 PREDICTION_API = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
@@ -41,7 +37,6 @@ STATUS_API = re.compile(
 V1 = re.compile(r"(?i)/v1/.*", re.DOTALL)
 
 JSON = b"application/json"
-JSON_HEADERS = [(b"content-type", JSON)]
 METRICS_TYPE = b"text/plain; version=0.0.4"
 HTML = b"text/html"
 INFERENCE_APIS = frozenset({"predict", "classify", "regress"})
@@ -52,8 +47,6 @@ NOT_FOUND_BODY = (
     b"</BODY></HTML>\n"
 )
 INT64_MAX = (1 << 63) - 1
-
-Predictor = Callable[[Servable, str, dict[str, Any]], dict[str, Any]]
 
 
 def _json(message: Any) -> bytes:
@@ -75,34 +68,40 @@ def _version(text: str | None) -> int | None:
     return value
 
 
+def model_spec(model: str, version_text: str | None, label: str | None) -> Any:
+    """The ModelSpec a URL addresses (a label, a version, or the latest)."""
+    spec = model_pb2.ModelSpec(name=model)
+    if label is not None:
+        spec.version_label = label
+    elif version_text:
+        spec.version.value = _version(version_text) or 0
+    return spec
+
+
 class RestApi:
-    """The ASGI callable. ``predictor`` defaults to a direct servable call (batching swaps it)."""
+    """REST requests as :class:`~modelserver.httpserver.HttpServer` hands them over."""
 
     def __init__(
         self,
-        manager: ModelManager,
+        plane: DataPlane,
         executor: Executor,
         metrics: Metrics,
         *,
         metrics_path: str | None = None,
         max_body_bytes: int = 256 << 20,
         timeout_seconds: float = 30.0,
-        predictor: Predictor | None = None,
         inline: InlinePolicy | None = None,
     ) -> None:
-        self.manager = manager
+        self.plane = plane
         self.executor = executor
         self.metrics = metrics
         self.metrics_path = metrics_path
         self.max_body_bytes = max_body_bytes
         self.limits = codec.Limits(max_body_bytes=max_body_bytes)
         self.timeout = timeout_seconds if timeout_seconds > 0 else None
-        self.predictor: Predictor = predictor or (
-            lambda servable, signature, tensors: servable.predict(signature, tensors)
-        )
-        # A batching predictor waits for other requests: it must never run on the event loop.
+        # A batching Predict waits for other requests: it must never run on the event loop.
         self.inline = inline if inline is not None else InlinePolicy()
-        if predictor is not None:
+        if plane.batching:
             self.inline.enabled = False
 
     # -- HTTP entry (modelserver.httpserver) ------------------------------------------------------
@@ -161,59 +160,6 @@ class RestApi:
         """A protocol-level refusal (408, 413, 415, 431, bad gzip) with the usual JSON body."""
         return status, JSON, _error_body(message)
 
-    # -- ASGI entry --------------------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if kind != "http":
-            return
-        method: str = scope["method"]
-        path: str = scope["path"]
-        if self.metrics_path is not None and path == self.metrics_path and method == "GET":
-            body = self.metrics.render().encode("utf-8")
-            await _respond(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4")])
-            return
-        if not V1.fullmatch(path):
-            await _respond(send, 404, NOT_FOUND_BODY, [(b"content-type", b"text/html")])
-            return
-        body_or_error = await self._read_body(scope, receive)
-        if isinstance(body_or_error, ServingError):
-            await _respond(
-                send, body_or_error.http_status, _error_body(body_or_error.message), JSON_HEADERS
-            )
-            return
-        answer = self.handle(method, path, body_or_error)
-        status, content_type, payload = answer if isinstance(answer, tuple) else await answer
-        await _respond(send, status, payload, [(b"content-type", content_type)])
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | ServingError:
-        limit = self.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    return invalid_argument("Malformed Content-Length header")
-                if declared > limit:
-                    return _too_large(declared, limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return ServingError(Code.CANCELLED, "Client disconnected")
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    return _too_large(size, limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     # -- routing -------------------------------------------------------------------------------
     def _route(self, method: str, path: str, body: bytes) -> tuple[str, str, Callable[[], bytes]]:
         """(api, model, work) for a request under /v1/; INVALID_ARGUMENT for anything else."""
@@ -257,22 +203,10 @@ class RestApi:
         finally:
             handle.cancel()
 
-    def _resolve(self, model: str, version_text: str | None, label: str | None) -> Servable:
-        version = _version(version_text)
-        if label is not None:
-            return self.manager.resolve(model, label=label)
-        return self.manager.resolve(model, version=version)
-
-    def _serving(
-        self, model: str, version_text: str | None, label: str | None
-    ) -> AbstractContextManager[Servable]:
-        version = None if label is not None else _version(version_text)
-        return self.manager.serving(model, version=version, label=label)
-
     # -- handlers (run in the thread pool) -----------------------------------------------------
     def _predict(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_predict_request(body, self.limits)
-        with self._serving(model, version, label) as servable:
+        with self.plane.serving(model_spec(model, version, label)) as servable:
             signature_name = request.signature_name or DEFAULT_SIGNATURE
             signature = servable.signatures.get(signature_name)
             if signature is None:
@@ -287,46 +221,38 @@ class RestApi:
                 }
                 servable.cache[("rest-specs", signature_name)] = specs
             decoded = codec.decode_predict_inputs(request, specs, self.limits)
-            outputs = self.predictor(servable, signature_name, decoded.tensors)
+            outputs = self.plane.predict(servable, signature_name, decoded.tensors)
         return codec.encode_predict_response(outputs, decoded.format)
 
     def _classify(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_examples_request(body, self.limits)
-        with self._serving(model, version, label) as servable:
+        with self.plane.serving(model_spec(model, version, label)) as servable:
             found = servable.classify(request.signature_name, request.examples)
         return codec.encode_classify_response(found)
 
     def _regress(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         request = codec.parse_examples_request(body, self.limits)
-        with self._serving(model, version, label) as servable:
+        with self.plane.serving(model_spec(model, version, label)) as servable:
             values = servable.regress(request.signature_name, request.examples)
         return codec.encode_regress_response(values)
 
     def _status(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
-        from tensorflow_serving.apis import model_pb2
-
-        spec = model_pb2.ModelSpec(name=model)
-        if label is not None:
-            spec.version_label = label
-        elif version is not None:
-            spec.version.value = _version(version) or 0
-        return _json(model_status(self.manager, spec))
+        return _json(self.plane.model_status(model_spec(model, version, label)))
 
     def _metadata(self, model: str, version: str | None, label: str | None, body: bytes) -> bytes:
         if not model:
             raise invalid_argument("Missing model name in request.")
-        servable = self._resolve(model, version, label)
-        return metadata_json(servable)
+        spec = model_spec(model, version, label)
+        return metadata_json(self.plane.model_metadata(spec, [SIGNATURE_DEF_FIELD]))
 
 
-def metadata_json(servable: Servable) -> bytes:
-    """``{"model_spec": {...}, "metadata": {"signature_def": <SignatureDefMap>}}`` as upstream."""
-    from tensorflow_serving.apis import model_pb2
-
-    spec = model_pb2.ModelSpec(name=servable.name)
-    spec.version.value = servable.version
-    spec_json = _json(spec).decode("utf-8")
-    signatures_json = _json(servable.signature_def_map()).decode("utf-8")
+def metadata_json(response: Any) -> bytes:
+    """``{"model_spec": {...}, "metadata": {"signature_def": <SignatureDefMap>}}`` as upstream
+    prints a GetModelMetadataResponse."""
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata[SIGNATURE_DEF_FIELD].Unpack(signatures)
+    spec_json = _json(response.model_spec).decode("utf-8")
+    signatures_json = _json(signatures).decode("utf-8")
     text = (
         '{\n"model_spec":'
         + spec_json
@@ -371,26 +297,3 @@ def _too_large(size: int, limit: int) -> ServingError:
         f"Request body of {size} bytes exceeds the limit of {limit} bytes"
         " (--rest_api_max_body_bytes); send fewer instances per request",
     )
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

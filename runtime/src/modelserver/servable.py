@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.util import deprecation
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from modelserver import codec
-from modelserver.status import Code, ServingError, as_serving_error, invalid_argument
+from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -45,7 +50,6 @@ def status_from_exception(exc: BaseException) -> ServingError:
     known = as_serving_error(exc)
     if known is not None:
         return known
-    import tensorflow as tf
 
     if isinstance(exc, tf.errors.OpError):
         code = Code(exc.error_code) if exc.error_code in Code._value2member_map_ else Code.UNKNOWN
@@ -119,8 +123,6 @@ class Servable:
         return signature
 
     def signature_def_map(self) -> Any:
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
         result = get_model_metadata_pb2.SignatureDefMap()
         for key, value in self.signatures.items():
             result.signature_def[key].CopyFrom(value)
@@ -221,8 +223,6 @@ class _Runner:
         signature: Any,
         key: tuple[str, tuple[str, ...], tuple[str, ...]],
     ) -> None:
-        from tensorflow.core.protobuf import config_pb2
-
         _name, input_keys, output_keys = key
         graph = session.graph
         options = config_pb2.CallableOptions()
@@ -263,8 +263,6 @@ _STRING_KINDS = frozenset("OSU")
 
 def _tf_type_name(enum_value: int) -> str:
     """TensorFlow's DataTypeString: ``float``, ``int32``, ``half``, ``string``..."""
-    from tensorflow.core.framework import types_pb2
-
     name: str = types_pb2.DataType.Name(enum_value)
     return name.removeprefix("DT_").lower()
 
@@ -272,7 +270,6 @@ def _tf_type_name(enum_value: int) -> str:
 def _numpy_type_name(dtype: np.dtype[Any]) -> str:
     if dtype.kind in _STRING_KINDS:
         return "string"
-    import tensorflow as tf
 
     try:
         return _tf_type_name(tf.dtypes.as_dtype(dtype).as_datatype_enum)
@@ -304,7 +301,6 @@ def _single_string_input(signature: Any) -> str:
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     alias: str = next(iter(signature.inputs))
-    from tensorflow.core.framework import types_pb2
 
     if signature.inputs[alias].dtype != types_pb2.DT_STRING:
         raise invalid_argument(
@@ -327,7 +323,6 @@ def find_saved_model(path: str) -> None:
 def load_servable(name: str, version: int, path: str, options: SessionOptions) -> Servable:
     """Load ``path`` (one version directory) into a fresh session; errors as ``ServingError``."""
     find_saved_model(path)
-    import tensorflow as tf
 
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=options.intra_op_parallelism,
@@ -335,7 +330,6 @@ def load_servable(name: str, version: int, path: str, options: SessionOptions) -
         allow_soft_placement=True,
     )
     session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
-    from tensorflow.python.util import deprecation
 
     try:
         with deprecation.silence():

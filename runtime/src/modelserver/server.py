@@ -18,18 +18,22 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelserver import config as config_module
+from modelserver import grpc_service
+from modelserver.batch_scheduler import BatchingConfigError
+from modelserver.batched_predictor import BatchedPredictor
+from modelserver.dataplane import DataPlane
 from modelserver.dispatch import InlinePolicy
+from modelserver.errors import Code, ServingError, invalid_argument
 from modelserver.flags import Flags
+from modelserver.httpserver import HttpServer
 from modelserver.manager import ManagerOptions, ModelManager, State
 from modelserver.metrics import Metrics
+from modelserver.rest import RestApi
 from modelserver.servable import Servable, SessionOptions, load_servable
-from modelserver.status import Code, ServingError, invalid_argument
-
-if TYPE_CHECKING:
-    from modelserver.batched import BatchedPredictor
+from modelserver.warmup import run_warmup
 
 log = logging.getLogger("modelserver.server")
 
@@ -115,6 +119,8 @@ class ModelServer:
             self._loader,
             on_event=self._on_model_event,
         )
+        # Requests' view of the models; _setup_batching swaps in a batching plane.
+        self.plane = DataPlane(self.manager)
         threads = flags.rest_api_num_threads or min(16, 4 * (os.cpu_count() or 1))
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
         self._config_text: bytes | None = None
@@ -140,8 +146,6 @@ class ModelServer:
 
     # -- loading -------------------------------------------------------------------------------
     def _load(self, name: str, version: int, path: str) -> Servable:
-        from modelserver.warmup import run_warmup
-
         started = time.perf_counter()
         ok = False
         try:
@@ -210,8 +214,7 @@ class ModelServer:
             await loop.run_in_executor(None, self.reload, server_config)
         except ServingError as error:
             self.manager.stop()
-            if self.batcher is not None:
-                self.batcher.close()
+            self.plane.close()
             raise StartupError(str(error)) from error
         self.manager.start()
         await self._start_grpc()
@@ -224,27 +227,22 @@ class ModelServer:
         return self.endpoints
 
     def _setup_batching(self) -> None:
-        """One batch scheduler for every model when --enable_batching (modelserver.batching)."""
+        """With --enable_batching, one batch scheduler for all models."""
         if not self.flags.enable_batching:
             return
-        from modelserver.batched import BatchedPredictor
-        from modelserver.batching import BatchingConfigError
-
         try:
             self.batcher = BatchedPredictor.from_file(self.flags.batching_parameters_file)
         except (BatchingConfigError, OSError) as exc:
             raise invalid_argument(
                 f"Invalid batching parameters file {self.flags.batching_parameters_file}: {exc}"
             ) from exc
+        self.plane = DataPlane(self.manager, self.batcher)
 
     async def _start_grpc(self) -> None:
-        from modelserver import grpc_service
-
         services = grpc_service.Services(
-            self.manager,
+            self.plane,
             self.metrics,
             self.reload,
-            predict=self._grpc_predict(),
             tensor_content=self.flags.enable_serialization_as_tensor_content,
         )
         server = grpc_service.build_server(
@@ -271,42 +269,14 @@ class ModelServer:
         if socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
-    def _grpc_predict(self) -> Callable[[Servable, Any, Any], None] | None:
-        if self.batcher is None:
-            return None
-        from modelserver import inference
-
-        batcher = self.batcher
-        as_content = self.flags.enable_serialization_as_tensor_content
-
-        def predict(servable: Servable, request: Any, response: Any) -> None:
-            signature_name = request.model_spec.signature_name
-            inputs = {a: inference.tensor_to_ndarray(t) for a, t in request.inputs.items()}
-            outputs = batcher.predict(servable, signature_name, inputs, list(request.output_filter))
-            inference.fill_predict_outputs(response, outputs, as_content=as_content)
-            inference.fill_model_spec(response.model_spec, servable, signature_name)
-
-        return predict
-
     async def _start_rest(self) -> None:
-        from modelserver.httpserver import HttpServer
-        from modelserver.rest import RestApi
-
-        predictor = None
-        if self.batcher is not None:
-            batcher = self.batcher
-
-            def predictor(servable: Servable, signature: str, tensors: dict[str, Any]) -> Any:
-                return batcher.predict(servable, signature, tensors, [])
-
         app = RestApi(
-            self.manager,
+            self.plane,
             self.executor,
             self.metrics,
             metrics_path=self.monitoring.path if self.monitoring.enable else None,
             max_body_bytes=self.flags.rest_api_max_body_bytes,
             timeout_seconds=self.flags.rest_api_timeout_in_ms / 1000,
-            predictor=predictor,
             inline=self.rest_inline,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -388,8 +358,7 @@ class ModelServer:
         if rest_stopped is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rest_stopped, grace + 1)
-        if self.batcher is not None:
-            self.batcher.close()
+        self.plane.close()
         self.manager.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -21,9 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
+
 from modelserver import inference
+from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
 from modelserver.servable import Servable
-from modelserver.status import Code, ServingError, as_serving_error, invalid_argument
 
 log = logging.getLogger("modelserver.warmup")
 
@@ -44,8 +53,6 @@ API_OF_KIND = {
 
 def read_records(path: str) -> list[bytes]:
     """Every record of a TFRecord file (CRCs checked by TensorFlow); at most MAX_RECORDS."""
-    import tensorflow as tf
-
     records: list[bytes] = []
     try:
         for record in tf.data.TFRecordDataset(path).take(MAX_RECORDS + 1):
@@ -71,7 +78,6 @@ def run_warmup(
     if not os.path.exists(path):
         log.info("No warmup data file found at %s", path)
         return 0
-    from tensorflow_serving.apis import prediction_log_pb2
 
     records = read_records(path)
     seen: set[tuple[str, str]] = set()
@@ -132,13 +138,6 @@ def _first_of_its_kind(entry: Any, kind: str, seen: set[tuple[str, str]]) -> boo
 
 
 def _replay(entry: Any, kind: str | None, servable: Servable) -> None:
-    from tensorflow_serving.apis import (
-        classification_pb2,
-        inference_pb2,
-        predict_pb2,
-        regression_pb2,
-    )
-
     if kind == "predict_log":
         inference.run_predict(servable, entry.predict_log.request, predict_pb2.PredictResponse())
     elif kind == "classify_log":

@@ -13,9 +13,9 @@ from modelserver.config import (
     model_configs,
     single_model_config,
 )
+from modelserver.errors import ServingError
 from modelserver.flags import FlagError, image_argv, parse_flags
 from modelserver.server import session_options, startup_config
-from modelserver.status import ServingError
 
 
 def test_both_flag_forms_and_last_one_wins() -> None:

@@ -13,6 +13,7 @@ import pytest
 from tensorflow_serving.config import model_server_config_pb2
 
 from modelserver import manager as manager_module
+from modelserver.errors import Code, ServingError
 from modelserver.manager import (
     ManagerOptions,
     ModelManager,
@@ -22,7 +23,6 @@ from modelserver.manager import (
     versions_on_disk,
 )
 from modelserver.servable import SessionOptions, load_servable
-from modelserver.status import Code, ServingError
 
 from .conftest import ModelFiles
 

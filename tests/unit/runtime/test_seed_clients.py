@@ -25,7 +25,7 @@ RESNET_CLASSES = 1001
 @pytest.fixture(scope="module")
 def resnet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo models (with ResNet-50) written once into a temporary model repository."""
-    from tfstack.demo_models import write_demo_models
+    from tfstack.models.demo import write_demo_models
 
     root = tmp_path_factory.mktemp("seed-models")
     write_demo_models(root, include_resnet=True)
@@ -41,7 +41,7 @@ def resnet_server(resnet_root: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def jpeg_bytes() -> bytes:
-    from tfstack.demo_models import sample_jpeg
+    from tfstack.models.demo import sample_jpeg
 
     return sample_jpeg()
 

@@ -61,9 +61,9 @@ def test_batching_merges_concurrent_requests(
 
 def test_batching_file_without_enable_batching_is_refused(tmp_path: Path) -> None:
     """--batching_parameters_file without --enable_batching is an error, as upstream."""
+    from modelserver.errors import ServingError
     from modelserver.flags import parse_flags
     from modelserver.server import ModelServer
-    from modelserver.status import ServingError
 
     flags = parse_flags(["--model_base_path=/m", f"--batching_parameters_file={tmp_path}/b"])
     try:

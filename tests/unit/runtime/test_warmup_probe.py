@@ -11,9 +11,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from modelserver import dispatch, probe
+from modelserver.errors import ServingError
 from modelserver.servable import SessionOptions, load_servable
 from modelserver.server import StartupError
-from modelserver.status import ServingError
 from modelserver.warmup import WARMUP_FILE, run_warmup
 
 from .conftest import ModelFiles, RunningServer

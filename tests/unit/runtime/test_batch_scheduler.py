@@ -1,4 +1,4 @@
-"""Unit tests of modelserver.batching: a real batching queue with TF Serving's parameters."""
+"""Unit tests of modelserver.batch_scheduler: a real batching queue with TF Serving's parameters."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelserver.batching import BatchingConfigError, BatchingOptions, BatchScheduler
+from modelserver.batch_scheduler import BatchingConfigError, BatchingOptions, BatchScheduler
 from modelserver.codec import Code, ServingError
 
 
