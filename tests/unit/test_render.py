@@ -64,6 +64,7 @@ CASES: dict[str, dict[str, Any]] = {
             "enable_model_warmup": False,
             "extra_flags": ["--grpc_channel_arguments=grpc.max_connection_age_ms=60000"],
             "user": "2000:2000",
+            "shutdown_grace_seconds": 20.5,
         },
         "batching": {
             "enabled": True,
@@ -269,7 +270,7 @@ def test_security_settings(tmp_path: Path) -> None:
     assert service["cap_drop"] == ["ALL"]
     assert "privileged" not in service and "cap_add" not in service
     assert all(mount["read_only"] is True for mount in service["volumes"])
-    assert service["stop_grace_period"] == "15s"
+    assert service["stop_grace_period"] == "13s"  # the runtime's 8 s drain + 5 s
 
 
 def test_mounts_are_relative_to_compose_dir_and_read_only(tmp_path: Path) -> None:
@@ -651,3 +652,28 @@ def test_real_compose_keeps_dollar_signs_literal(tmp_path: Path) -> None:
     target.write_text(text.replace("$$", "$"))
     command = _compose_json(argv, target)["services"]["serving"]["command"]
     assert command[-1] == "--x=expanded/expanded"
+
+
+def test_serving_restarts_unless_stopped() -> None:
+    """Every rendered serving service restarts after a crash, OOM kill or engine restart."""
+    for case in CASES.values():
+        files = render_in(Path("/tmp/tfstack-render"), make_spec(case))
+        assert serving_of(files)["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize(
+    ("grace", "period", "flag"),
+    [(8.0, "13s", None), (0, "5s", "--shutdown_grace_seconds=0"), (2.5, "8s", "=2.5")],
+)
+def test_stop_grace_period_covers_the_server_drain(
+    tmp_path: Path, grace: float, period: str, flag: str | None
+) -> None:
+    """Docker waits the server's drain plus a margin; a non-default drain is passed as a flag."""
+    files = render_in(tmp_path, make_spec(serving={"shutdown_grace_seconds": grace}))
+    service = serving_of(files)
+    assert service["stop_grace_period"] == period
+    passed = [f for f in service["command"] if f.startswith("--shutdown_grace_seconds")]
+    if flag is None:
+        assert passed == [], "the runtime's default needs no flag (the official image lacks it)"
+    else:
+        assert len(passed) == 1 and passed[0].endswith(flag)

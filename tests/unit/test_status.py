@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 import requests
 from rich.console import Console
 
-from tfstack.docker.compose import ContainerInfo
+from tfstack.docker.compose import ContainerInfo, LastExit, container_info
 from tfstack.rollout.journal import (
     Journal,
     ModelState,
@@ -392,3 +393,54 @@ def test_recorded_start_failures_show_as_end_with_their_error() -> None:
     ]
     assert document["ok"] is False
     assert StartFailure("m", 1, "something odd").code == "UNKNOWN"
+
+
+def test_restarts_and_last_exit_reach_json_and_table() -> None:
+    """A container the restart policy brought back shows its restart count and why it died."""
+    from_engine = container_info_of(
+        {
+            "Id": "d" * 64,
+            "Name": "/demo-serving-1",
+            "RestartCount": 2,
+            "State": {
+                "Status": "running",
+                "ExitCode": 137,
+                "OOMKilled": True,
+                "FinishedAt": "2026-01-01T00:05:00.123Z",
+                "StartedAt": "2026-01-01T00:05:01Z",
+            },
+            "Config": {"Labels": {"com.docker.compose.service": "serving"}},
+        }
+    )
+    service = service_status(from_engine, host="127.0.0.1", rest_port=18501, grpc_port=18500)
+    document = service.to_json()
+    assert document["restart_count"] == 2
+    assert document["last_exit"] == {
+        "code": 137,
+        "oom_killed": True,
+        "finished_at": "2026-01-01T00:05:00.123Z",
+        "reason": "OOM killed",
+    }
+    status = dataclasses.replace(sample_status(), services=(service,))
+    buffer = io.StringIO()
+    Console(file=buffer, width=220, color_system=None).print(render_table(status))
+    assert "2 (last: OOM killed at 2026-01-01T00:05:00)" in buffer.getvalue()
+
+
+def test_a_container_that_never_stopped_has_no_last_exit() -> None:
+    """The engine's zero FinishedAt means no previous run: last_exit is null, restarts 0."""
+    fresh = container_info_of(
+        {"State": {"Status": "running", "ExitCode": 0, "FinishedAt": "0001-01-01T00:00:00Z"}}
+    )
+    assert (fresh.restart_count, fresh.last_exit) == (0, None)
+    killed = LastExit(code=137, oom_killed=False, finished_at="t")
+    assert killed.reason == "killed by SIGKILL"
+    assert LastExit(code=3, oom_killed=False, finished_at="t").reason == "exit 3"
+
+
+def container_info_of(attrs: dict[str, Any]) -> ContainerInfo:
+    class Sdk:
+        id = attrs.get("Id", "x")
+
+    Sdk.attrs = attrs  # type: ignore[attr-defined]
+    return container_info(Sdk())

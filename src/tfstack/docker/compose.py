@@ -220,6 +220,53 @@ def _run(
 # The stack
 
 
+NEVER_FINISHED_PREFIX = "0001-01-01"  # the engine's FinishedAt for a container never stopped
+SIGNAL_NAMES = {137: "SIGKILL", 143: "SIGTERM", 139: "SIGSEGV", 134: "SIGABRT", 132: "SIGILL"}
+
+
+@dataclass(frozen=True)
+class LastExit:
+    """How the container's previous run ended (kept by the engine across policy restarts)."""
+
+    code: int
+    oom_killed: bool
+    finished_at: str
+    error: str = ""  # the engine's own error, e.g. a failed mount on start
+
+    @property
+    def reason(self) -> str:
+        """``OOM killed``, ``killed by SIGKILL`` or ``exit 1``: the why, in a few words."""
+        if self.oom_killed:
+            return "OOM killed"
+        if self.error:
+            return f"engine error: {self.error}"
+        if self.code in SIGNAL_NAMES:
+            return f"killed by {SIGNAL_NAMES[self.code]}"
+        return f"exit {self.code}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "oom_killed": self.oom_killed,
+            "finished_at": self.finished_at,
+            "reason": self.reason,
+        }
+
+
+def last_exit_of(attrs: Mapping[str, Any]) -> LastExit | None:
+    """The previous run's end from ``docker inspect`` attrs; None for a container never stopped."""
+    state = attrs.get("State") or {}
+    finished = str(state.get("FinishedAt") or "")
+    if not finished or finished.startswith(NEVER_FINISHED_PREFIX):
+        return None
+    return LastExit(
+        code=int(state.get("ExitCode") or 0),
+        oom_killed=bool(state.get("OOMKilled")),
+        finished_at=finished,
+        error=str(state.get("Error") or ""),
+    )
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     """A container of the project as the engine reports it."""
@@ -237,6 +284,8 @@ class ContainerInfo:
     ports: Mapping[str, list[tuple[str, str]]] = field(
         default_factory=dict
     )  # "8501/tcp" -> [(ip, port)]
+    restart_count: int = 0  # restarts by the restart policy since the container was created
+    last_exit: LastExit | None = None
 
 
 def container_info(container: Any) -> ContainerInfo:
@@ -260,6 +309,8 @@ def container_info(container: Any) -> ContainerInfo:
         config_hash=labels.get(COMPOSE_HASH_LABEL, ""),
         labels=labels,
         ports=ports,
+        restart_count=int(attrs.get("RestartCount") or 0),
+        last_exit=last_exit_of(attrs),
     )
 
 

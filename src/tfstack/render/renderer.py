@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -71,7 +72,9 @@ HEALTHCHECK_INTERVAL = "3s"
 HEALTHCHECK_TIMEOUT = "10s"  # the probe asks about every model; a hung server fails it
 HEALTHCHECK_RETRIES = 3
 HEALTHCHECK_START_PERIOD = "120s"  # ports open only after every model loaded (or failed)
-STOP_GRACE_PERIOD = "15s"
+RESTART_POLICY = "unless-stopped"  # crash/OOM and engine restarts come back; stop/down stay down
+RUNTIME_SHUTDOWN_GRACE_S = 8.0  # modelserver's --shutdown_grace_seconds default (its flags.py)
+STOP_GRACE_MARGIN_S = 5  # past the drain: listeners' last second, model unload, process exit
 TMPFS = "/tmp:size=64m"
 
 
@@ -212,8 +215,16 @@ def serving_flags(spec: StackSpec) -> list[str]:
     if any(model.labels for model in spec.models):
         # Labels in the startup config fail unless this is set (contract section 4).
         flags.append("--allow_version_labels_for_unavailable_models=true")
+    if serving.shutdown_grace_seconds != RUNTIME_SHUTDOWN_GRACE_S:
+        # Only tfstack's runtime knows this flag; at its default the official image still works.
+        flags.append(f"--shutdown_grace_seconds={serving.shutdown_grace_seconds:g}")
     flags.extend(serving.extra_flags)
     return flags
+
+
+def stop_grace_period(spec: StackSpec) -> str:
+    """How long Docker waits after SIGTERM before SIGKILL: the server's drain plus a margin."""
+    return f"{math.ceil(spec.serving.shutdown_grace_seconds) + STOP_GRACE_MARGIN_S}s"
 
 
 @dataclass(frozen=True)
@@ -377,7 +388,8 @@ def _serving_block(spec: StackSpec, spec_path: Path, root: Path, digest: str) ->
         "limits": limits,
         "labels": {**project_labels(spec), LABEL_SPEC_DIGEST: digest},
         "healthcheck": healthcheck,
-        "stop_grace_period": STOP_GRACE_PERIOD,
+        "stop_grace_period": stop_grace_period(spec),
+        "restart": RESTART_POLICY,
     }
     return ServiceBlock("serving", "compose/service-serving.yml.j2", values)
 

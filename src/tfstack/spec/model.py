@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfstack.errors import StackError
+from tfstack.spec.frontend import FrontendSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -121,6 +122,12 @@ class ServingSpec(_Frozen):
         "healthy only when every declared model version and label is AVAILABLE. Set false for "
         "images without the probe (the official tensorflow/serving image has none).",
     )
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=8.0,
+        description="On SIGTERM (`docker stop`, `down`, recreate), seconds in-flight requests get "
+        "to finish. The compose stop_grace_period is this plus 5 s. Other than 8 (the runtime's "
+        "default) it is passed as --shutdown_grace_seconds, a flag only tfstack's runtime knows.",
+    )
 
 
 class BatchingSpec(_Frozen):
@@ -157,6 +164,7 @@ class StackSpecFields(_Frozen):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    frontend: FrontendSpec = Field(default_factory=FrontendSpec)
 
 
 def spec_dir(spec_path: Path) -> Path:

@@ -263,6 +263,10 @@ class Lifecycle:
             for container in containers:
                 if container.state in ("exited", "dead"):
                     return f"{container.name} exited with code {container.exit_code}"
+                if container.state == "restarting" and container.last_exit is not None:
+                    # The restart policy brings a crashing server back in a loop: the first
+                    # exit already says the start failed (models, flags), as "exited" did.
+                    return f"{container.name} exited with code {container.last_exit.code}"
             return None
 
         targets = (
@@ -465,7 +469,9 @@ class Lifecycle:
             f"the server could not load {names} at start; starting it without "
             + ("them" if len(failed) > 1 else "it")
         )
-        stack.up()
+        # A fresh container: the failed one is in its restart policy's loop, and its last exit
+        # would read as this start failing too.
+        stack.up(force_recreate=True)
         reduced = Loaded(
             loaded.spec.model_copy(
                 update={"models": [m for m in loaded.spec.models if m.name not in failed]}
@@ -545,7 +551,9 @@ class Lifecycle:
             )
             forget_applied(self.root)
             forget_start_failures(self.root)
-            stack.up()
+            # A container in a crash loop (restart policy) is replaced, not waited on.
+            looping = any(c.state == "restarting" for c in observed.containers)
+            stack.up(force_recreate=looping)
             self.say(f"containers up; waiting for models on {endpoints.rest_url}")
             lap("compose up")
         elif plan.action is UpAction.RELOAD:

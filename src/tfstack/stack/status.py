@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tfstack.docker.compose import ContainerInfo, published_address
+from tfstack.docker.compose import ContainerInfo, LastExit, published_address
 from tfstack.rollout.journal import status_summary
 from tfstack.serving.client import RestClient
 from tfstack.serving.waiting import ModelExpectation, ModelObservation, assess, observe_model
@@ -104,6 +104,8 @@ class ServiceStatus:
     replica: int | None = None  # Compose's container number (1..N with serving.replicas: N)
     models_ok: bool | None = None  # every declared version and label AVAILABLE on this replica
     problems: tuple[str, ...] = ()  # what this replica still lacks (model: why)
+    restart_count: int = 0  # restarts by the restart policy (crash, OOM kill, engine restart)
+    last_exit: LastExit | None = None  # how the previous run ended, if it ever stopped
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,8 @@ class ServiceStatus:
             "replica": self.replica,
             "models_ok": self.models_ok,
             "problems": list(self.problems),
+            "restart_count": self.restart_count,
+            "last_exit": self.last_exit.to_json() if self.last_exit is not None else None,
         }
 
 
@@ -190,6 +194,8 @@ def service_status(
         exit_code=container.exit_code,
         endpoints=endpoints,
         replica=int(number) if number.isdigit() else None,
+        restart_count=container.restart_count,
+        last_exit=container.last_exit,
     )
 
 
@@ -428,6 +434,15 @@ _STATE_STYLE = {
 }
 
 
+def _restarts_cell(service: ServiceStatus) -> Text:
+    """``2 (last: killed by SIGKILL at 2026-...)``; the last exit shows even without a restart."""
+    count = str(service.restart_count)
+    if service.last_exit is None:
+        return Text(count)
+    last = f"{count} (last: {service.last_exit.reason} at {service.last_exit.finished_at[:19]})"
+    return Text(last, style="yellow" if service.restart_count else "")
+
+
 def render_table(status: StackStatus) -> Any:
     """A rich renderable: a models table, a services table and the endpoints."""
 
@@ -459,7 +474,7 @@ def render_table(status: StackStatus) -> Any:
                     + (str(label.serving) if label.serving is not None else "nothing"),
                 )
     services = Table(title="services", title_justify="left", expand=False)
-    for column in ("service", "container", "state", "health", "models", "endpoints"):
+    for column in ("service", "container", "state", "health", "restarts", "models", "endpoints"):
         services.add_column(column, overflow="fold")
     for service in status.services:
         state = service.state + (
@@ -477,11 +492,12 @@ def render_table(status: StackStatus) -> Any:
             f"{service.container} ({service.container_id[:12]})",
             Text(state, style="green" if service.state == "running" else "red"),
             service.health or "-",
+            _restarts_cell(service),
             verdict,
             "  ".join(f"{k} {v}" for k, v in sorted(service.endpoints.items())),
         )
     if not status.services:
-        services.add_row("-", "no containers", Text("down", style="red"), "-", "-", "")
+        services.add_row("-", "no containers", Text("down", style="red"), "-", "-", "-", "")
     parts: list[Any] = [models, services]
     if status.server_error:
         parts.append(Text(f"server: {status.server_error}", style="red"))
