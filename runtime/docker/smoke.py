@@ -8,9 +8,7 @@ import tempfile
 
 import grpc
 import httptools
-import starlette
 import tensorflow as tf
-import uvicorn
 import uvloop
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -32,6 +30,5 @@ if y != [2.5, 3.0, 4.5]:
 stubs = (prediction_service_pb2_grpc.PredictionServiceStub, model_service_pb2_grpc.ModelServiceStub)
 print(
     f"smoke.py: TensorFlow {tf.__version__} OK (y={y}); grpc {grpc.__version__}, "
-    f"uvicorn {uvicorn.__version__}, starlette {starlette.__version__}, "
     f"httptools {httptools.__version__}, uvloop {uvloop.__version__}, {len(stubs)} stubs"
 )
