@@ -15,6 +15,7 @@ kept so later sessions do not download TensorFlow again.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -36,11 +37,13 @@ from tests.fresh.machines import (
     HERE,
     PIP_CACHE_VOLUME,
     PRELOADED,
+    REVISION_ENV,
     TIMINGS,
     Bootstrapped,
     Session,
-    clone_at_head,
+    clone_at,
     compose_plugin_binary,
+    resolve_revision,
     start_engine,
     start_machine,
     stop_engine,
@@ -85,7 +88,10 @@ def fresh_session() -> Iterator[Session]:
             f"the fresh-machine tier preloads {', '.join(missing)} from the host engine, which "
             "does not have it: run `./tfstack images` first (no registry is reachable here)"
         )
-    session = Session(client, secrets.token_hex(4), Path(tempfile.mkdtemp(prefix="tfstack-fresh-")))
+    revision = resolve_revision(os.environ.get(REVISION_ENV) or "HEAD")
+    workdir = Path(tempfile.mkdtemp(prefix="tfstack-fresh-"))
+    session = Session(client, secrets.token_hex(4), workdir, revision)
+    TIMINGS.append(("(session)", f"every clone at {revision[:12]}", 0.0))
     try:
         yield session
     finally:
@@ -168,7 +174,7 @@ def bootstrapped(fresh_session: Session, machine_images: dict[str, str]) -> Boot
     """
     with contextlib.suppress(docker.errors.APIError):
         fresh_session.client.volumes.create(PIP_CACHE_VOLUME, labels={CACHE_LABEL: "fresh-pip"})
-    clone = clone_at_head(fresh_session.workdir / "bootstrap" / "tfstack")
+    clone = clone_at(fresh_session.revision, fresh_session.workdir / "bootstrap" / "tfstack")
     machine = start_machine(fresh_session, "bare", "bootstrap", clone=clone, pip_cache=True)
     started = time.monotonic()
     try:

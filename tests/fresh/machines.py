@@ -28,6 +28,8 @@ BASE_IMAGE = "tfstack/debian:bookworm"
 RUNTIME_IMAGE = "tfstack/serving-runtime:latest"
 PRELOADED = (BASE_IMAGE, RUNTIME_IMAGE)
 FAMILIES = ("bare", "cli", "engine", "full")
+# A commit or ref to clone instead of HEAD (e.g. to show the tier catching a known defect).
+REVISION_ENV = "TFSTACK_FRESH_REF"
 SRC = "/src/tfstack"  # where every machine sees its clone (the venv's paths point here)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 MACHINE_CA = "/etc/ssl/certs/host-ca.crt"
@@ -64,6 +66,7 @@ class Session:
     client: docker.DockerClient
     token: str
     workdir: Path
+    revision: str  # the commit every clone of this session checks out
     images: dict[str, str] = field(default_factory=dict)  # family -> tag
     cgroup_parents: list[str] = field(default_factory=list)
 
@@ -217,15 +220,28 @@ def stop_engine(machine: Machine) -> None:
     assert code == 0, f"dockerd did not stop in {machine.name}: {out}"
 
 
-def clone_at_head(destination: Path) -> Path:
-    """A clean clone of the working repository's HEAD (what `git clone` gives a newcomer)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(destination)],
-        check=True,
+def resolve_revision(ref: str) -> str:
+    """The commit every machine of a session clones: ``ref`` (default HEAD) of the working repo."""
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
         capture_output=True,
         text=True,
+        check=False,
     )
+    if result.returncode != 0:
+        pytest.fail(f"{REVISION_ENV}={ref}: not a commit of {ROOT}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def clone_at(revision: str, destination: Path) -> Path:
+    """A clean clone of the working repository at ``revision`` (what `git clone` gives a user)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    for argv in (
+        ["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(destination)],
+        ["git", "-C", str(destination), "checkout", "--quiet", "--detach", revision],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"`{' '.join(argv)}` failed: {result.stderr.strip()}"
     return destination
 
 
@@ -253,7 +269,7 @@ class Bootstrapped:
 
 def state_clone(session: Session, bootstrapped: Bootstrapped, name: str) -> Path:
     """A new clean clone for one machine, with the session's venv hard-linked in."""
-    clone = clone_at_head(session.workdir / name / "tfstack")
+    clone = clone_at(session.revision, session.workdir / name / "tfstack")
     subprocess.run(
         ["cp", "-al", str(bootstrapped.clone / ".venv"), str(clone / ".venv")],
         check=True,
