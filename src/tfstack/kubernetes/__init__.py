@@ -14,15 +14,19 @@ from tfstack.kubernetes.manifests import (
     KubernetesManifests,
     plan_kubernetes,
 )
-from tfstack.kubernetes.mapping import KubernetesProblem, check_kubernetes_mapping, to_spec_problems
 from tfstack.kubernetes.rollout import KubernetesRollout, plan_kubernetes_rollout, rollout_changes
-from tfstack.kubernetes.target import (
+from tfstack.kubernetes.tools import KubectlMissing, ensure_kubectl, kustomize_build
+from tfstack.spec.deploy import (
     Autoscaling,
     Ingress,
     KubernetesTarget,
     parse_kubernetes_target,
 )
-from tfstack.kubernetes.tools import KubectlMissing, ensure_kubectl, kustomize_build
+from tfstack.spec.kubernetes_rules import (
+    KubernetesProblem,
+    check_kubernetes_mapping,
+    to_spec_problems,
+)
 
 __all__ = [
     "KUBERNETES_DIR",

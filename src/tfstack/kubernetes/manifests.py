@@ -32,14 +32,6 @@ from typing import Any
 import yaml
 
 from tfstack.errors import SpecError, SpecProblem
-from tfstack.kubernetes.mapping import (
-    autoscaling_bounds,
-    check_kubernetes_mapping,
-    namespace,
-    object_name,
-    run_as,
-)
-from tfstack.kubernetes.target import KubernetesTarget
 from tfstack.render import (
     BATCHING_CONFIG,
     MODELS_CONFIG,
@@ -50,6 +42,14 @@ from tfstack.render import (
     start_time_digest,
 )
 from tfstack.spec import CONTAINER_CONFIG_DIR, CONTAINER_MODEL_ROOT, StackSpec
+from tfstack.spec.deploy import KubernetesTarget
+from tfstack.spec.kubernetes_rules import (
+    autoscaling_bounds,
+    check_kubernetes_mapping,
+    namespace,
+    object_name,
+    run_as,
+)
 
 KUBERNETES_DIR = "deploy/kubernetes"
 KUSTOMIZATION = f"{KUBERNETES_DIR}/kustomization.yaml"

@@ -20,8 +20,8 @@ from tfstack.kubernetes.manifests import (
     KubernetesManifests,
     plan_kubernetes,
 )
-from tfstack.kubernetes.target import KubernetesTarget
 from tfstack.spec import StackSpec
+from tfstack.spec.deploy import KubernetesTarget
 
 _POLL_FLAG = "--model_config_file_poll_wait_seconds="
 

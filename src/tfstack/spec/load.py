@@ -33,6 +33,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tfstack.errors import SpecError, SpecProblem
+from tfstack.spec.deploy import DEPLOY_TARGETS
+from tfstack.spec.kubernetes_rules import check_kubernetes_mapping, to_spec_problems
 from tfstack.spec.model import (
     StackSpecFields,
 )
@@ -89,15 +91,21 @@ class ValidationReport:
 
 
 def load_spec(
-    path: Path, *, check_disk: bool = True, project_root: Path | None = None
+    path: Path,
+    *,
+    check_disk: bool = True,
+    project_root: Path | None = None,
+    target: str | None = None,
 ) -> StackSpec:
     """Read and validate a stack spec; raise SpecError listing every problem found.
 
     ``check_disk=False`` skips the checks of model directories and sample body files (for specs
     whose models are generated later). ``project_root`` bounds relative paths; by default it is the
-    parent of the spec's directory (``<project>/config/stack.yaml``).
+    parent of the spec's directory (``<project>/config/stack.yaml``). ``target`` overrides
+    ``deploy.target`` (``--target`` on the command line) for the target-specific checks.
     """
-    return check_spec(path, check_disk=check_disk, project_root=project_root).raise_for_problems()
+    report = check_spec(path, check_disk=check_disk, project_root=project_root, target=target)
+    return report.raise_for_problems()
 
 
 def validate_spec(
@@ -108,9 +116,29 @@ def validate_spec(
 
 
 def check_spec(
-    path: Path, *, check_disk: bool = True, project_root: Path | None = None
+    path: Path,
+    *,
+    check_disk: bool = True,
+    project_root: Path | None = None,
+    target: str | None = None,
 ) -> ValidationReport:
-    """Run all three phases; the report carries the spec, the problems and the disk inventory."""
+    """Run all three phases; the report carries the spec, the problems and the disk inventory.
+
+    The deployment target (``target``, else the spec's ``deploy.target``) adds its own checks:
+    for ``kubernetes``, everything that cannot map onto manifests (models the pods cannot see,
+    unpinned images, a root user...), reported with file, line and YAML path like the rest.
+    """
+    if target is not None and target not in DEPLOY_TARGETS:
+        raise SpecError(
+            [
+                SpecProblem(
+                    file=str(path),
+                    yaml_path="deploy.target",
+                    message=f"unknown deployment target {target!r}",
+                    hint=f"use one of: {', '.join(DEPLOY_TARGETS)}",
+                )
+            ]
+        )
     path = Path(path)
     file = str(path)
     data, lines, problems = read_yaml(path)
@@ -124,6 +152,8 @@ def check_spec(
         )
     checker = Checker(spec, path, file, lines, check_disk=check_disk, project_root=project_root)
     checker.run()
-    return ValidationReport(
-        path, checker.problems, spec, tuple(checker.inventory), checked_disk=check_disk
-    )
+    problems = list(checker.problems)
+    if (target or spec.deploy.target) == "kubernetes":
+        mapping = check_kubernetes_mapping(spec, spec.deploy.kubernetes)
+        problems += to_spec_problems(mapping, file, lines.at)
+    return ValidationReport(path, problems, spec, tuple(checker.inventory), checked_disk=check_disk)

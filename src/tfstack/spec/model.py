@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfstack.errors import StackError
+from tfstack.spec.deploy import DeploySpec
 from tfstack.spec.frontend import FrontendSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -165,6 +166,7 @@ class StackSpecFields(_Frozen):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     frontend: FrontendSpec = Field(default_factory=FrontendSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
 
 
 def spec_dir(spec_path: Path) -> Path:

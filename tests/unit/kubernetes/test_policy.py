@@ -6,7 +6,7 @@ from typing import Any
 
 from tests.unit.kubernetes.variants import Variant
 from tfstack.kubernetes import KubernetesManifests
-from tfstack.kubernetes.target import parse_image
+from tfstack.spec.deploy import parse_image
 
 
 def _deployment(manifests: KubernetesManifests) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Kubernetes options of a stack: what ``deploy.kubernetes`` in ``stack.yaml`` will hold.
+"""Where a stack is deployed: ``deploy`` in ``stack.yaml`` (the target, and its Kubernetes options).
 
 The stack spec says what is served (models, ports, flags, resources); these options say only what a
 cluster needs on top: where pods get the models from (a model image copied in by an initContainer,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -105,6 +105,21 @@ class KubernetesTarget(_Frozen):
         return self
 
 
+DEPLOY_TARGETS = ("compose", "kubernetes")
+"""Deployment targets: Docker Compose on this host (runs here), Kubernetes (rendered, validated)."""
+
+
+class DeploySpec(_Frozen):
+    """``deploy``: which target ``render``/``up`` use by default, and each target's options."""
+
+    target: Literal["compose", "kubernetes"] = Field(
+        default="compose",
+        description="compose: run on this Docker host. kubernetes: render deploy/kubernetes/ "
+        "(a Kustomize base) for a cluster; `--target` on render overrides it.",
+    )
+    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget)
+
+
 # --------------------------------------------------------------------------- image references
 
 
@@ -151,8 +166,8 @@ def _yaml_path(loc: tuple[str | int, ...]) -> str:
 def parse_kubernetes_target(data: Mapping[str, Any] | None, *, file: str) -> KubernetesTarget:
     """``deploy.kubernetes`` as read from YAML -> a target; SpecError naming each YAML path.
 
-    Once the spec grows its ``deploy`` section this model is a field of it and validate reports
-    these errors with line numbers; this function serves callers that hold the mapping alone.
+    The spec's ``deploy.kubernetes`` is this model, and validate reports its errors with line
+    numbers; this function serves callers that hold the mapping alone.
     """
     try:
         return KubernetesTarget.model_validate(dict(data or {}))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from tfstack.errors import SpecProblem
-from tfstack.kubernetes.target import YAML_ROOT, KubernetesTarget, parse_image
-from tfstack.spec import StackSpec
+from tfstack.spec.deploy import YAML_ROOT, KubernetesTarget, parse_image
+from tfstack.spec.model import StackSpecFields
 
 Loc = tuple[str | int, ...]
 
@@ -44,16 +44,16 @@ def _target_loc(*parts: str | int) -> Loc:
     return YAML_ROOT + parts
 
 
-def object_name(spec: StackSpec, target: KubernetesTarget) -> str:
+def object_name(spec: StackSpecFields, target: KubernetesTarget) -> str:
     """Prefix of every object name: ``deploy.kubernetes.name`` or the project."""
     return target.name or spec.project
 
 
-def namespace(spec: StackSpec, target: KubernetesTarget) -> str:
+def namespace(spec: StackSpecFields, target: KubernetesTarget) -> str:
     return target.namespace or spec.project
 
 
-def run_as(spec: StackSpec) -> tuple[int, int] | None:
+def run_as(spec: StackSpecFields) -> tuple[int, int] | None:
     """``serving.user`` as numeric (uid, gid), the group defaulting to the uid; None if not."""
     match = _UID_GID.match(spec.serving.user)
     if match is None:
@@ -62,7 +62,7 @@ def run_as(spec: StackSpec) -> tuple[int, int] | None:
     return uid, int(match.group(2)) if match.group(2) is not None else uid
 
 
-def autoscaling_bounds(spec: StackSpec, target: KubernetesTarget) -> tuple[int, int]:
+def autoscaling_bounds(spec: StackSpecFields, target: KubernetesTarget) -> tuple[int, int]:
     """(min, max) replicas of the HPA: the minimum defaults to serving.replicas, max to twice it."""
     low = target.autoscaling.min_replicas or spec.serving.replicas
     high = target.autoscaling.max_replicas or 2 * low
@@ -89,7 +89,9 @@ def _image_problems(
     return []
 
 
-def check_kubernetes_mapping(spec: StackSpec, target: KubernetesTarget) -> list[KubernetesProblem]:
+def check_kubernetes_mapping(
+    spec: StackSpecFields, target: KubernetesTarget
+) -> list[KubernetesProblem]:
     """Every reason this spec cannot become sound manifests; empty when it can."""
     problems: list[KubernetesProblem] = []
     serving = spec.serving
