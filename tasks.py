@@ -32,11 +32,12 @@ from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
 from tfstack.core.files import format_plan
 from tfstack.errors import TfstackError
+from tfstack.kubernetes import KUBERNETES_DIR, kubernetes_rollout_plan, render_kubernetes
 from tfstack.models.demo import plan_demo_models, write_demo_models
 from tfstack.render import plan_render, render_to_disk
 from tfstack.selftest import run_tests
 from tfstack.serving.client import ModelRef, format_signatures
-from tfstack.spec import check_spec, write_json_schema
+from tfstack.spec import check_spec, load_spec, write_json_schema
 from tfstack.stack.status import render_table
 
 ROOT = Path(__file__).resolve().parent
@@ -134,11 +135,18 @@ def schema(c: Context) -> None:
     help={
         "spec": f"the stack spec to render (default {DEFAULT_SPEC}; relative to the project root)",
         "dry_run": "validate, render and check, then show what would change without writing",
+        "target": "compose (compose/ and config/) or kubernetes (deploy/kubernetes/, a Kustomize "
+        "base); default: the spec's deploy.target",
     }
 )
-def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
-    """Validate the spec, render compose/ and config/ files, check them, write them atomically."""
-    report = call(render_to_disk, spec_file(spec), ROOT, dry_run=dry_run)
+def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: str = "") -> None:
+    """Validate the spec, render the target's files, check them, write them atomically."""
+    spec_path = spec_file(spec)
+    chosen = target or call(load_spec, spec_path, check_disk=False, project_root=ROOT).deploy.target
+    if chosen == "kubernetes":
+        report = call(render_kubernetes, spec_path, ROOT, dry_run=dry_run)
+    else:
+        report = call(render_to_disk, spec_path, ROOT, dry_run=dry_run)
     for change in report.changes:
         verb: str = change.action
         if dry_run and change.action != "unchanged":
@@ -148,6 +156,8 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False) -> None:
         print("dry run: nothing written")
     elif not report.written:
         print("everything up to date")
+    if chosen == "kubernetes" and not dry_run:
+        print(f"rendered and validated, not deployed: kubectl apply -k {KUBERNETES_DIR}")
 
 
 @task(help={"spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)"})
@@ -163,11 +173,16 @@ def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
         "what": "the benchmark to run, e.g. render; `invoke bench -h` lists them",
         "runs": "timed repetitions (default: the benchmark's own)",
         "image": "bench this image instead of the local server (serve; repeat for two)",
+        "minutes": "how long a timed benchmark runs (soak: default 3, at most 30)",
     },
     iterable=["image"],
 )
 def bench(
-    c: Context, what: str | None = None, runs: int = 0, image: list[str] | None = None
+    c: Context,
+    what: str | None = None,
+    runs: int = 0,
+    image: list[str] | None = None,
+    minutes: float = 0.0,
 ) -> None:
     """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
     if what in (None, "-h", "--help"):
@@ -175,7 +190,13 @@ def bench(
         print(describe_benchmarks())
         return
     result = call(
-        run_benchmark, what, root=ROOT, runs=runs or None, say=say, images=tuple(image or ())
+        run_benchmark,
+        what,
+        root=ROOT,
+        runs=runs or None,
+        say=say,
+        images=tuple(image or ()),
+        minutes=minutes or None,
     )
     print(result.report())
     if not result.met:
@@ -447,6 +468,10 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
         "drain": "seconds between promotion and unloading retired versions (default 2)",
         "latency_factor": "max candidate/stable median latency in the side instance (default 2)",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "target": "kubernetes: print what rolling out a new image changes in deploy/kubernetes "
+        "(with --dry-run; tfstack does not deploy to clusters)",
+        "model_image": "with --target kubernetes: the new model image, pinned by digest",
+        "serving_image": "with --target kubernetes: a new server image",
     }
 )
 def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
@@ -464,8 +489,22 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     drain: float = 2.0,
     latency_factor: float = 2.0,
     spec: str = DEFAULT_SPEC,
+    target: str = "",
+    model_image: str = "",
+    serving_image: str = "",
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
+    if target == "kubernetes":
+        plan = call(
+            kubernetes_rollout_plan,
+            spec_file(spec),
+            ROOT,
+            dry_run=dry_run,
+            model_image=model_image or None,
+            serving_image=serving_image or None,
+        )
+        print(plan.text())
+        return
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     if not (version or promote or resume or abort):

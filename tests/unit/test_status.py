@@ -14,7 +14,7 @@ import pytest
 import requests
 from rich.console import Console
 
-from tfstack.docker.compose import ContainerInfo, LastExit, container_info
+from tfstack.docker.compose import ContainerInfo, LastExit, container_info, last_deaths
 from tfstack.rollout.journal import (
     Journal,
     ModelState,
@@ -444,3 +444,32 @@ def container_info_of(attrs: dict[str, Any]) -> ContainerInfo:
 
     Sdk.attrs = attrs  # type: ignore[attr-defined]
     return container_info(Sdk())
+
+
+def test_a_restarted_container_gets_its_last_exit_from_die_events() -> None:
+    """Running again, inspect says exit 0; the engine's die/oom events give the real end."""
+
+    class Engine:
+        def events(self, **kwargs: Any) -> list[dict[str, Any]]:
+            assert kwargs["filters"]["event"] == ["die", "oom"]
+            return [
+                {
+                    "id": "a",
+                    "Action": "die",
+                    "timeNano": 1_700_000_000 * 10**9,
+                    "Actor": {"Attributes": {"exitCode": "1"}},
+                },
+                {"id": "a", "Action": "oom", "timeNano": 1_700_000_100 * 10**9},
+                {
+                    "id": "a",
+                    "Action": "die",
+                    "timeNano": 1_700_000_100 * 10**9,
+                    "Actor": {"Attributes": {"exitCode": "137"}},
+                },
+            ]
+
+    deaths = last_deaths(Engine(), ["a", "b"])
+    assert set(deaths) == {"a"}
+    assert (deaths["a"].code, deaths["a"].oom_killed) == (137, True)
+    assert deaths["a"].reason == "OOM killed"
+    assert deaths["a"].finished_at == "2023-11-14T22:15:00Z"

@@ -38,11 +38,14 @@ from tfstack.render import (
 from tfstack.spec import load_spec
 
 Say = Callable[[str], None]
+MIN_MINUTES = 1.0
+MAX_MINUTES = 30.0  # a soak stays bounded: loopback load, at most half an hour
 
 BENCHMARK_MODULES: tuple[str, ...] = (
     "tfstack.bench.up",
     "tfstack.bench.serve",
     "tfstack.bench.rollout",
+    "tfstack.bench.soak",
 )
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
@@ -57,6 +60,8 @@ class BenchContext:
     say: Say = lambda text: None
     images: tuple[str, ...] = ()
     """Images to bench instead of the local server (``invoke bench serve --image``)."""
+    minutes: float | None = None
+    """How long a timed benchmark runs (``invoke bench soak --minutes 3``); None: its default."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ def run_benchmark(
     runs: int | None = None,
     say: Say = lambda text: None,
     images: tuple[str, ...] = (),
+    minutes: float | None = None,
 ) -> BenchResult:
     """Run the benchmark called ``what``; UsageError (exit 2) for an unknown name or bad runs."""
     _load_plugins()
@@ -141,9 +147,19 @@ def run_benchmark(
         )
     if runs is not None and not 1 <= runs <= 1000:
         raise UsageError(f"--runs must be between 1 and 1000, not {runs}")
+    if minutes is not None and not MIN_MINUTES <= minutes <= MAX_MINUTES:
+        raise UsageError(
+            f"--minutes must be between {MIN_MINUTES:g} and {MAX_MINUTES:g}, not {minutes:g}"
+        )
     chosen = BENCHMARKS[what]
     return chosen.function(
-        BenchContext(root, runs=runs or chosen.default_runs, say=say, images=tuple(images))
+        BenchContext(
+            root,
+            runs=runs or chosen.default_runs,
+            say=say,
+            images=tuple(images),
+            minutes=minutes,
+        )
     )
 
 

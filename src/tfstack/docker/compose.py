@@ -9,12 +9,15 @@ containers belong to the project, which ports are taken) go through an injected 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import errno
 import json
 import logging
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,6 +380,15 @@ class Stack:
         )
         return sorted((container_info(c) for c in found), key=lambda c: c.name)
 
+    def with_last_deaths(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+        """Containers the restart policy restarted, with their last exit from the engine's
+        ``die`` events: once running again, ``docker inspect`` resets ExitCode to 0."""
+        restarted = {c.id: c for c in containers if c.restart_count and c.state == "running"}
+        if not restarted:
+            return containers
+        deaths = last_deaths(self.client, list(restarted))
+        return [dataclasses.replace(c, last_exit=deaths.get(c.id, c.last_exit)) for c in containers]
+
     def service_containers(self, service: str) -> list[ContainerInfo]:
         return [c for c in self.containers() if c.service == service]
 
@@ -416,6 +428,36 @@ class Stack:
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> CommandResult:
         return self.runner(logs_args(self.project, follow=follow, tail=tail), capture=not follow)
+
+
+def last_deaths(client: Any, container_ids: Sequence[str]) -> dict[str, LastExit]:
+    """Per container id, its last ``die`` event (exit code, and an ``oom`` event before it) from
+    the engine's recent event buffer; ids with no event there are left out."""
+    found: dict[str, LastExit] = {}
+    oom: set[str] = set()
+    try:
+        events = client.events(
+            since=0,
+            until=int(time.time()),
+            filters={"container": list(container_ids), "event": ["die", "oom"]},
+            decode=True,
+        )
+        for event in events:
+            ident = str(event.get("id") or event.get("Actor", {}).get("ID", ""))
+            if event.get("status") == "oom" or event.get("Action") == "oom":
+                oom.add(ident)
+                continue
+            attributes = event.get("Actor", {}).get("Attributes", {})
+            stamp = dt.datetime.fromtimestamp(event.get("timeNano", 0) / 1e9, dt.UTC)
+            found[ident] = LastExit(
+                code=int(attributes.get("exitCode", 0)),
+                oom_killed=ident in oom,
+                finished_at=stamp.isoformat().replace("+00:00", "Z"),
+            )
+            oom.discard(ident)
+    except Exception as exc:  # the event buffer is a nicety: status must still answer
+        log.info("engine events unavailable: %s", exc)
+    return found
 
 
 def remove_labelled(client: Any, project: str, *, volumes: bool = False) -> list[str]:

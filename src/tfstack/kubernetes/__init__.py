@@ -4,7 +4,7 @@ No API server is reached: :func:`plan_kubernetes` renders (pure), :func:`write_k
 ``deploy/kubernetes/`` atomically, :func:`check_kubernetes_mapping` lists what in a spec cannot map
 (by YAML path, for validate), :func:`plan_kubernetes_rollout` says what a rollout changes. Modules:
 ``target`` (the ``deploy.kubernetes`` options), ``mapping``, ``manifests``, ``apply``, ``rollout``,
-``tools`` (kubectl).
+``tools`` (kubectl), ``run`` (the entry points tasks call).
 """
 
 from tfstack.kubernetes.apply import KubernetesWriteReport, stale_manifests, write_kubernetes
@@ -15,6 +15,7 @@ from tfstack.kubernetes.manifests import (
     plan_kubernetes,
 )
 from tfstack.kubernetes.rollout import KubernetesRollout, plan_kubernetes_rollout, rollout_changes
+from tfstack.kubernetes.run import kubernetes_rollout_plan, render_kubernetes
 from tfstack.kubernetes.tools import KubectlMissing, ensure_kubectl, kustomize_build
 from tfstack.spec.deploy import (
     Autoscaling,
@@ -41,10 +42,12 @@ __all__ = [
     "KubernetesWriteReport",
     "check_kubernetes_mapping",
     "ensure_kubectl",
+    "kubernetes_rollout_plan",
     "kustomize_build",
     "parse_kubernetes_target",
     "plan_kubernetes",
     "plan_kubernetes_rollout",
+    "render_kubernetes",
     "rollout_changes",
     "stale_manifests",
     "to_spec_problems",

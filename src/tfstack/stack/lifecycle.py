@@ -619,7 +619,7 @@ class Lifecycle:
                 spec_path=str(self.spec_path),
                 rest=rest,
                 expectations=loaded.expectations,
-                containers=stack.service_containers(SERVICE),
+                containers=stack.with_last_deaths(stack.service_containers(SERVICE)),
                 host=endpoints.host,
                 rest_port=endpoints.rest_port,
                 grpc_port=endpoints.grpc_port,
