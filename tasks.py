@@ -37,7 +37,8 @@ from tfstack.models.demo import plan_demo_models, write_demo_models
 from tfstack.render import plan_render, render_to_disk
 from tfstack.selftest import run_tests
 from tfstack.serving.client import ModelRef, format_signatures
-from tfstack.spec import check_spec, load_spec, write_json_schema
+from tfstack.spec import check_spec, write_json_schema
+from tfstack.spec.load import deploy_target
 from tfstack.stack.status import render_table
 
 ROOT = Path(__file__).resolve().parent
@@ -142,7 +143,7 @@ def schema(c: Context) -> None:
 def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: str = "") -> None:
     """Validate the spec, render the target's files, check them, write them atomically."""
     spec_path = spec_file(spec)
-    chosen = target or call(load_spec, spec_path, check_disk=False, project_root=ROOT).deploy.target
+    chosen = call(deploy_target, spec_path, target, project_root=ROOT)
     if chosen == "kubernetes":
         report = call(render_kubernetes, spec_path, ROOT, dry_run=dry_run)
     else:
@@ -494,7 +495,7 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     serving_image: str = "",
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
-    if target == "kubernetes":
+    if call(deploy_target, spec_file(spec), target, project_root=ROOT) == "kubernetes":
         plan = call(
             kubernetes_rollout_plan,
             spec_file(spec),

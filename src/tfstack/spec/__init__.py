@@ -6,6 +6,14 @@
 (the JSON Schema file) and ``edit`` (comment-keeping edits that rollouts make).
 """
 
+from tfstack.spec.frontend import (
+    FRONTEND_IMAGE,
+    FrontendAuth,
+    FrontendSpec,
+    FrontendTLS,
+    frontend_enabled,
+    frontend_file,
+)
 from tfstack.spec.load import StackSpec, ValidationReport, check_spec, load_spec, validate_spec
 from tfstack.spec.model import (
     CONTAINER_CONFIG_DIR,
@@ -40,6 +48,7 @@ from tfstack.spec.yamlread import format_yaml_path, read_yaml
 __all__ = [
     "CONTAINER_CONFIG_DIR",
     "CONTAINER_MODEL_ROOT",
+    "FRONTEND_IMAGE",
     "LABEL_PATTERN",
     "MEMORY_PATTERN",
     "METRICS_PATH_PATTERN",
@@ -48,6 +57,9 @@ __all__ = [
     "SPEC_FORMAT",
     "AllPolicy",
     "BatchingSpec",
+    "FrontendAuth",
+    "FrontendSpec",
+    "FrontendTLS",
     "LatestPolicy",
     "ModelInventory",
     "ModelSpec",
@@ -61,6 +73,8 @@ __all__ = [
     "ValidationReport",
     "check_spec",
     "format_yaml_path",
+    "frontend_enabled",
+    "frontend_file",
     "json_schema",
     "json_schema_text",
     "load_spec",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tfstack.errors import SpecError, SpecProblem
+from tfstack.errors import SpecError, SpecProblem, UsageError
 from tfstack.spec.deploy import DEPLOY_TARGETS
 from tfstack.spec.kubernetes_rules import check_kubernetes_mapping, to_spec_problems
 from tfstack.spec.model import (
@@ -106,6 +106,23 @@ def load_spec(
     """
     report = check_spec(path, check_disk=check_disk, project_root=project_root, target=target)
     return report.raise_for_problems()
+
+
+def deploy_target(spec_path: Path, override: str = "", *, project_root: Path | None = None) -> str:
+    """The target a command works on: ``override`` (``--target``), else ``deploy.target``.
+
+    An unknown override is a UsageError naming the targets; the spec is read without disk checks
+    (the command that follows validates fully).
+    """
+    if override:
+        if override not in DEPLOY_TARGETS:
+            raise UsageError(
+                f"unknown deployment target {override!r}",
+                hint=f"use --target {' or '.join(DEPLOY_TARGETS)}",
+            )
+        return override
+    spec = load_spec(spec_path, check_disk=False, project_root=project_root)
+    return spec.deploy.target
 
 
 def validate_spec(

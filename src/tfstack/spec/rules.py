@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tfstack.errors import SpecProblem
+from tfstack.spec.frontend import frontend_enabled
+from tfstack.spec.frontend_rules import FrontendChecker
 from tfstack.spec.model import (
     AllPolicy,
     LatestPolicy,
@@ -173,6 +175,7 @@ class Checker:
         self.check_serving()
         self.check_batching()
         self.check_monitoring()
+        FrontendChecker(self.spec, self.path, self.add, check_disk=self.check_disk).run()
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -515,7 +518,8 @@ class Checker:
     def check_serving(self) -> None:
         serving = self.spec.serving
         loc: Loc = ("serving",)
-        n = serving.replicas
+        # Behind the door the replicas publish nothing: the door owns one port of each kind.
+        n = 1 if frontend_enabled(self.spec.frontend, serving.replicas) else serving.replicas
         grpc = range(serving.grpc_port, serving.grpc_port + n)
         rest = range(serving.rest_port, serving.rest_port + n)
         if set(grpc) & set(rest):
