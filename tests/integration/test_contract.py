@@ -451,8 +451,7 @@ def test_grpc_unknown_model_is_not_found(target: Endpoint) -> None:
 
 
 def _upstream_predict(target: Endpoint, tensor: Any) -> Any:
-    import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: PLC0415  # TF Serving protos: TensorFlow modules
 
     with grpc.insecure_channel(f"127.0.0.1:{target.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -465,7 +464,7 @@ def _upstream_predict(target: Endpoint, tensor: Any) -> Any:
 def test_grpc_outputs_in_float_val_from_a_zero_padded_version(target: Endpoint) -> None:
     """Upstream's VerifyPredictRequest: x=[2.0] shape [1] on x [-1,1] answers float_val [3.0]
     (typed field, not tensor_content) from version 123 (directory 00000123)."""
-    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.0])
     tensor.tensor_shape.dim.add().size = 1
@@ -477,8 +476,7 @@ def test_grpc_outputs_in_float_val_from_a_zero_padded_version(target: Endpoint) 
 
 def test_grpc_wrong_input_dtype_is_refused(target: Endpoint) -> None:
     """An int32 tensor for a float input is refused (INVALID_ARGUMENT), never converted."""
-    import grpc
-    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: PLC0415  # TensorFlow: seconds to import, only here
 
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[1, 2, 5])
     tensor.tensor_shape.dim.add().size = 3
