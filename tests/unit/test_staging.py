@@ -214,6 +214,80 @@ def test_removal_is_atomic_and_leftovers_are_cleaned(model_dir: Path) -> None:
     assert listing(model_dir) == ["1"]
 
 
+@pytest.fixture
+def padded_model_dir(tmp_path: Path, models: dict[str, Path]) -> Path:
+    target = tmp_path / "p"
+    target.mkdir()
+    shutil.copytree(models["v1"], target / "00000001")
+    return target
+
+
+def test_a_new_version_beside_padded_ones_is_padded_too(
+    padded_model_dir: Path, models: dict[str, Path]
+) -> None:
+    """Next to `00000001`, version 2 lands as `00000002`, checked against the padded current."""
+    result = stage_version(
+        models["good"], padded_model_dir, 2, current=1, allow_signature_change=False, model="p"
+    )
+    assert result.version_dir == padded_model_dir / "00000002"
+    assert listing(padded_model_dir) == ["00000001", "00000002"]
+
+
+def test_the_current_version_is_found_under_its_padded_name(
+    padded_model_dir: Path, models: dict[str, Path]
+) -> None:
+    """The compatibility check reads `00000001` for version 1, so an incompatible candidate fails."""
+    with pytest.raises(RolloutError, match="incompatible with version 00000001"):
+        stage_version(
+            models["bad"], padded_model_dir, 2, current=1, allow_signature_change=False, model="p"
+        )
+    assert listing(padded_model_dir) == ["00000001"]
+
+
+def test_a_version_present_under_a_padded_name_is_not_staged_again(
+    padded_model_dir: Path, models: dict[str, Path]
+) -> None:
+    """Staging version 1 with `00000001` on disk is refused, naming the real folder."""
+    with pytest.raises(RolloutError, match="00000001 already exists"):
+        stage_version(
+            models["good"],
+            padded_model_dir,
+            1,
+            current=None,
+            allow_signature_change=False,
+            model="p",
+        )
+
+
+def test_a_padded_version_in_place_is_adopted(
+    padded_model_dir: Path, models: dict[str, Path]
+) -> None:
+    """No source: `0002` in place is version 2 and is checked where it is."""
+    shutil.copytree(models["good"], padded_model_dir / "0002")
+    result = stage_version(
+        None, padded_model_dir, 2, current=1, allow_signature_change=False, model="p"
+    )
+    assert result.version_dir == padded_model_dir / "0002" and not result.copied
+
+
+def test_two_folders_for_one_version_are_an_error_naming_both(
+    model_dir: Path, models: dict[str, Path]
+) -> None:
+    """`1` and `001` both present: staging refuses and names both folders."""
+    shutil.copytree(models["v1"], model_dir / "001")
+    with pytest.raises(RolloutError, match="'001' and '1'.*both version 1"):
+        stage_version(
+            models["good"], model_dir, 2, current=1, allow_signature_change=False, model="m"
+        )
+
+
+def test_removal_finds_the_padded_folder(padded_model_dir: Path, models: dict[str, Path]) -> None:
+    """Removing version 2 removes `0002`, the folder that holds it."""
+    shutil.copytree(models["good"], padded_model_dir / "0002")
+    assert remove_version_dir(padded_model_dir, 2)
+    assert listing(padded_model_dir) == ["00000001"]
+
+
 def test_a_keras_file_is_exported_with_a_serving_signature(tmp_path: Path) -> None:
     """A .keras file becomes a SavedModel with serving_default before it is placed."""
     import keras  # noqa: PLC0415  # TensorFlow: seconds to import, only here

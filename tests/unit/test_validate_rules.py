@@ -124,6 +124,24 @@ def test_leading_zeros_collide(project: Project) -> None:
     assert "'001' and '1'" in problem.message and "both version 1" in problem.message
 
 
+def test_zero_padded_version_directories_are_versions(tmp_path: Path) -> None:
+    """`00000001` and `0002` are versions 1 and 2: policies and labels by number validate."""
+    project = Project(tmp_path)
+    project.version("half_plus_two", "00000001")
+    project.version("half_plus_two", "0002")
+    project.version("half_plus_three", "01")
+    assert project.problems(valid_spec()) == []
+
+
+def test_a_label_on_a_missing_version_is_reported_despite_padded_names(tmp_path: Path) -> None:
+    """Only `0002` on disk: version 1 (policy and label) is missing, found versions by number."""
+    project = Project(tmp_path)
+    project.version("half_plus_two", "0002")
+    project.version("half_plus_three", "1")
+    found = "\n".join(messages(project.problems(valid_spec())))
+    assert "found: 2" in found
+
+
 # -- policies and labels ----------------------------------------------------------------------
 
 

@@ -167,17 +167,30 @@ def _backup(target: Path) -> Path | None:
     return backup
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_path(path: Path, *, directory: bool) -> None:
+    """fsync a file or directory; best effort (some filesystems refuse fsync on directories)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, flags)
     except OSError:
         return
     try:
         os.fsync(fd)
     except OSError:
-        pass  # some filesystems refuse fsync on directories; the renames are done either way
+        pass  # the renames are done either way; durability is what is lost
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory (deepest first), so a crash keeps whole files."""
+    directories = [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fsync_path(Path(dirpath) / name, directory=False)
+        directories += [Path(dirpath) / name for name in dirnames]
+    for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):
+        fsync_path(directory, directory=True)
 
 
 def _make_parents(root: Path, target: Path, created: list[Path]) -> None:
@@ -267,7 +280,7 @@ def write_files_atomically(
             ) from exc
         raise
     for directory in sorted({item.target.parent for item in staged}):
-        _fsync_dir(directory)
+        fsync_path(directory, directory=True)
     _discard(staged, ())
     changed = [item.path for item in staged]
     for path in remove:
@@ -284,6 +297,6 @@ def write_files_atomically(
                 path=path,
                 hint="delete it by hand; nothing reads it any more",
             ) from exc
-        _fsync_dir(target.parent)
+        fsync_path(target.parent, directory=True)
         changed.append(path)
     return changed

@@ -6,7 +6,6 @@ the side-instance verification.
 """
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 from tfstack import render
 from tfstack.core.files import write_files_atomically
+from tfstack.core.versions import version_dirs
 from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
 from tfstack.docker.engine import ensure_engine
 from tfstack.errors import RolloutError, SpecError, TfstackError, UsageError
@@ -25,7 +25,12 @@ from tfstack.rollout.journal import (
     Step,
 )
 from tfstack.rollout.plan import RELOAD_TIMEOUT_S
-from tfstack.rollout.staging import clean_leftovers, remove_version_dir, stage_version
+from tfstack.rollout.staging import (
+    clean_leftovers,
+    existing_version_dir,
+    remove_version_dir,
+    stage_version,
+)
 from tfstack.rollout.verify import plan_side_instance, remove_verifiers, verify_candidate
 from tfstack.serving.client import GrpcClient, RestClient, ServingRequestError
 from tfstack.serving.endpoints import endpoints_for
@@ -76,13 +81,11 @@ def state_of(model: Any) -> ModelState:
 
 
 def versions_on_disk(model_dir: Path) -> tuple[int, ...]:
+    """The versions (numbers, ascending, once each) of the version directories in ``model_dir``."""
     try:
-        entries = list(os.scandir(model_dir))
+        return tuple(sorted({found.version for found in version_dirs(model_dir)}))
     except OSError:
         return ()
-    return tuple(
-        sorted(int(e.name) for e in entries if e.name.isascii() and e.name.isdigit() and e.is_dir())
-    )
 
 
 def replicas_of(spec: Any, containers: Sequence[Any]) -> list[Replica]:
@@ -204,9 +207,8 @@ class StackRunner:
         assert step.version is not None
         spec = self.context.load_spec(check_disk=False)
         model_dir = self.context.model_dir(spec)
-        final = model_dir / str(step.version)
         source: Path | None = Path(step.source) if step.source else None
-        if journal.created_version_dir and final.is_dir():
+        if journal.created_version_dir and existing_version_dir(model_dir, step.version):
             source = None  # renamed before an interruption: check it in place
         result = stage_version(
             source,

@@ -2,8 +2,10 @@
 
 TF Serving's file-system poll loads any child of a model directory whose name is a number, even
 half-copied. So a new version is built under a dot-name (``.tfstack-staging-<N>-<pid>``, which the
-server and ``tfstack.spec.load`` ignore), fsynced, checked, and only then renamed to ``<N>`` in one
-``rename(2)``. Removal works the other way round: rename away first, delete after.
+server and ``tfstack.spec.load`` ignore), fsynced, checked, and only then renamed to ``<N>``
+(zero-padded like the versions beside it, if they are) in one ``rename(2)``. Existing versions are
+found under their real names (``tfstack.core.versions``). Removal works the other way round: rename
+away first, delete after.
 
 Checks before the rename:
 
@@ -35,6 +37,8 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from tfstack.core.files import fsync_path, fsync_tree
+from tfstack.core.versions import dirs_of_version, name_for_new_version, version_dirs
 from tfstack.errors import RolloutError
 
 STAGING_PREFIX = ".tfstack-staging-"
@@ -193,45 +197,42 @@ def staging_dir(model_dir: Path, version: int) -> Path:
     return model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _fsync_path(path: Path, directory: bool) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file, then every directory (deepest first), so a crash keeps whole files."""
-    directories = [root]
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name, directory=False)
-        directories += [Path(dirpath) / name for name in dirnames]
-    for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):
-        _fsync_path(directory, directory=True)
-
-
 def copy_tree(source: Path, target: Path) -> None:
     """Copy a SavedModel directory (symlinks followed), readable by the server's non-root user."""
     shutil.copytree(source, target, symlinks=False)
     copy_fix_modes(target)
 
 
+def existing_version_dir(model_dir: Path, version: int, *, model: str = "") -> Path | None:
+    """The directory holding ``version`` under its real name (``7`` or ``007``), None if absent.
+
+    RolloutError when two directories both hold it: TF Serving would serve one of them.
+    """
+    try:
+        dirs = version_dirs(model_dir)
+    except FileNotFoundError:
+        return None
+    names = dirs_of_version(dirs, version)
+    if len(names) > 1:
+        raise RolloutError(
+            f"directories {' and '.join(repr(n) for n in names)} in {model_dir} are both "
+            f"version {version}",
+            model=model or model_dir.name,
+            version=version,
+            step="stage",
+            hint="remove one of them",
+        )
+    return model_dir / names[0] if names else None
+
+
 def remove_version_dir(model_dir: Path, version: int) -> bool:
-    """Make ``<model_dir>/<version>`` disappear at once (rename to a dot-name), then delete it."""
-    target = model_dir / str(version)
-    if not target.exists():
+    """Make ``version``'s directory disappear at once (rename to a dot-name), then delete it."""
+    target = existing_version_dir(model_dir, version)
+    if target is None:
         return False
     doomed = model_dir / f"{REMOVING_PREFIX}{version}-{secrets.token_hex(3)}"
     os.rename(target, doomed)
-    _fsync_path(model_dir, directory=True)
+    fsync_path(model_dir, directory=True)
     shutil.rmtree(doomed, ignore_errors=True)
     return True
 
@@ -362,28 +363,38 @@ def stage_version(
     journal records that the directory is about to exist). Nothing numbered is left behind when a
     check fails.
     """
-    final = model_dir / str(version)
-    current_dir = model_dir / str(current) if current is not None else None
-    if source is None:
-        if not final.is_dir():
+    existing = existing_version_dir(model_dir, version, model=model)
+    current_dir = None
+    if current is not None:
+        current_dir = existing_version_dir(model_dir, current, model=model)
+        if current_dir is None:
             raise RolloutError(
-                f"{final} does not exist and no --source was given",
+                f"{model_dir} has no directory for version {current}, the one clients use now",
+                model=model,
+                version=version,
+                step="stage",
+                hint="restore that version's directory, or roll back to a version still on disk",
+            )
+    if source is None:
+        if existing is None:
+            raise RolloutError(
+                f"{model_dir} has no directory for version {version} and no --source was given",
                 model=model,
                 version=version,
                 step="stage",
                 hint="pass --source DIR (a SavedModel) or --source FILE.keras",
             )
         signatures, warnings = check_candidate(
-            final,
+            existing,
             current_dir,
             allow_signature_change=allow_signature_change,
             model=model,
             version=version,
         )
-        return StageResult(final, signatures, tuple(warnings), copied=False)
-    if final.exists():
+        return StageResult(existing, signatures, tuple(warnings), copied=False)
+    if existing is not None:
         raise RolloutError(
-            f"{final} already exists",
+            f"{existing} already exists (version {version})",
             model=model,
             version=version,
             step="stage",
@@ -394,6 +405,8 @@ def stage_version(
             f"--source {source} does not exist", model=model, version=version, step="stage"
         )
     clean_leftovers(model_dir)
+    # Named like the versions beside it (00000124 next to 00000123), renamed from a dot-name.
+    final = model_dir / name_for_new_version(version_dirs(model_dir), version)
     staged = staging_dir(model_dir, version)
     try:
         if is_keras_file(source):
@@ -421,7 +434,7 @@ def stage_version(
         )
         before_rename()
         os.rename(staged, final)
-        _fsync_path(model_dir, directory=True)
+        fsync_path(model_dir, directory=True)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

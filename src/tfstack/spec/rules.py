@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfstack.core.versions import parse_version
 from tfstack.errors import SpecProblem
 from tfstack.spec.frontend import frontend_enabled
 from tfstack.spec.frontend_rules import FrontendChecker
@@ -42,11 +43,8 @@ MAX_BODY_FILE_BYTES = 64 * 1024 * 1024
 """Largest sample ``body_file`` read; a sample is a request body, not a data set."""
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 """Docker refuses memory limits below 6 MiB."""
-INT64_MAX = 2**63 - 1
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
-
-_VERSION_DIR = re.compile(r"^[0-9]+$")
 
 # Flags tfstack derives from spec fields; an extra flag would silently override them (last wins).
 MANAGED_FLAGS: Mapping[str, str] = {
@@ -295,7 +293,8 @@ class Checker:
                 continue
             if name.startswith(".") or not entry.is_dir():
                 continue
-            if not _VERSION_DIR.match(name) or int(name) > INT64_MAX:
+            version = parse_version(name)
+            if version is None:
                 self.add(
                     loc,
                     f"version directory '{name}' in {host_dir} is not a "
@@ -304,7 +303,6 @@ class Checker:
                     "while it is being staged",
                 )
                 continue
-            version = int(name)
             if version in found.versions:
                 self.add(
                     loc,
