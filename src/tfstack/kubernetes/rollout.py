@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from tfstack.errors import UsageError
 from tfstack.kubernetes.manifests import (
     KUBERNETES_DIR,
     KubernetesManifests,
@@ -158,9 +161,18 @@ def plan_kubernetes_rollout(
     before = plan_kubernetes(spec, target, spec_path, root)
     update: dict[str, Any] = {}
     if model_image is not None:
+        # Models now come from the image: a claim the pods mounted before is dropped with it.
         update["model_image"] = model_image
+        update["model_claim"] = None
     if serving_image is not None:
         update["serving_image"] = serving_image
-    new_target = KubernetesTarget.model_validate({**target.model_dump(), **update})
+    try:
+        new_target = KubernetesTarget.model_validate({**target.model_dump(), **update})
+    except ValidationError as exc:
+        reasons = "; ".join(str(error["msg"]) for error in exc.errors())
+        raise UsageError(
+            f"the rollout's images are not valid Kubernetes target options: {reasons}",
+            hint="pass image references such as registry/name@sha256:<64 hex digits>",
+        ) from exc
     after = plan_kubernetes(new_spec or spec, new_target, spec_path, root)
     return rollout_changes(before, after)
