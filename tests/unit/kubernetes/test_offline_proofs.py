@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import kubernetes_validate  # type: ignore[import-untyped]  # ships no py.typed
+import kubernetes_validate
 import pytest
 import yaml
 from google.protobuf import text_format
