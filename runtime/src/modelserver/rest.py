@@ -26,6 +26,7 @@ from modelserver.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from modelserver.dispatch import InlinePolicy
 from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
 from modelserver.metrics import Metrics
+from modelserver.readiness import READY_PATH, ready_answer
 from modelserver.servable import DEFAULT_SIGNATURE
 
 PREDICTION_API = re.compile(
@@ -110,6 +111,8 @@ class RestApi:
         coroutine for work in the pool."""
         if self.metrics_path is not None and path == self.metrics_path and method == "GET":
             return 200, METRICS_TYPE, self.metrics.render().encode("utf-8")
+        if path == READY_PATH and method == "GET":
+            return ready_answer(self.plane.manager)
         if not V1.fullmatch(path):
             return 404, HTML, NOT_FOUND_BODY
         started = time.perf_counter()
