@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
+from tfstack.core.labels import LABEL_BENCH
 from tfstack.errors import StackError, UsageError
 from tfstack.models.demo import sample_jpeg, write_demo_models
 
@@ -57,7 +58,6 @@ HARD_MAX_SECONDS = 30.0
 """No single load run lasts longer than this, whatever is asked."""
 HARD_MAX_REQUESTS = 500_000
 STARTUP_TIMEOUT_S = 180.0
-BENCH_LABEL = "tfstack.bench"
 
 THROUGHPUT_CONNECTIONS = 16  # as the naive-Starlette reference of targets.md
 GRPC_CONCURRENCY = 32
@@ -503,7 +503,7 @@ def start_container(
             str(models_root): {"bind": "/models", "mode": "ro"},
             str(config_dir): {"bind": "/bench", "mode": "ro"},
         },
-        labels={BENCH_LABEL: "serve"},
+        labels={LABEL_BENCH: "serve"},
         security_opt=["no-new-privileges"],
         **kwargs,
     )
@@ -1190,7 +1190,7 @@ def _container_alive(server: ContainerServer) -> bool:
 
 def _sweep(client: Any) -> None:
     """Remove every container this benchmark labelled (also those of an interrupted run)."""
-    for container in client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}=serve"}):
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_BENCH}=serve"}):
         try:
             container.remove(force=True)
         except Exception:

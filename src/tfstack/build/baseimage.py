@@ -19,13 +19,13 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from tfstack.core.labels import LABEL_MANAGED
 from tfstack.errors import BuildError, CommandFailed
 
 UPSTREAM_BASE = "debian:{suite}-slim"
 LOCAL_BASE = "tfstack/debian:{suite}"
 # Python comes with the base so image builds need no package downloads at all.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tzdata")
-MANAGED_LABEL = "org.tfstack.managed"
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def apply_base_image(plan: BaseImagePlan, *, say: Callable[[str], None]) -> str:
                 "docker",
                 "import",
                 "--change",
-                f"LABEL {MANAGED_LABEL}=true",
+                f"LABEL {LABEL_MANAGED}=true",
                 "--change",
                 'CMD ["bash"]',
                 "-",

@@ -37,6 +37,7 @@ from tfstack.build.wheelhouse import (
     runtime_version,
     target_platform,
 )
+from tfstack.core.labels import LABEL_ISA, LABEL_MANAGED, LABEL_STAGE, LABEL_TENSORFLOW_VERSION
 from tfstack.errors import BuildError
 
 Say = Callable[[str], None]
@@ -53,8 +54,6 @@ CONTEXT_SCRIPTS = (
     "overlay.py",
 )
 BUILD_TARGET = "runtime"
-MANAGED_LABEL = "org.tfstack.managed"
-STAGE_LABEL = "org.tfstack.stage"  # set by the Dockerfile: deps, devel or runtime
 SUPERSEDED_GRACE_S = 3600.0
 # The CPU features the TensorFlow wheel is compiled for (the format tfstack.build.isa parses).
 # Measured, not assumed: on this AVX-512 host, TF 2.21's cpu_feature_guard logs "To enable the
@@ -158,9 +157,9 @@ def plan_runtime_image(
         "org.opencontainers.image.created": source.created,
         "org.opencontainers.image.licenses": "Apache-2.0",
         "org.opencontainers.image.base.name": base_image,
-        "org.tfstack.tensorflow-version": tensorflow_version(wheelhouse.requirements),
-        "org.tfstack.isa": isa_baseline(wheelhouse.target.arch),
-        MANAGED_LABEL: "true",
+        LABEL_TENSORFLOW_VERSION: tensorflow_version(wheelhouse.requirements),
+        LABEL_ISA: isa_baseline(wheelhouse.target.arch),
+        LABEL_MANAGED: "true",
     }
     return ImageBuildPlan(
         tags=(f"{repository}:{version}", f"{repository}:latest"),
@@ -303,7 +302,7 @@ def remove_superseded(
     their last layers with it). Images still used by a container, or younger than ``grace_s``
     (another test session may be about to start one by id), are left alone."""
     removed: list[str] = []
-    filters = {"dangling": True, "label": [f"{MANAGED_LABEL}=true", f"{STAGE_LABEL}=runtime"]}
+    filters = {"dangling": True, "label": [f"{LABEL_MANAGED}=true", f"{LABEL_STAGE}=runtime"]}
     now = time.time()
     for image in client.api.images(filters=filters):
         image_id = str(image["Id"])

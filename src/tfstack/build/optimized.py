@@ -56,6 +56,15 @@ from tfstack.build.isa import (
     parse_cpuinfo,
     resolve_target,
 )
+from tfstack.core.labels import (
+    LABEL_BUILD_DATE,
+    LABEL_BUILD_OPTIONS,
+    LABEL_BUILD_TOOLCHAIN,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_TFSERVING_SOURCE,
+    LABEL_TFSERVING_VERSION,
+)
 from tfstack.errors import BuildError, RenderError, UsageError
 from tfstack.render import environment
 
@@ -81,8 +90,6 @@ CACHE_MOUNT = "/cache"
 PER_JOB_MB = 2560
 RESERVE_MB = 2048
 
-LABEL_PREFIX = "org.tfstack"
-MANAGED_LABEL = "org.tfstack.managed"
 _VERSION_TAG = re.compile(r"^\d+\.\d+\.\d+(?:-rc\d+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -446,12 +453,12 @@ def plan_optimized_build(request: BuildRequest, facts: BuildFacts) -> OptimizedB
         source_description = f"the tensorflow/serving tarball of {version}"
     created = facts.now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {
-        MANAGED_LABEL: "true",
-        f"{LABEL_PREFIX}.tfserving.version": version,
-        f"{LABEL_PREFIX}.tfserving.source": source_description,
-        f"{LABEL_PREFIX}.build.options": build_options,
-        f"{LABEL_PREFIX}.build.date": created,
-        f"{LABEL_PREFIX}.build.toolchain": variant.name,
+        LABEL_MANAGED: "true",
+        LABEL_TFSERVING_VERSION: version,
+        LABEL_TFSERVING_SOURCE: source_description,
+        LABEL_BUILD_OPTIONS: build_options,
+        LABEL_BUILD_DATE: created,
+        LABEL_BUILD_TOOLCHAIN: variant.name,
         "org.opencontainers.image.version": version,
         "org.opencontainers.image.created": created,
         **isa_labels(target),
@@ -466,7 +473,7 @@ def plan_optimized_build(request: BuildRequest, facts: BuildFacts) -> OptimizedB
             "TF_SERVING_BUILD_OPTIONS": build_options,
             "TF_SERVING_BAZEL_OPTIONS": bazel_options,
         },
-        {**common, f"{LABEL_PREFIX}.role": "tfserving-devel"},
+        {**common, LABEL_ROLE: "tfserving-devel"},
         source=request.source,
         network_via_cache=True,
     )
@@ -475,7 +482,7 @@ def plan_optimized_build(request: BuildRequest, facts: BuildFacts) -> OptimizedB
         RUNTIME_DOCKERFILE,
         runtime_text,
         {"TF_SERVING_BUILD_IMAGE": devel_tag},
-        {**common, f"{LABEL_PREFIX}.role": "tfserving"},
+        {**common, LABEL_ROLE: "tfserving"},
     )
     return OptimizedBuildPlan(
         request=request,
@@ -726,9 +733,7 @@ def cache_server(
     try:
         client.volumes.get(cache.volume)
     except docker.errors.NotFound:
-        client.volumes.create(
-            cache.volume, labels={**labels, f"{LABEL_PREFIX}.role": "bazel-cache"}
-        )
+        client.volumes.create(cache.volume, labels={**labels, LABEL_ROLE: "bazel-cache"})
     name = f"tfstack-bazel-cache-{uuid.uuid4().hex[:10]}"
     container = client.containers.run(
         cache.image,
@@ -736,7 +741,7 @@ def cache_server(
         name=name,
         detach=True,
         volumes={cache.volume: {"bind": CACHE_MOUNT, "mode": "rw"}},
-        labels={**labels, f"{LABEL_PREFIX}.role": "bazel-cache-server"},
+        labels={**labels, LABEL_ROLE: "bazel-cache-server"},
     )
     try:
         deadline = time.monotonic() + 30
@@ -776,7 +781,7 @@ def apply_optimized_build(
 ) -> OptimizedBuildResult:
     """Build the devel image (Bazel, through the cache server), then the runtime image."""
     console = console or Console(stderr=True)
-    labels = {MANAGED_LABEL: "true", **plan.request.extra_labels}
+    labels = {LABEL_MANAGED: "true", **plan.request.extra_labels}
     with cache_server(client, plan.cache, labels=labels) as server:
         before = cache_stats(server, plan.cache.port)
         devel = _build_step(

@@ -4,15 +4,13 @@
 ``applied`` module records which rendered models.config the running server last accepted.
 """
 
+from tfstack.core.labels import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_DIGEST
 from tfstack.render.renderer import (
     BATCHING_CONFIG,
     COMPOSE_DIR,
     COMPOSE_FILE,
     CONFIG_DIR,
     GENERATED_MARKER,
-    LABEL_MANAGED,
-    LABEL_PROJECT,
-    LABEL_SPEC_DIGEST,
     MANAGED_FILES,
     MODELS_CONFIG,
     MONITORING_CONFIG,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tfstack.core.labels import LABEL_FRONTEND_DIGEST
 from tfstack.errors import RenderError
 from tfstack.spec import StackSpec, frontend_enabled, frontend_file
 from tfstack.spec.frontend import CONTAINER_GRPC_PORT, CONTAINER_REST_PORT, HASHED_KEY_PREFIX
@@ -37,7 +38,6 @@ CONTAINER_TLS_KEY = f"{CONTAINER_TLS_CERT}.key"
 CONTAINER_API_KEYS = f"{CONTAINER_SECRETS_DIR}/api_keys"
 READY_PATH = "/readyz"
 """The runtime's readiness endpoint: 200 only while every declared version/label is AVAILABLE."""
-LABEL_FRONTEND_DIGEST = "org.tfstack.frontend-digest"
 RUN_TMPFS = "/run/haproxy:size=1m,mode=1777"
 BUFSIZE = 65536
 CONNECT_TIMEOUT_MS = 2000
