@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from tfstack.core.progress import Say
 from tfstack.docker.engine import ensure_engine
 
 
@@ -35,7 +35,7 @@ def run_tests(
     unit_only: bool,
     keyword: str = "",
     exit_first: bool = False,
-    say: Callable[[str], None],
+    say: Say,
 ) -> int:
     if not unit_only:
         ensure_engine(say=say)

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from tfstack.core.labels import LABEL_MANAGED
+from tfstack.core.progress import Say
 from tfstack.errors import BuildError, CommandFailed
 
 UPSTREAM_BASE = "debian:{suite}-slim"
@@ -155,7 +156,7 @@ def _run(argv: Sequence[str], **kwargs: object) -> None:
         raise CommandFailed(argv, result.returncode, tail)
 
 
-def apply_base_image(plan: BaseImagePlan, *, say: Callable[[str], None]) -> str:
+def apply_base_image(plan: BaseImagePlan, *, say: Say) -> str:
     """Carry out the plan; returns the base image name to build FROM."""
     if plan.action == "present":
         return plan.image
@@ -215,9 +216,7 @@ def apply_base_image(plan: BaseImagePlan, *, say: Callable[[str], None]) -> str:
     return plan.image
 
 
-def ensure_base_image(
-    client: docker.DockerClient, *, say: Callable[[str], None], suite: str | None = None
-) -> str:
+def ensure_base_image(client: docker.DockerClient, *, say: Say, suite: str | None = None) -> str:
     """The name of a usable Debian base image, building one with debootstrap when needed."""
     plan = plan_base_image(client, suite=suite)
     say(plan.describe())

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,9 +38,8 @@ from tfstack.build.wheelhouse import (
     target_platform,
 )
 from tfstack.core.labels import LABEL_ISA, LABEL_MANAGED, LABEL_STAGE, LABEL_TENSORFLOW_VERSION
+from tfstack.core.progress import Say
 from tfstack.errors import BuildError
-
-Say = Callable[[str], None]
 
 RUNTIME_REPOSITORY = "tfstack/serving-runtime"
 DOCKER_DIR = Path("runtime/docker")
@@ -360,7 +359,7 @@ def apply_runtime_build(
     plans: RuntimeImagePlans,
     *,
     root: Path,
-    say: Callable[[str], None],
+    say: Say,
     console: Console | None = None,
 ) -> BuiltImage:
     """Base image -> wheelhouse -> image build; each part does only what its plan says."""
@@ -378,7 +377,7 @@ def ensure_runtime_image(
     client: docker.DockerClient,
     *,
     root: Path,
-    say: Callable[[str], None],
+    say: Say,
     console: Console | None = None,
     no_cache: bool = False,
 ) -> BuiltImage:

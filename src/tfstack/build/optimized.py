@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,7 @@ from tfstack.core.labels import (
     LABEL_TFSERVING_SOURCE,
     LABEL_TFSERVING_VERSION,
 )
+from tfstack.core.progress import Say
 from tfstack.errors import BuildError, RenderError, UsageError
 from tfstack.render import environment
 
@@ -507,7 +508,7 @@ def plan_optimized_build(request: BuildRequest, facts: BuildFacts) -> OptimizedB
 def gather_facts(
     client: docker.DockerClient,
     *,
-    say: Callable[[str], None],
+    say: Say,
     dry_run: bool,
     cpuinfo_path: Path = Path("/proc/cpuinfo"),
 ) -> BuildFacts:
@@ -803,8 +804,8 @@ def build_optimized(
     client: docker.DockerClient,
     request: BuildRequest,
     *,
-    say: Callable[[str], None],
-    show: Callable[[str], None],
+    say: Say,
+    show: Say,
     dry_run: bool,
     console: Console | None = None,
 ) -> tuple[OptimizedBuildPlan, OptimizedBuildResult | None]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tfstack.core.progress import Say
 from tfstack.errors import BuildError, CommandFailed
 
 SERVING_API_PIN = "tensorflow-serving-api==2.21.0"
@@ -325,7 +326,7 @@ def _wheels(directory: Path) -> tuple[str, ...]:
 
 
 def apply_wheelhouse(
-    plan: WheelhousePlan, *, say: Callable[[str], None], run: Runner = _default_runner
+    plan: WheelhousePlan, *, say: Say, run: Runner = _default_runner
 ) -> Wheelhouse:
     """Download and build what the plan says is missing; returns the complete wheelhouse.
 
@@ -344,7 +345,7 @@ def apply_wheelhouse(
         return _apply_locked(plan, say=say, run=run)
 
 
-def _apply_locked(plan: WheelhousePlan, *, say: Callable[[str], None], run: Runner) -> Wheelhouse:
+def _apply_locked(plan: WheelhousePlan, *, say: Say, run: Runner) -> Wheelhouse:
     if not plan.deps_current:
         say(f"downloading wheels for {' '.join(plan.requirements)} (TensorFlow is ~250 MB)")
         staging = Path(tempfile.mkdtemp(prefix="deps.", dir=plan.root))
@@ -404,7 +405,7 @@ def ensure_wheelhouse(
     runtime_dir: Path,
     target: TargetPlatform,
     *,
-    say: Callable[[str], None],
+    say: Say,
 ) -> Wheelhouse:
     """The current wheelhouse for ``target``; downloads or builds only what changed."""
     plan = plan_wheelhouse(root, runtime_dir, target)

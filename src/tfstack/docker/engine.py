@@ -14,13 +14,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
+from tfstack.core.progress import Say
 from tfstack.errors import CommandFailed, EngineError
 
 DOCKERD_LOG = Path("/var/log/tfstack-dockerd.log")
@@ -259,9 +260,7 @@ def _start_daemon(argv: Sequence[str]) -> None:
     )
 
 
-def apply_engine_setup(
-    steps: Sequence[EngineStep], *, say: Callable[[str], None] | None = None
-) -> None:
+def apply_engine_setup(steps: Sequence[EngineStep], *, say: Say | None = None) -> None:
     report = say or (lambda text: print(f"tfstack: {text}", file=sys.stderr))
     for step in steps:
         report(step.description)
@@ -276,7 +275,7 @@ def apply_engine_setup(
             _start_daemon(step.background)
 
 
-def ensure_engine(*, say: Callable[[str], None] | None = None) -> docker.DockerClient:
+def ensure_engine(*, say: Say | None = None) -> docker.DockerClient:
     """Make sure an engine and Compose v2 are usable (installing them where allowed); a client.
 
     Every task that needs the engine or Compose comes through here before doing anything that

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tfstack.core.progress import Say
 from tfstack.errors import TfstackError
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -181,7 +182,7 @@ def write_demo_models(
     *,
     force: bool = False,
     include_resnet: bool = True,
-    say: Callable[[str], None] | None = None,
+    say: Say | None = None,
 ) -> list[DemoModelResult]:
     """Write the missing (or, with ``force``, all) demo models under ``root``."""
     results = []

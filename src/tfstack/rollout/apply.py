@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tfstack.core.progress import Say
 from tfstack.errors import RolloutError, TfstackError
 from tfstack.rollout.journal import (
     Journal,
@@ -18,9 +19,6 @@ from tfstack.rollout.journal import (
     now_iso,
 )
 from tfstack.rollout.plan import plan_abort
-
-Say = Callable[[str], None]
-
 
 # Applying
 

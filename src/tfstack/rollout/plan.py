@@ -24,7 +24,7 @@ gRPC ``HandleReloadConfigRequest`` and waits for the versions and labels: the sp
 file and the server agree after every step.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,6 @@ from tfstack.rollout.journal import (
     Step,
 )
 
-Say = Callable[[str], None]
 DEFAULT_DRAIN_S = 2.0
 DEFAULT_LATENCY_FACTOR = 2.0
 RELOAD_TIMEOUT_S = 120.0

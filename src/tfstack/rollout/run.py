@@ -26,9 +26,6 @@ from tfstack.rollout.plan import (
 from tfstack.rollout.runner import Context, StackRunner, state_of, versions_on_disk
 from tfstack.serving.client import ModelRef, RestClient, ServingRequestError
 
-Say = Callable[[str], None]
-
-
 # Observing and the entry points
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from tfstack import render
 from tfstack.core.files import write_files_atomically
+from tfstack.core.progress import Say
 from tfstack.core.versions import version_dirs
 from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
 from tfstack.docker.engine import ensure_engine
@@ -38,9 +39,6 @@ from tfstack.serving.waiting import ModelExpectation, ModelsReady, Poll
 from tfstack.spec import load_spec, model_host_dir
 from tfstack.spec.edit import set_model_state
 from tfstack.spec.model import sample_body
-
-Say = Callable[[str], None]
-
 
 # The real runner: spec, models.config, serving replicas, side instance
 

@@ -38,6 +38,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from tfstack.core.files import fsync_path, fsync_tree
+from tfstack.core.progress import Say
 from tfstack.core.versions import dirs_of_version, name_for_new_version, version_dirs
 from tfstack.errors import RolloutError
 
@@ -46,8 +47,6 @@ REMOVING_PREFIX = ".tfstack-removing-"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SERVE_TAG = "serve"
 EXPORT_TIMEOUT_S = 600.0
-
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tfstack import render as render_module
 from tfstack.build.images import ensure_image
 from tfstack.build.isa import check_image_isa
 from tfstack.core.files import write_files_atomically
+from tfstack.core.progress import Say
 from tfstack.docker.compose import (
     ComposeProject,
     Replica,
@@ -84,8 +85,6 @@ from tfstack.stack.plan import (
 )
 from tfstack.stack.smoke import SmokeResult, raise_for_smoke, smoke
 from tfstack.stack.status import StackStatus, StartFailure, observe, with_start_failures
-
-Say = Callable[[str], None]
 
 
 @dataclass
@@ -159,7 +158,7 @@ class Lifecycle:
         source_root: Path | None = None,
         client: Any = None,
         say: Say = lambda text: None,
-        progress: Callable[[str], None] | None = None,
+        progress: Say | None = None,
         engine: Callable[..., Any] | None = None,
     ) -> None:
         self.spec_path = spec_path

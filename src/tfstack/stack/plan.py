@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,7 +26,6 @@ from tfstack.serving.waiting import (
 )
 from tfstack.spec import StackSpec, check_spec
 
-Say = Callable[[str], None]
 SERVICE = "serving"
 DEFAULT_TIMEOUT_S = 180.0
 RELOAD_TIMEOUT_S = 120.0
