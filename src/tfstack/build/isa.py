@@ -26,11 +26,19 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
+from tfstack.core.labels import (
+    LABEL_ISA,
+    LABEL_ISA_ARCH,
+    LABEL_ISA_FLAGS,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+)
+from tfstack.docker.containers import run_once
 from tfstack.errors import StackError, UsageError
 
-ISA_LABEL = "org.tfstack.isa"
-ISA_FLAGS_LABEL = "org.tfstack.isa.flags"  # space-separated cpuinfo flag names the image needs
-ISA_ARCH_LABEL = "org.tfstack.isa.arch"  # "x86_64" | "aarch64"
+ISA_LABEL = LABEL_ISA
+ISA_FLAGS_LABEL = LABEL_ISA_FLAGS
+ISA_ARCH_LABEL = LABEL_ISA_ARCH
 
 X86_64 = "x86_64"
 AARCH64 = "aarch64"
@@ -532,7 +540,7 @@ def missing_instructions(needed: ImageIsa, host: CpuInfo) -> list[str]:
 # --------------------------------------------------------------------------- the ISA guard
 
 _ENGINE_CPU: dict[str, CpuInfo] = {}
-PROBE_LABELS = {"org.tfstack.managed": "true", "org.tfstack.role": "cpu-probe"}
+PROBE_LABELS = {LABEL_MANAGED: "true", LABEL_ROLE: "cpu-probe"}
 
 
 def engine_cpu(client: docker.DockerClient, *, probe_images: Sequence[str] = ()) -> CpuInfo:
@@ -552,17 +560,14 @@ def engine_cpu(client: docker.DockerClient, *, probe_images: Sequence[str] = ())
             continue
         tried.append(image)
         try:
-            output = client.containers.run(
+            output = run_once(
                 image,
+                ["/proc/cpuinfo"],
                 entrypoint=["cat"],
-                command=["/proc/cpuinfo"],
-                remove=True,
                 network_disabled=True,
                 labels=PROBE_LABELS,
-                stdout=True,
-                stderr=False,
             )
-        except docker.errors.DockerException:
+        except (docker.errors.DockerException, StackError):
             continue
         cpu = parse_cpuinfo(output.decode(errors="replace"))
         _ENGINE_CPU[engine_id] = cpu

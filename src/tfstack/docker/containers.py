@@ -38,7 +38,8 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.waiting_utils import WaitStrategy, WaitStrategyTarget
 
 from tfstack.core import textproto
-from tfstack.docker.compose import LABEL_MANAGED
+from tfstack.core.labels import LABEL_MANAGED, LABEL_ROLE
+from tfstack.core.versions import version_dirs
 from tfstack.errors import StackError, UsageError
 
 LOOPBACK = "127.0.0.1"
@@ -48,8 +49,6 @@ MODELS_ROOT = "/models"
 CONFIG_ROOT = "/tfstack-config"
 MODEL_CONFIG_PATH = f"{CONFIG_ROOT}/models.config"
 BATCHING_CONFIG_PATH = f"{CONFIG_ROOT}/batching.config"
-LABEL_ROLE = "org.tfstack.role"
-LABEL_SESSION = "org.tfstack.session"
 READY_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.25
 LOG_TAIL_LINES = 30
@@ -65,17 +64,18 @@ testcontainers_config.ryuk_disabled = True
 
 
 def saved_model_versions(base_path: Path) -> tuple[int, ...]:
-    """Version numbers under a TF Serving base path: numeric folders holding a SavedModel."""
+    """Version numbers under a TF Serving base path: version folders holding a SavedModel."""
     if not base_path.is_dir():
         return ()
-    versions = [
-        int(child.name)
-        for child in base_path.iterdir()
-        if child.is_dir()
-        and child.name.isdigit()
-        and any((child / name).is_file() for name in SAVED_MODEL_FILES)
-    ]
-    return tuple(sorted(versions))
+    return tuple(
+        sorted(
+            {
+                found.version
+                for found in version_dirs(base_path)
+                if any((base_path / found.name / file).is_file() for file in SAVED_MODEL_FILES)
+            }
+        )
+    )
 
 
 def check_model_dir(name: str, base_path: Path) -> tuple[int, ...]:
@@ -442,14 +442,62 @@ class TemporaryContainer(DockerContainer):
         return text
 
 
+def run_once(
+    image: str,
+    command: Sequence[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    **docker_kwargs: Any,
+) -> bytes:
+    """Run ``command`` in a temporary container to completion and return its stdout.
+
+    StackError (with the log tail) when it exits non-zero or runs longer than ``timeout`` s; the
+    container is removed in every case.
+    """
+    with TemporaryContainer(image, command=command, labels=labels, **docker_kwargs) as temporary:
+        container = temporary.get_wrapped_container()
+        try:
+            code = int(container.wait(timeout=timeout).get("StatusCode", -1))
+        except (requests.ConnectionError, requests.Timeout):
+            raise StackError(
+                f"{image} {' '.join(command)} did not finish within {timeout:.0f}s",
+                log_tail=temporary.log_tail(),
+            ) from None
+        if code != 0:
+            raise StackError(
+                f"{image} {' '.join(command)} exited with code {code}",
+                log_tail=temporary.log_tail(),
+            )
+        return bytes(container.logs(stdout=True, stderr=False))
+
+
+class ServingNotReady(StackError):
+    """A serving container's models did not become AVAILABLE: a version failed, the server
+    exited, or time ran out. ``summary`` is the message without the log lines; ``failures`` lists
+    (model, version, error) of versions that ended in an error."""
+
+    def __init__(
+        self,
+        summary: str,
+        *,
+        failures: Sequence[tuple[str, int, str]] = (),
+        log_tail: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(summary, log_tail=log_tail, hint=hint)
+        self.summary = summary
+        self.failures = list(failures)
+
+
 ModelStatusFetch = Callable[[str], "list[VersionStatus] | str"]
 
 
 class ModelsAvailable(WaitStrategy):
     """Wait until every expected model version is AVAILABLE on a :class:`ServingContainer`.
 
-    Fails fast (StackError) when an expected version ends with an error or the server exits; on
-    timeout the StackError says the last states seen and carries the server's log tail. ``clock``
+    Fails fast (:class:`ServingNotReady`) when an expected version ends with an error or the server
+    exits; on timeout it says the last states seen and carries the server's log tail. ``clock``
     and ``sleep`` are injectable so unit tests never sleep.
     """
 
@@ -493,7 +541,7 @@ class ModelsAvailable(WaitStrategy):
         while True:
             gone = exited()
             if gone is not None:
-                raise StackError(
+                raise ServingNotReady(
                     f"the serving container {gone} before its models were AVAILABLE "
                     f"(last seen: {'; '.join(verdict.seen)})",
                     log_tail=log_tail(),
@@ -508,8 +556,9 @@ class ModelsAvailable(WaitStrategy):
                 verdict = assess_models(self.expected, observed)
                 if verdict.failures:
                     lines = "; ".join(f"{m} version {v}: {why}" for m, v, why in verdict.failures)
-                    raise StackError(
+                    raise ServingNotReady(
                         f"model versions failed to load: {lines}",
+                        failures=verdict.failures,
                         log_tail=log_tail(),
                         hint="fix or re-export the version named above",
                     )
@@ -521,7 +570,7 @@ class ModelsAvailable(WaitStrategy):
                 seen = "; ".join(verdict.seen)
                 if last_error:
                     seen += f"; {last_error}"
-                raise StackError(
+                raise ServingNotReady(
                     f"models not AVAILABLE after {waited:.0f}s (last seen: {seen})",
                     log_tail=log_tail(),
                     hint="a big model may need a longer startup timeout; the log lines above "

@@ -3,7 +3,8 @@
 The side instance is a container of the serving image the stack runs (so "loads" means "loads in
 production"), labelled ``org.tfstack.project=<project>`` and ``org.tfstack.role=verifier``, with the
 model directory mounted read-only and a models.config serving only this model, pinned to
-``specific [stable, candidate]``. Its ports are published on 127.0.0.1 ephemeral ports. Then:
+``specific [stable, candidate]`` (a :class:`~tfstack.docker.containers.ServingContainer`). Its
+ports are published on 127.0.0.1 ephemeral ports. Then:
 
 1. wait until both versions are AVAILABLE; a candidate that ends in an error (or a server that
    exits) fails with the server's own error text and log lines;
@@ -19,37 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
+import docker.errors
 
 from tfstack.core import textproto
-from tfstack.docker.compose import LABEL_MANAGED, LABEL_PROJECT
+from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
+from tfstack.docker.containers import ServingContainer, ServingNotReady
 from tfstack.errors import RolloutError, StackError
 from tfstack.serving.client import (
     ModelRef,
     RestClient,
     ServingRequestError,
-    VersionState,
     matches_expected,
     summarize,
 )
-from tfstack.serving.waiting import Poll
 from tfstack.spec import SampleRequest, StackSpec
 
-LABEL_ROLE = "org.tfstack.role"
-LABEL_MODEL = "org.tfstack.model"
 ROLE_VERIFIER = "verifier"
-CONFIG_MOUNT = "/tfstack-verify"
-GRPC_PORT = 8500
-REST_PORT = 8501
 LATENCY_FLOOR_S = 0.005
 LATENCY_ROUNDS = 15
 WARMUP_ROUNDS = 3
@@ -115,10 +108,8 @@ def plan_side_instance(
 ) -> SideInstancePlan:
     serving = spec.serving
     base_path = f"/models/{model}"
+    # Ports and --model_config_file come from the ServingContainer; these follow them.
     command = (
-        f"--port={GRPC_PORT}",
-        f"--rest_api_port={REST_PORT}",
-        f"--model_config_file={CONFIG_MOUNT}/models.config",
         f"--file_system_poll_wait_seconds={serving.file_system_poll_seconds}",
         "--max_num_load_retries=0",
         f"--rest_api_timeout_in_ms={serving.rest_api_timeout_ms}",
@@ -221,15 +212,17 @@ def _memory_bytes(text: str) -> str:
 
 
 class SideInstance:
-    """Runs a :class:`SideInstancePlan` with the docker SDK; ``with`` removes it at the end."""
+    """Runs a :class:`SideInstancePlan` as a :class:`ServingContainer`; ``with`` starts it, waits
+    until both versions are AVAILABLE (RolloutError with the server's words otherwise) and removes
+    it at the end, whatever happened."""
 
     def __init__(self, client: Any, plan: SideInstancePlan, *, say: Say = lambda text: None):
-        self.client = client
+        self.client = client  # kept for callers; the container opens its own engine connection
         self.plan = plan
         self.say = say
-        self.container: Any = None
-        self.config_dir: Path | None = None
+        self.server: ServingContainer | None = None
         self.rest: RestClient | None = None
+        self.ready_s = 0.0
 
     def __enter__(self) -> SideInstance:
         self.start()
@@ -238,35 +231,25 @@ class SideInstance:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def start(self) -> None:
+    def container_for(self, timeout: float) -> ServingContainer:
+        """The side instance's container, configured but not started."""
         plan = self.plan
-        self.config_dir = Path(tempfile.mkdtemp(prefix="tfstack-verify-"))
-        os.chmod(self.config_dir, 0o755)
-        config = self.config_dir / "models.config"
-        config.write_text(plan.config_text(), encoding="utf-8")
-        os.chmod(config, 0o644)
         kwargs: dict[str, Any] = {}
         if plan.cpus is not None:
             kwargs["nano_cpus"] = int(plan.cpus * 1e9)
         if plan.memory is not None:
             kwargs["mem_limit"] = _memory_bytes(plan.memory)
         name = f"{plan.project}-verify-{plan.model}-{plan.candidate}-{os.getpid()}"
-        self.container = self.client.containers.run(
+        server = ServingContainer(
             plan.image,
-            command=list(plan.command),
-            name=name[:120],
-            detach=True,
-            user=plan.user,
+            models={plan.model: plan.host_model_dir},
+            model_config=plan.config_text(),
+            expected_versions={plan.model: plan.versions},
+            flags=plan.command,
             labels=plan.labels,
-            ports={
-                f"{GRPC_PORT}/tcp": ("127.0.0.1", None),
-                f"{REST_PORT}/tcp": ("127.0.0.1", None),
-            },
-            volumes={
-                str(plan.host_model_dir): {"bind": plan.base_path, "mode": "ro"},
-                str(self.config_dir): {"bind": CONFIG_MOUNT, "mode": "ro"},
-            },
-            tmpfs={"/tmp": "size=64m"},
+            name=name[:120],
+            startup_timeout=timeout,
+            user=plan.user,
             # Low CPU weight: under contention the serving containers (weight 1024) win, so the
             # side instance's model load does not show in production latency.
             cpu_shares=VERIFIER_CPU_SHARES,
@@ -274,37 +257,47 @@ class SideInstance:
             cap_drop=["ALL"],
             **kwargs,
         )
-        self.say(f"side instance {name} started ({plan.describe()})")
+        server.with_tmpfs_mount("/tmp", "size=64m")  # docker tmpfs options, verbatim
+        return server
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start the container and wait until both versions are AVAILABLE."""
+        self.server = self.container_for(timeout)
+        self.say(f"side instance {self.server._name} starting ({self.plan.describe()})")
+        try:
+            self.server.start()
+        except ServingNotReady as exc:
+            self.server = None  # start() removed it
+            failed = [f for f in exc.failures if f[1] == self.plan.candidate]
+            if failed:
+                message = (
+                    f"version {self.plan.candidate} failed to load in the side instance: "
+                    f"{failed[0][2]}"
+                )
+            else:
+                message = (
+                    f"version {self.plan.candidate} failed in the side instance: {exc.summary}"
+                )
+            raise self._fail(message, error_lines(exc.log_tail)) from exc
+        except StackError as exc:
+            self.server = None
+            raise self._fail(f"the side instance did not start: {exc.message}", []) from exc
+        except docker.errors.DockerException as exc:
+            self.server = None
+            raise self._fail(f"the engine refused the side instance: {exc}", []) from exc
+        self.ready_s = self.server.ready_s
+        self.rest = RestClient(self.server.rest_url, timeout=30)
 
     def remove(self) -> None:
         if self.rest is not None:
             self.rest.close()
             self.rest = None
-        if self.container is not None:
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
-            self.container = None
-        if self.config_dir is not None:
-            shutil.rmtree(self.config_dir, ignore_errors=True)
-            self.config_dir = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def log_tail(self, lines: int = 40) -> list[str]:
-        if self.container is None:
-            return []
-        try:
-            raw = self.container.logs(tail=lines)
-        except Exception as exc:
-            return [f"(logs unavailable: {exc})"]
-        return [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
-
-    def rest_url(self) -> str | None:
-        self.container.reload()
-        bindings = (self.container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(
-            f"{REST_PORT}/tcp"
-        )
-        if not bindings:
-            return None
-        return f"http://127.0.0.1:{bindings[0]['HostPort']}"
+        return self.server.log_tail(lines) if self.server is not None else []
 
     def _fail(self, message: str, evidence: Sequence[str]) -> RolloutError:
         return RolloutError(
@@ -316,65 +309,6 @@ class SideInstance:
             hint="the new version never reached the serving instance; fix the export and run "
             "the rollout again",
         )
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
-        """Seconds until both versions are AVAILABLE; RolloutError with the server's words."""
-        started = time.monotonic()
-        plan = self.plan
-
-        def probe() -> list[VersionState] | None:
-            self.container.reload()
-            if self.container.status in ("exited", "dead"):
-                code = self.container.attrs.get("State", {}).get("ExitCode")
-                raise self._fail(
-                    f"version {plan.candidate} failed in the side instance: the server exited "
-                    f"with code {code} while loading",
-                    error_lines(self.log_tail()),
-                )
-            if self.rest is None:
-                url = self.rest_url()
-                if url is None:
-                    return None
-                self.rest = RestClient(url, timeout=5)
-            try:
-                return self.rest.model_status(ModelRef(plan.model), timeout=5)
-            except ServingRequestError:
-                return None
-
-        def done(states: list[VersionState] | None) -> bool:
-            if not states:
-                return False
-            by_version = {s.version: s for s in states}
-            candidate = by_version.get(plan.candidate)
-            if candidate is not None and candidate.failed:
-                raise self._fail(
-                    f"version {plan.candidate} failed to load in the side instance: "
-                    f"{candidate.error_code}: {candidate.error_message}",
-                    error_lines(self.log_tail()),
-                )
-            return all(v in by_version and by_version[v].available for v in plan.versions)
-
-        def on_timeout(
-            last: list[VersionState] | None, error: BaseException | None, waited: float
-        ) -> StackError:
-            seen = ", ".join(f"v{s.version} {s.state}" for s in last or []) or "no answer"
-            return StackError(
-                f"versions {list(plan.versions)} not AVAILABLE in the side instance after "
-                f"{waited:.0f}s (last seen: {seen})"
-            )
-
-        poll: Poll[list[VersionState] | None] = Poll(
-            timeout=timeout,
-            interval=0.25,
-            transient=(requests.ConnectionError, requests.Timeout),
-        )
-        try:
-            poll.until(probe, done, on_timeout=on_timeout)
-        except RolloutError:
-            raise
-        except StackError as exc:
-            raise self._fail(exc.message, self.log_tail(15)) from exc
-        return time.monotonic() - started
 
     def run_samples(self, samples: Sequence[tuple[SampleRequest, Mapping[str, Any]]]) -> int:
         """Each sample against the candidate by version; RolloutError on an error or mismatch."""
@@ -434,7 +368,7 @@ def verify_candidate(
     report = VerifyReport()
     remove_verifiers(client, plan.project, plan.model)
     with SideInstance(client, plan, say=say) as side:
-        report.ready_s = side.wait_ready()
+        report.ready_s = side.ready_s
         say(f"side instance: versions {list(plan.versions)} AVAILABLE in {report.ready_s:.1f}s")
         if not samples:
             report.notes.append("the spec has no samples for this model: only loading was checked")
