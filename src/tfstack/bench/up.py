@@ -87,14 +87,13 @@ def _reference(spec_path: Path) -> float:
     loaded = load(spec_path)
     client = docker_client()
     stack = Stack(ComposeProject.for_root(loaded.spec.project, loaded.root), client)
-    rest = RestClient(endpoints_for(loaded.spec).rest_url, timeout=10)
     try:
-        started = time.perf_counter()
-        stack.up()
-        ModelsReady(rest, loaded.expectations, Poll(timeout=300, interval=0.1)).wait()
-        return time.perf_counter() - started
+        with RestClient(endpoints_for(loaded.spec).rest_url, timeout=10) as rest:
+            started = time.perf_counter()
+            stack.up()
+            ModelsReady(rest, loaded.expectations, Poll(timeout=300, interval=0.1)).wait()
+            return time.perf_counter() - started
     finally:
-        rest.close()
         client.close()
 
 

@@ -36,20 +36,18 @@ def observe(context: Context, spec: Any) -> Observed:
     runner = StackRunner(context)
     served: set[int] | None = None
     for replica in runner.replicas(spec):
-        rest = RestClient(replica.rest_url, timeout=10)
-        try:
-            states = rest.model_status(ModelRef(model.name))
-        except ServingRequestError:
-            states = []
-        except OSError as exc:
-            raise RolloutError(
-                f"the serving instance does not answer on {replica.rest_url}: {exc}",
-                model=model.name,
-                step="observe",
-                hint="start the stack with `invoke up`",
-            ) from exc
-        finally:
-            rest.close()
+        with RestClient(replica.rest_url, timeout=10) as rest:
+            try:
+                states = rest.model_status(ModelRef(model.name))
+            except ServingRequestError:
+                states = []
+            except OSError as exc:
+                raise RolloutError(
+                    f"the serving instance does not answer on {replica.rest_url}: {exc}",
+                    model=model.name,
+                    step="observe",
+                    hint="start the stack with `invoke up`",
+                ) from exc
         available = {s.version for s in states if s.available}
         served = available if served is None else served & available
     return Observed(

@@ -182,21 +182,19 @@ class StackRunner:
                 ) from exc
         # Labels whose version must be AVAILABLE; the others may be loading still.
         expectation = ModelExpectation(context.model, step.wait_available, dict(labels))
-        rest = RestClient(replica.rest_url, timeout=10)
-        try:
-            ModelsReady(
-                rest, [expectation], Poll(timeout=context.reload_timeout, interval=0.1)
-            ).wait()
-        except TfstackError as exc:
-            raise RolloutError(
-                f"{replica.name}: versions {list(step.wait_available)} and labels "
-                f"{dict(labels)} not ready",
-                model=context.model,
-                step=step.name,
-                evidence=str(exc).splitlines()[:12],
-            ) from exc
-        finally:
-            rest.close()
+        with RestClient(replica.rest_url, timeout=10) as rest:
+            try:
+                ModelsReady(
+                    rest, [expectation], Poll(timeout=context.reload_timeout, interval=0.1)
+                ).wait()
+            except TfstackError as exc:
+                raise RolloutError(
+                    f"{replica.name}: versions {list(step.wait_available)} and labels "
+                    f"{dict(labels)} not ready",
+                    model=context.model,
+                    step=step.name,
+                    evidence=str(exc).splitlines()[:12],
+                ) from exc
         self.say(f"      {replica.name}: {step.target.describe() if step.target else ''} ready")
 
     # -- stage, verify, remove ------------------------------------------------------------------

@@ -166,6 +166,12 @@ class RestClient:
     def close(self) -> None:
         self.session.close()
 
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def request(
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Any:

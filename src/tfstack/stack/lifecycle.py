@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 from google.protobuf import text_format
 
 from tfstack import render as render_module
@@ -291,8 +292,7 @@ class Lifecycle:
                         + (f" (waiting: {pending})" if pending else "")
                     )
 
-            rest = RestClient(replica.rest_url, timeout=10)
-            try:
+            with RestClient(replica.rest_url, timeout=10) as rest:
                 readiness = ModelsReady(
                     rest,
                     tuple(expectations if expectations is not None else loaded.expectations),
@@ -301,8 +301,6 @@ class Lifecycle:
                     log_tail=lambda: stack.log_tail(SERVICE, 25),
                     on_progress=report,
                 ).wait()
-            finally:
-                rest.close()
         assert readiness is not None  # targets is never empty
         return readiness
 
@@ -312,14 +310,14 @@ class Lifecycle:
         image_id: str | None = None
         try:
             image_id = str(self.client.images.get(loaded.spec.serving.image).id)
-        except Exception:
+        except (docker.errors.DockerException, OSError):  # not built yet, or the engine hiccups
             image_id = None
         ready: bool | None = None
         running = [c for c in containers if c.service == SERVICE and c.state == "running"]
         if running:
             try:
                 ready = all(self._replica_ready(loaded, r) for r in self.replicas(loaded, stack))
-            except Exception:
+            except (StackError, OSError):  # a replica not answering yet: readiness unknown
                 ready = None
         return Observed(
             containers=containers,
@@ -332,11 +330,8 @@ class Lifecycle:
 
     @staticmethod
     def _replica_ready(loaded: Loaded, replica: Replica) -> bool:
-        rest = RestClient(replica.rest_url, timeout=5)
-        try:
+        with RestClient(replica.rest_url, timeout=5) as rest:
             observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
-        finally:
-            rest.close()
         return assess(loaded.expectations, observed).ok
 
     def hot_reload(
@@ -361,11 +356,8 @@ class Lifecycle:
         many: bool,
     ) -> None:
 
-        rest = RestClient(replica.rest_url, timeout=10)
-        try:
+        with RestClient(replica.rest_url, timeout=10) as rest:
             available, current = observe_labels(rest, loaded.expectations)
-        finally:
-            rest.close()
         steps = plan_reload(loaded.expectations, available, current)
         where = f" of {replica.name}" if many else ""
         with GrpcClient(replica.grpc_target, timeout=timeout) as grpc_client:
@@ -406,13 +398,11 @@ class Lifecycle:
 
     def _models_failed(self, loaded: Loaded, replica: Replica) -> bool:
         """Whether some declared version ended with a load error (the server took the config)."""
-        rest = RestClient(replica.rest_url, timeout=5)
-        try:
-            observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
-        except Exception:
-            return False
-        finally:
-            rest.close()
+        with RestClient(replica.rest_url, timeout=5) as rest:
+            try:
+                observed = {e.name: observe_model(rest, e) for e in loaded.expectations}
+            except (StackError, OSError):  # not answering: no load error seen (yet)
+                return False
         return bool(assess(loaded.expectations, observed).failures)
 
     def _restore_models_config(self) -> None:
@@ -482,11 +472,8 @@ class Lifecycle:
         self.wait_ready(reduced, stack, timeout=timeout)
         results: list[SmokeResult] = []
         for replica in self.replicas(reduced, stack):
-            rest = RestClient(replica.rest_url)
-            try:
+            with RestClient(replica.rest_url) as rest:
                 results += smoke(reduced, rest, replica=replica.name)
-            finally:
-                rest.close()
         raise_for_smoke(results)
         serving = ", ".join(e.name for e in remaining)
         raise LoadFailed(
@@ -585,11 +572,8 @@ class Lifecycle:
         results: list[SmokeResult] = []
         targets = self.replicas(loaded, stack)
         for replica in targets:
-            rest = RestClient(replica.rest_url)
-            try:
+            with RestClient(replica.rest_url) as rest:
                 results += smoke(loaded, rest, replica=replica.name if len(targets) > 1 else "")
-            finally:
-                rest.close()
         lap("smoke")
         raise_for_smoke(results)
         forget_start_failures(self.root)
@@ -611,8 +595,7 @@ class Lifecycle:
                 )
         stack = stack or self.stack(loaded.spec)
         endpoints = endpoints_for(loaded.spec)
-        rest = RestClient(endpoints.rest_url, timeout=5)
-        try:
+        with RestClient(endpoints.rest_url, timeout=5) as rest:
             status = observe(
                 project=loaded.spec.project,
                 spec_path=str(self.spec_path),
@@ -624,8 +607,6 @@ class Lifecycle:
                 grpc_port=endpoints.grpc_port,
                 rest_for=lambda url: RestClient(url, timeout=5),
             )
-        finally:
-            rest.close()
         return with_start_failures(status, read_start_failures(self.root))
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> str:
@@ -655,7 +636,7 @@ def _server_accepted(stack: Stack) -> bool:
     """The server runs (so it holds the config on disk or the one just reloaded)."""
     try:
         return any(c.state == "running" for c in stack.service_containers(SERVICE))
-    except Exception:
+    except (docker.errors.DockerException, OSError):  # the engine cannot tell: not accepted
         return False
 
 

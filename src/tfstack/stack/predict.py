@@ -63,11 +63,8 @@ def predict(
         if grpc:
             with GrpcClient(endpoints.grpc_target) as grpc_client:
                 return grpc_client.predict_json(ref, body, signature=signature)
-        rest = RestClient(endpoints.rest_url)
-        try:
+        with RestClient(endpoints.rest_url) as rest:
             return rest.predict(ref, body, signature=signature)
-        finally:
-            rest.close()
     except (OSError, ConnectionError) as exc:
         raise StackError(
             f"cannot reach the stack at {endpoints.rest_url}: {exc}",
@@ -85,11 +82,8 @@ def inspect(
         if grpc:
             with GrpcClient(endpoints.grpc_target) as grpc_client:
                 return grpc_client.metadata(ref)
-        rest = RestClient(endpoints.rest_url)
-        try:
+        with RestClient(endpoints.rest_url) as rest:
             return rest.metadata(ref)
-        finally:
-            rest.close()
     except (OSError, ConnectionError) as exc:
         raise StackError(
             f"cannot reach the stack at {endpoints.rest_url}: {exc}",
