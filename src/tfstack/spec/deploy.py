@@ -1,4 +1,4 @@
-"""Where a stack is deployed: ``deploy`` in ``stack.yaml`` (the target, and its Kubernetes options).
+"""Where a stack is deployed: ``deploy`` in ``stack.yaml`` (the target, each target's options).
 
 The stack spec says what is served (models, ports, flags, resources); these options say only what a
 cluster needs on top: where pods get the models from (a model image copied in by an initContainer,
@@ -105,19 +105,85 @@ class KubernetesTarget(_Frozen):
         return self
 
 
-DEPLOY_TARGETS = ("compose", "kubernetes")
-"""Deployment targets: Docker Compose on this host (runs here), Kubernetes (rendered, validated)."""
+LOCAL_REGISTRY = "tfstack-registry:5000"
+"""The local cluster's registry as its nodes pull from it (``invoke cluster up``)."""
+LOCAL_PUSH_REGISTRY = "127.0.0.1:5000"
+"""The same registry as this host pushes to it (published on 127.0.0.1 only)."""
+SWARM_YAML_ROOT: tuple[str, ...] = ("deploy", "swarm")
+
+
+class SwarmTarget(_Frozen):
+    """``deploy.swarm``: what a Docker Swarm needs beyond the stack spec (docs/swarm.md)."""
+
+    manager: str | None = Field(
+        default=None,
+        description="A manager's Docker API (tcp://host:2376, ssh://user@host). Default: "
+        "DOCKER_HOST when set, else the local cluster of `invoke cluster up`.",
+    )
+    stack: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")] | None = Field(
+        default=None, description="The `docker stack` name. Default: the project name."
+    )
+    registry: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")] = (
+        Field(
+            default=LOCAL_REGISTRY,
+            description="Where every node pulls the stack's images from (host[:port][/prefix]).",
+        )
+    )
+    push_registry: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")] | None
+    ) = Field(
+        default=None,
+        description="The same registry as this machine pushes to it. Default: registry, or "
+        f"{LOCAL_PUSH_REGISTRY} for the local cluster's {LOCAL_REGISTRY}.",
+    )
+    endpoint_mode: Literal["dnsrr", "vip"] = Field(
+        default="dnsrr",
+        description="dnsrr: tasks.<service> resolves to every task (works without IPVS). vip: "
+        "one virtual IP balanced by IPVS (needs the ip_vs kernel module on every node).",
+    )
+    max_replicas_per_node: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=0, description="Placement limit per node (0: none); replicas are spread anyway."
+    )
+    constraints: list[Annotated[str, Field(min_length=3, max_length=200)]] = Field(
+        default_factory=list,
+        description="Swarm placement constraints of the serving service (node.labels.x==y).",
+    )
+    update_parallelism: Annotated[int, Field(ge=1, le=64)] = 1
+    update_delay_seconds: Annotated[int, Field(ge=0, le=600)] = 2
+    monitor_seconds: Annotated[int, Field(ge=1, le=3600)] | None = Field(
+        default=None,
+        description="How long Swarm watches an updated task before the next (and before a failure "
+        "rolls back). Default and minimum: the health check window.",
+    )
+    door_on_manager: bool = Field(
+        default=True,
+        description="Run the front door on a manager node (whose ports reach this host for the "
+        "local cluster); false lets Swarm choose any node.",
+    )
+
+    def push_to(self) -> str:
+        """The registry this machine pushes to (the nodes pull the same repository)."""
+        if self.push_registry is not None:
+            return self.push_registry
+        return LOCAL_PUSH_REGISTRY if self.registry == LOCAL_REGISTRY else self.registry
+
+
+DEPLOY_TARGETS = ("compose", "kubernetes", "swarm")
+"""Deployment targets: Docker Compose on this host (runs here), Kubernetes (rendered, validated),
+Docker Swarm (deployed with `docker stack deploy` on a manager)."""
 
 
 class DeploySpec(_Frozen):
     """``deploy``: which target ``render``/``up`` use by default, and each target's options."""
 
-    target: Literal["compose", "kubernetes"] = Field(
+    target: Literal["compose", "kubernetes", "swarm"] = Field(
         default="compose",
         description="compose: run on this Docker host. kubernetes: render deploy/kubernetes/ "
-        "(a Kustomize base) for a cluster; `--target` on render overrides it.",
+        "(a Kustomize base) for a cluster. swarm: `docker stack deploy` on a Swarm manager. "
+        "`--target` on a task overrides it.",
     )
     kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget)
+    swarm: SwarmTarget = Field(default_factory=SwarmTarget)
 
 
 # --------------------------------------------------------------------------- image references

@@ -40,6 +40,7 @@ from tfstack.spec.model import (
 )
 from tfstack.spec.rules import Checker, ModelInventory
 from tfstack.spec.schema_errors import schema_problems
+from tfstack.spec.swarm_rules import check_swarm
 from tfstack.spec.yamlread import count_noun, read_yaml
 
 
@@ -143,7 +144,8 @@ def check_spec(
 
     The deployment target (``target``, else the spec's ``deploy.target``) adds its own checks:
     for ``kubernetes``, everything that cannot map onto manifests (models the pods cannot see,
-    unpinned images, a root user...), reported with file, line and YAML path like the rest.
+    unpinned images, a root user...), reported with file, line and YAML path like the rest; for
+    ``swarm``, what a stack file cannot carry (see :mod:`tfstack.spec.swarm_rules`).
     """
     if target is not None and target not in DEPLOY_TARGETS:
         raise SpecError(
@@ -173,4 +175,6 @@ def check_spec(
     if (target or spec.deploy.target) == "kubernetes":
         mapping = check_kubernetes_mapping(spec, spec.deploy.kubernetes)
         problems += to_spec_problems(mapping, file, lines.at)
+    if (target or spec.deploy.target) == "swarm":
+        problems += check_swarm(spec, file, lines.at)
     return ValidationReport(path, problems, spec, tuple(checker.inventory), checked_disk=check_disk)
