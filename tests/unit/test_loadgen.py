@@ -62,7 +62,9 @@ def test_the_time_cap_stops_the_generator() -> None:
     )
     report = generator.wait()
     assert "time cap" in report.stop_reason
-    assert 20 <= report.total <= 35
+    # At most rate x time (plus one tick); how many fit below that depends on the machine's load.
+    assert 1 <= report.total <= 35
+    assert report.stopped_at - report.started_at < 2.0
 
 
 def test_stop_returns_early_and_waits_for_requests_in_flight() -> None:
