@@ -56,10 +56,10 @@ class Sample:
     error: str | None = None
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` 0.99 = p99); 0.0 for no values."""
+def percentile(values: Sequence[float], fraction: float, *, empty: float = 0.0) -> float:
+    """Nearest-rank percentile (``fraction`` 0.99 = p99); ``empty`` for no values."""
     if not values:
-        return 0.0
+        return empty
     ordered = sorted(values)
     rank = max(1, math.ceil(fraction * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]

@@ -48,6 +48,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from tfstack.bench.loadgen import percentile
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.core.labels import LABEL_BENCH
 from tfstack.errors import StackError, UsageError
@@ -129,16 +130,7 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, fraction: float) -> float:
-        return _percentile(self.latencies_ms, fraction)
-
-
-def _percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+        return percentile(self.latencies_ms, fraction, empty=float("nan"))
 
 
 def run_load(spec: LoadSpec) -> LoadResult:
