@@ -30,7 +30,8 @@ import tfstack.stack.lifecycle
 import tfstack.stack.predict
 from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
-from tfstack.core.files import format_plan
+from tfstack.ci import PROVIDERS, write_pipeline
+from tfstack.core.files import format_plan, plan_to_json
 from tfstack.errors import TfstackError
 from tfstack.kubernetes import KUBERNETES_DIR, kubernetes_rollout_plan, render_kubernetes
 from tfstack.models.demo import plan_demo_models, write_demo_models
@@ -89,11 +90,15 @@ def engine(c: Context) -> None:
         "unit": "run only the unit tests (no Docker needed)",
         "k": "only tests matching this pytest -k expression",
         "x": "stop at the first failure",
+        "junit_xml": "also write a JUnit XML report to this path (for CI)",
     }
 )
-def test(c: Context, unit: bool = False, k: str = "", x: bool = False) -> None:
+def test(c: Context, unit: bool = False, k: str = "", x: bool = False, junit_xml: str = "") -> None:
     """Run the test suite: unit and integration (installs and starts Docker when needed)."""
-    code = call(run_tests, root=ROOT, unit_only=unit, keyword=k, exit_first=x, say=say)
+    report = Path(junit_xml).resolve() if junit_xml else None
+    code = call(
+        run_tests, root=ROOT, unit_only=unit, keyword=k, exit_first=x, junit_xml=report, say=say
+    )
     if code != 0:
         raise Exit(code=code)
 
@@ -115,11 +120,19 @@ def spec_file(spec: str) -> Path:
     help={
         "spec": f"the stack spec to check (default {DEFAULT_SPEC}; relative to the project root)",
         "skip_disk": "do not look at model directories and sample files (models come later)",
+        "json_": "print the JSON document (docs/json-output.md); exit 2 still marks problems",
     }
 )
-def validate(c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False) -> None:
+def validate(
+    c: Context, spec: str = DEFAULT_SPEC, skip_disk: bool = False, json_: bool = False
+) -> None:
     """Check a stack spec and print every problem found (exit 2), or a one-line summary."""
     report = call(check_spec, spec_file(spec), check_disk=not skip_disk)
+    if json_:
+        print(json.dumps(report.to_json(), indent=2))
+        if not report.ok:
+            raise Exit(code=2)
+        return
     call(report.raise_for_problems)
     print(report.summary())
 
@@ -161,10 +174,18 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: 
         print(f"rendered and validated, not deployed: kubectl apply -k {KUBERNETES_DIR}")
 
 
-@task(help={"spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)"})
-def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
+@task(
+    help={
+        "spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)",
+        "json_": "print the JSON document (docs/json-output.md) instead of the diff",
+    }
+)
+def plan(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
     """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
     changes = call(plan_render, spec_file(spec), ROOT)
+    if json_:
+        print(json.dumps(plan_to_json(changes), indent=2))
+        return
     print(format_plan(changes), end="")
 
 
@@ -175,15 +196,17 @@ def plan(c: Context, spec: str = DEFAULT_SPEC) -> None:
         "runs": "timed repetitions (default: the benchmark's own)",
         "image": "bench this image instead of the local server (serve; repeat for two)",
         "minutes": "how long a timed benchmark runs (soak: default 3, at most 30)",
+        "json_": "print the JSON document (docs/json-output.md) instead of the table",
     },
     iterable=["image"],
 )
-def bench(
+def bench(  # noqa: PLR0917 (invoke maps parameters to options)
     c: Context,
     what: str | None = None,
     runs: int = 0,
     image: list[str] | None = None,
     minutes: float = 0.0,
+    json_: bool = False,
 ) -> None:
     """Run a benchmark (`invoke bench render`) and print its figures beside targets.md."""
     if what in (None, "-h", "--help"):
@@ -199,7 +222,7 @@ def bench(
         images=tuple(image or ()),
         minutes=minutes or None,
     )
-    print(result.report())
+    print(json.dumps(result.to_json(), indent=2) if json_ else result.report())
     if not result.met:
         raise Exit(code=1)
 
@@ -473,6 +496,7 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
         "(with --dry-run; tfstack does not deploy to clusters)",
         "model_image": "with --target kubernetes: the new model image, pinned by digest",
         "serving_image": "with --target kubernetes: a new server image",
+        "json_": "print the outcome as JSON (docs/json-output.md) instead of the summary",
     }
 )
 def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
@@ -493,6 +517,7 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     target: str = "",
     model_image: str = "",
     serving_image: str = "",
+    json_: bool = False,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
     if call(deploy_target, spec_file(spec), target, project_root=ROOT) == "kubernetes":
@@ -527,7 +552,9 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     outcome = call(
         tfstack.rollout.run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort
     )
-    if not outcome.dry_run:
+    if json_:
+        print(json.dumps(outcome.to_json(), indent=2))
+    elif not outcome.dry_run:
         print(outcome.summary)
 
 
@@ -536,17 +563,62 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         "model": "the model to roll back",
         "dry_run": "print the plan and the config transitions; change nothing",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "json_": "print the outcome as JSON (docs/json-output.md) instead of the summary",
     }
 )
-def rollback(c: Context, model: str = "", dry_run: bool = False, spec: str = DEFAULT_SPEC) -> None:
+def rollback(
+    c: Context,
+    model: str = "",
+    dry_run: bool = False,
+    spec: str = DEFAULT_SPEC,
+    json_: bool = False,
+) -> None:
     """Move labels back to the previous version (reloaded if retired); unload the bad one."""
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     spec_path = spec_file(spec)
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
     outcome = call(tfstack.rollout.run_rollback, context, dry_run=dry_run)
-    if not outcome.dry_run:
+    if json_:
+        print(json.dumps(outcome.to_json(), indent=2))
+    elif not outcome.dry_run:
         print(outcome.summary)
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "init: write the pipeline files",
+        "provider": f"the CI system: {' or '.join(PROVIDERS)}",
+        "dir": "the repository to write the pipeline into (default: the project root)",
+        "spec": f"the stack spec the pipeline uses (default {DEFAULT_SPEC}; relative to the root)",
+        "force": "overwrite pipeline files that exist with different content",
+        "dry_run": "show what would be written (and the diffs) without writing",
+    },
+)
+def ci(  # noqa: PLR0917 (invoke maps parameters to options)
+    c: Context,
+    action: str | None = None,
+    provider: str = "",
+    dir: str = "",
+    spec: str = DEFAULT_SPEC,
+    force: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """`ci init --provider github|gitlab`: write a CI pipeline (lint, build, tests, deploy)."""
+    if action != "init":
+        raise Exit(f"tfstack: error: unknown ci action {action!r}; use `ci init`", code=2)
+    out_dir = (Path(dir) if Path(dir).is_absolute() else Path.cwd() / dir) if dir else ROOT
+    changes = call(
+        write_pipeline, provider, spec_file(spec), ROOT, out_dir, force=force, dry_run=dry_run
+    )
+    for change in changes:
+        verb: str = change.action
+        if dry_run and change.action != "unchanged":
+            verb = f"would {change.action}"
+        print(f"{verb:>15}  {out_dir / change.path}")
+    if dry_run:
+        print("dry run: nothing written")
 
 
 ns = Collection(
@@ -568,4 +640,5 @@ ns = Collection(
     build_optimized,
     rollout,
     rollback,
+    ci,
 )

@@ -11,14 +11,25 @@ from tfstack.core.progress import Say
 from tfstack.docker.engine import ensure_engine
 
 
-def pytest_args(*, unit_only: bool, keyword: str = "", exit_first: bool = False) -> list[str]:
-    """The pytest command line for a tier (pure: unit-tested)."""
+def pytest_args(
+    *,
+    unit_only: bool,
+    keyword: str = "",
+    exit_first: bool = False,
+    junit_xml: Path | None = None,
+) -> list[str]:
+    """The pytest command line for a tier (pure: unit-tested).
+
+    ``junit_xml``: write a JUnit XML report there (``invoke test --junit-xml``) for CI systems.
+    """
     args = [sys.executable, "-m", "pytest"]
     args += ["tests/unit"] if unit_only else ["tests"]
     if keyword:
         args += ["-k", keyword]
     if exit_first:
         args.append("-x")
+    if junit_xml is not None:
+        args.append(f"--junitxml={junit_xml}")
     return args
 
 

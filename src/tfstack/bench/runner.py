@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,6 +66,19 @@ class BenchContext:
     """How long a timed benchmark runs (``invoke bench soak --minutes 3``); None: its default."""
 
 
+BENCH_SCHEMA = "tfstack.bench/v1"
+"""``invoke bench <what> --json``: the document's ``schema`` (docs/json-output.md)."""
+_FIGURE = re.compile(r"^(-?\d+(?:\.\d+)?)(?: ?(ms|s|us|x|%|MB|kB|GB|/s|req/s)(?![\w/]))?")
+
+
+def parse_figure(value: str) -> tuple[float | None, str | None]:
+    """The leading number of a row's text and its unit: ``"12.3 ms (5 runs)"`` -> (12.3, "ms")."""
+    match = _FIGURE.match(value.strip())
+    if match is None:
+        return None, None
+    return float(match.group(1)), match.group(2)
+
+
 @dataclass(frozen=True)
 class BenchResult:
     """Figures of one benchmark: (label, value) rows, whether the target is met, and notes."""
@@ -73,6 +88,22 @@ class BenchResult:
     rows: list[tuple[str, str]]
     met: bool
     notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The figures as a JSON-able document (``invoke bench <what> --json``)."""
+        rows = []
+        for label, value in self.rows:
+            figure, unit = parse_figure(value)
+            rows.append({"name": label.strip(), "value": value, "figure": figure, "unit": unit})
+        return {
+            "schema": BENCH_SCHEMA,
+            "name": self.name,
+            "goal": self.target,
+            "verdict": "met" if self.met else "missed",
+            "met": self.met,
+            "rows": rows,
+            "notes": list(self.notes),
+        }
 
     def report(self) -> str:
         width = max((len(label) for label, _ in self.rows), default=0)

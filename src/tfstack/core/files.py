@@ -119,6 +119,22 @@ def format_plan(changes: Sequence[FileChange]) -> str:
     return "\n".join(lines) + "\n\n" + "".join(diffs)
 
 
+PLAN_SCHEMA = "tfstack.plan/v1"
+"""``invoke plan --json``: the document's ``schema`` (docs/json-output.md)."""
+
+
+def plan_to_json(changes: Sequence[FileChange]) -> dict[str, object]:
+    """The plan as a JSON-able document (``invoke plan --json``, schema ``tfstack.plan/v1``)."""
+    return {
+        "schema": PLAN_SCHEMA,
+        "changed": any(change.action != "unchanged" for change in changes),
+        "changes": [
+            {"path": change.path, "action": change.action, "diff": change.diff}
+            for change in changes
+        ],
+    }
+
+
 @dataclass
 class _Staged:
     path: str

@@ -58,6 +58,10 @@ def observe(context: Context, spec: Any) -> Observed:
     )
 
 
+OUTCOME_SCHEMA = "tfstack.rollout/v1"
+"""``invoke rollout --json`` and ``invoke rollback --json``: ``schema`` (docs/json-output.md)."""
+
+
 @dataclass
 class Outcome:
     """What a rollout/rollback did: the journal, step timings and a one-line summary."""
@@ -66,6 +70,33 @@ class Outcome:
     timings: dict[str, float]
     summary: str
     dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome as a JSON-able document (schema ``tfstack.rollout/v1``)."""
+        journal = self.journal
+        return {
+            "schema": OUTCOME_SCHEMA,
+            "action": journal.action,
+            "model": journal.model,
+            "version": journal.version,
+            "previous_stable": journal.previous_stable,
+            "status": journal.status,
+            "dry_run": self.dry_run,
+            "summary": self.summary,
+            "error": journal.error,
+            "steps": [
+                {
+                    "name": record.step.name,
+                    "status": record.status,
+                    "detail": record.detail,
+                    "started_at": record.started_at,
+                    "finished_at": record.finished_at,
+                    "seconds": self.timings.get(record.step.name),
+                }
+                for record in journal.steps
+            ],
+            "total_seconds": round(sum(self.timings.values()), 3),
+        }
 
 
 def _save_for(root: Path) -> Save:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -42,6 +43,9 @@ from tfstack.spec.rules import Checker, ModelInventory
 from tfstack.spec.schema_errors import schema_problems
 from tfstack.spec.swarm_rules import check_swarm
 from tfstack.spec.yamlread import count_noun, read_yaml
+
+VALIDATE_SCHEMA = "tfstack.validate/v1"
+"""``invoke validate --json``: the document's ``schema`` (docs/json-output.md)."""
 
 
 class StackSpec(StackSpecFields):
@@ -72,6 +76,26 @@ class ValidationReport:
         if self.problems or self.spec is None:
             raise SpecError(self.problems)
         return self.spec
+
+    def to_json(self) -> dict[str, Any]:
+        """``invoke validate --json`` (docs/json-output.md, schema ``tfstack.validate/v1``)."""
+        return {
+            "schema": VALIDATE_SCHEMA,
+            "spec": str(self.path),
+            "ok": self.ok,
+            "checked_disk": self.checked_disk,
+            "models": [model.name for model in self.spec.models] if self.spec else [],
+            "problems": [
+                {
+                    "file": problem.file,
+                    "line": problem.line,
+                    "yaml_path": problem.yaml_path,
+                    "message": problem.message,
+                    "hint": problem.hint,
+                }
+                for problem in self.problems
+            ],
+        }
 
     def summary(self) -> str:
         """One line for `invoke validate`: models, versions found, labels."""
