@@ -66,8 +66,8 @@ def test_up_args_never_pull_or_build() -> None:
 
 
 def test_down_args_with_and_without_file() -> None:
-    """down removes orphans with a bounded stop timeout; without a file it targets the project."""
-    assert down_args(PROJECT) == [*BASE, "down", "--remove-orphans", "--timeout", "15"]
+    """down keeps the rendered stop_grace_period; without a file it targets the project, bounded."""
+    assert down_args(PROJECT) == [*BASE, "down", "--remove-orphans"]
     assert down_args(PROJECT, volumes=True)[-1] == "--volumes"
     assert down_args(PROJECT, with_file=False) == [
         "docker",

@@ -91,13 +91,11 @@ def up_args(project: ComposeProject, *, force_recreate: bool = False) -> list[st
 def down_args(
     project: ComposeProject, *, volumes: bool = False, with_file: bool = True
 ) -> list[str]:
-    args = [
-        *base_args(project, with_file=with_file),
-        "down",
-        "--remove-orphans",
-        "--timeout",
-        str(STOP_TIMEOUT_S),
-    ]
+    args = [*base_args(project, with_file=with_file), "down", "--remove-orphans"]
+    if not with_file:
+        # With the file, each service's rendered stop_grace_period (the drain) applies; without
+        # it Compose knows none, so the stop is bounded here.
+        args += ["--timeout", str(STOP_TIMEOUT_S)]
     if volumes:
         args.append("--volumes")
     return args
