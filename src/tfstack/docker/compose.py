@@ -23,14 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tfstack.core import labels as label_names
+from tfstack.core.labels import LABEL_MANAGED, LABEL_PROJECT
 from tfstack.errors import CommandFailed, StackError
 
 log = logging.getLogger(__name__)
 
-# The names live in tfstack.core.labels; these aliases keep older import paths working.
-LABEL_PROJECT = label_names.LABEL_PROJECT
-LABEL_MANAGED = label_names.LABEL_MANAGED
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 COMPOSE_HASH_LABEL = "com.docker.compose.config-hash"

@@ -10,12 +10,12 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tfstack.core.progress import Say
 from tfstack.errors import CommandFailed, RenderError, TfstackError
 
 DEBIAN_PACKAGE = "kubernetes-client"
 KUSTOMIZE_TIMEOUT_SECONDS = 120
 
-Say = Callable[[str], None]
 Run = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
 
