@@ -28,6 +28,7 @@ import docker.errors
 from google.protobuf import text_format
 
 from tfstack import render as render_module
+from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import ensure_image
 from tfstack.build.isa import check_image_isa
 from tfstack.core.files import write_files_atomically
@@ -44,6 +45,7 @@ from tfstack.docker.engine import ensure_engine
 from tfstack.errors import StackError, TfstackError
 from tfstack.models.demo import plan_demo_models, write_demo_models
 from tfstack.render.applied import forget_applied, read_applied, record_applied
+from tfstack.render.frontdoor import check_haproxy_config, door_is_on
 from tfstack.rollout.journal import unfinished
 from tfstack.serving.client import (
     GrpcClient,
@@ -69,6 +71,13 @@ from tfstack.stack.degraded import (
     parse_start_failures,
     read_start_failures,
     record_start_failures,
+)
+from tfstack.stack.frontdoor import (
+    DoorStatus,
+    direct_replicas,
+    frontend_container,
+    read_door_stats,
+    wait_in_rotation,
 )
 from tfstack.stack.plan import (
     DEFAULT_TIMEOUT_S,
@@ -212,6 +221,12 @@ class Lifecycle:
     def render(self, loaded: Loaded) -> dict[str, str]:
         files = render_module.render_stack(loaded.spec, loaded.spec_path, self.root)
         render_module.check_rendered(files, self.root)
+        if door_is_on(loaded.spec):
+            # HAProxy must accept the door's config before anything is written or started.
+            ensure_frontend_image(
+                self.client, loaded.spec.frontend.image, source_root=self.source_root, say=self.say
+            )
+            check_haproxy_config(files, loaded.spec, loaded.spec_path, required=True)
 
         written = write_files_atomically(
             self.root, files, remove=render_module.stale_files(files, self.root)
@@ -224,6 +239,14 @@ class Lifecycle:
         """Each running serving container on its own published ports (Compose hands every
         replica one port of the published ranges); the spec's ports when none is known."""
         endpoints = endpoints_for(loaded.spec)
+        if door_is_on(loaded.spec):
+            # Behind the door replicas publish nothing: reach each one on the project network.
+            return direct_replicas(
+                self.client,
+                stack.service_containers(SERVICE),
+                rest_port=loaded.spec.serving.rest_port,
+                grpc_port=loaded.spec.serving.grpc_port,
+            )
         found = replicas(
             stack.service_containers(SERVICE),
             host=endpoints.host,
@@ -574,12 +597,49 @@ class Lifecycle:
         for replica in targets:
             with RestClient(replica.rest_url) as rest:
                 results += smoke(loaded, rest, replica=replica.name if len(targets) > 1 else "")
+        if door_is_on(loaded.spec):
+            results += self._smoke_through_door(loaded, stack, timeout=timeout)
         lap("smoke")
         raise_for_smoke(results)
         forget_start_failures(self.root)
         report = UpReport(plan, self.status(loaded, stack), results, timings)
         report.sample = _sample_line(loaded, results)
         return report
+
+    def door_status(self, loaded: Loaded, stack: Stack) -> DoorStatus | None:
+        """The door's view of the replicas (None when the spec has no door or it is absent)."""
+        if not door_is_on(loaded.spec):
+            return None
+        containers = stack.containers()
+        door = frontend_container(containers)
+        if door is None:
+            return None
+        return read_door_stats(
+            self.client,
+            door,
+            [c for c in containers if c.service == SERVICE],
+            stats_port=loaded.spec.frontend.stats_port,
+        )
+
+    def _smoke_through_door(
+        self, loaded: Loaded, stack: Stack, *, timeout: float
+    ) -> list[SmokeResult]:
+        """Every replica in the door's rotation, then the samples through the door itself."""
+        door = frontend_container(stack.containers())
+        if door is None:
+            raise StackError("the front door container is missing", service="frontend")
+        wanted = len(self.replicas(loaded, stack))
+        wait_in_rotation(
+            lambda: self.door_status(loaded, stack) or DoorStatus(door.name, "missing"),
+            wanted,
+            timeout=timeout,
+        )
+        frontend = loaded.spec.frontend
+        if frontend.tls is not None or frontend.auth is not None:
+            self.say("the door checks TLS or API keys: samples were sent to each replica directly")
+            return []
+        with RestClient(endpoints_for(loaded.spec).rest_url) as rest:
+            return smoke(loaded, rest, replica="door")
 
     def status(self, loaded: Loaded | None = None, stack: Stack | None = None) -> StackStatus:
         if loaded is None:
@@ -624,7 +684,8 @@ class Lifecycle:
 
 
 def _host_ports(spec: StackSpec) -> list[int]:
-    count = spec.serving.replicas
+    # The door publishes one port of each kind; without it N replicas publish N-port ranges.
+    count = 1 if door_is_on(spec) else spec.serving.replicas
     return [
         port
         for start in (spec.serving.grpc_port, spec.serving.rest_port)

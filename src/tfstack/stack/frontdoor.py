@@ -1,0 +1,208 @@
+"""The front door seen from the host: replicas reached directly, and the door's own view of them.
+
+Behind the door the serving replicas publish no ports, yet ``up``, hot reloads and label moves must
+reach every replica (a reload through a balancer reaches one replica only). The engine runs on this
+host, so each replica is reached at its address on the project's network
+(:func:`direct_replicas`). The door's view (which replicas are in rotation, their health, requests
+and errors) comes from HAProxy's stats CSV on its internal stats port (:func:`read_door_stats`),
+reached the same way; nothing of it is published.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from tfstack.docker.compose import ContainerInfo, Replica
+from tfstack.errors import StackError
+from tfstack.render.frontdoor import FRONTEND_SERVICE
+
+DOOR_BACKENDS = {"rest_replicas": "rest", "grpc_replicas": "grpc"}
+STATS_PATH = "/stats;csv;norefresh"
+
+
+def container_addresses(client: Any, container_id: str) -> list[str]:
+    """The container's IPv4 addresses on its networks ([] when it has none or is gone)."""
+    try:
+        attrs = client.containers.get(container_id).attrs
+    except Exception:  # the engine's NotFound / APIError: the container just went away
+        return []
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    return [str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress")]
+
+
+def direct_replicas(
+    client: Any, containers: Iterable[ContainerInfo], *, rest_port: int, grpc_port: int
+) -> list[Replica]:
+    """Every running serving container at its own network address (the door publishes nothing
+    of theirs); containers without an address yet are left out."""
+    found: list[Replica] = []
+    for container in containers:
+        if container.state != "running":
+            continue
+        addresses = container_addresses(client, container.id)
+        if addresses:
+            address = addresses[0]
+            found.append(
+                Replica(container.name, f"http://{address}:{rest_port}", f"{address}:{grpc_port}")
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class DoorServer:
+    """One replica slot of one of the door's backends, as HAProxy's stats report it."""
+
+    backend: str  # "rest" | "grpc"
+    slot: str  # HAProxy's server name (replica1, replica2, ...)
+    address: str  # ip:port, "" while the slot has no address
+    status: str  # UP, DOWN, MAINT (resolution), "UP 1/2", ...
+    check: str  # last health check: L7OK, L4CON, L7STS, ...
+    requests: int  # requests sent to it (stot: total sessions)
+    errors: int  # connection + response errors (econ + eresp)
+    retries: int  # requests retried away from it (wretr) or redispatched (wredis)
+    active: int  # requests in flight now (scur)
+    container: str = ""
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.status.startswith("UP")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "slot": self.slot,
+            "container": self.container or None,
+            "address": self.address or None,
+            "status": self.status,
+            "in_rotation": self.in_rotation,
+            "check": self.check or None,
+            "requests": self.requests,
+            "errors": self.errors,
+            "retries": self.retries,
+            "active": self.active,
+        }
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def parse_stats_csv(text: str, names_by_ip: Mapping[str, str] | None = None) -> list[DoorServer]:
+    """Server rows of the door's backends from HAProxy's stats CSV (``# pxname,svname,...``)."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    servers: list[DoorServer] = []
+    for row in reader:
+        backend = DOOR_BACKENDS.get(row.get("pxname", ""))
+        name = row.get("svname", "")
+        if backend is None or name in ("FRONTEND", "BACKEND"):
+            continue
+        address = row.get("addr", "") or ""
+        ip = address.rsplit(":", 1)[0] if address else ""
+        servers.append(
+            DoorServer(
+                backend=backend,
+                slot=name,
+                address=address,
+                status=row.get("status", "") or "",
+                check=row.get("check_status", "") or "",
+                requests=_int(row.get("stot")),
+                errors=_int(row.get("econ")) + _int(row.get("eresp")),
+                retries=_int(row.get("wretr")) + _int(row.get("wredis")),
+                active=_int(row.get("scur")),
+                container=(names_by_ip or {}).get(ip, ""),
+            )
+        )
+    return servers
+
+
+@dataclass(frozen=True)
+class DoorStatus:
+    """The door as ``status`` shows it: its container, endpoints and every replica slot."""
+
+    container: str
+    state: str
+    servers: tuple[DoorServer, ...] = ()
+    error: str | None = None  # why the stats could not be read
+
+    def in_rotation(self, backend: str) -> list[str]:
+        return [
+            s.container or s.address for s in self.servers if s.backend == backend and s.in_rotation
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container": self.container,
+            "state": self.state,
+            "in_rotation": {b: self.in_rotation(b) for b in ("rest", "grpc")},
+            "servers": [s.to_json() for s in self.servers],
+            "error": self.error,
+        }
+
+
+def read_door_stats(
+    client: Any,
+    frontend: ContainerInfo,
+    replicas: Sequence[ContainerInfo],
+    *,
+    stats_port: int,
+    get: Callable[..., Any] = requests.get,
+) -> DoorStatus:
+    """The door's view of the replicas (HAProxy's stats CSV from the frontend's address)."""
+    addresses = container_addresses(client, frontend.id) if frontend.state == "running" else []
+    if not addresses:
+        return DoorStatus(frontend.name, frontend.state, error="the door is not running")
+    names: dict[str, str] = {}
+    for replica in replicas:
+        for ip in container_addresses(client, replica.id):
+            names[ip] = replica.name
+    url = f"http://{addresses[0]}:{stats_port}{STATS_PATH}"
+    try:
+        response = get(url, timeout=3)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        return DoorStatus(frontend.name, frontend.state, error=f"stats unreadable at {url}: {exc}")
+    return DoorStatus(frontend.name, frontend.state, tuple(parse_stats_csv(response.text, names)))
+
+
+def frontend_container(containers: Iterable[ContainerInfo]) -> ContainerInfo | None:
+    for container in containers:
+        if container.service == FRONTEND_SERVICE:
+            return container
+    return None
+
+
+def wait_in_rotation(
+    read: Callable[[], DoorStatus], wanted: int, *, timeout: float, interval: float = 0.25
+) -> DoorStatus:
+    """Until ``wanted`` replicas are in rotation for REST and for gRPC; StackError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = read()
+        counts = {b: len(status.in_rotation(b)) for b in ("rest", "grpc")}
+        if all(count >= wanted for count in counts.values()):
+            return status
+        if time.monotonic() >= deadline:
+            seen = "; ".join(
+                f"{s.backend} {s.slot} {s.address or 'no address'} {s.status} ({s.check})"
+                for s in status.servers
+            )
+            raise StackError(
+                f"the front door has {counts['rest']} REST and {counts['grpc']} gRPC replicas in "
+                f"rotation after {timeout:.0f} s, {wanted} wanted"
+                + (f" ({status.error})" if status.error else "")
+                + (f": {seen}" if seen else ""),
+                service=FRONTEND_SERVICE,
+                hint="`invoke logs` shows the door's log; a replica enters rotation once its "
+                "/readyz answers 200 (every declared version and label AVAILABLE)",
+            )
+        time.sleep(interval)
