@@ -60,7 +60,7 @@ from typing import Any, NoReturn
 import numpy as np
 import orjson
 
-from modelserver.errors import HTTP_STATUS, Code, ServingError
+from modelserver.errors import HTTP_STATUS, Code, ServingError, shown
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -360,7 +360,7 @@ def decode_predict_inputs(
     doc = request.doc
     if not inputs:
         raise _invalid(
-            f"Failed to get input map for signature: {request.signature_name or 'DEFAULT'}"
+            f"Failed to get input map for signature: {shown(request.signature_name) or 'DEFAULT'}"
         )
     has_instances = "instances" in doc
     has_inputs = "inputs" in doc
@@ -406,8 +406,8 @@ def _decode_instances(
             column = columns.get(key)
             if column is None:
                 raise _invalid(
-                    f"Failed to process element: {index} key: {key} of 'instances' list. "
-                    f"Error: JSON object: does not have named input: {key}"
+                    f"Failed to process element: {index} key: {shown(key)} of 'instances' list. "
+                    f"Error: JSON object: does not have named input: {shown(key)}"
                 )
             column.append(value)
         if len(element) != len(names):
@@ -818,6 +818,7 @@ def _field(number: int, payload: bytes) -> bytes:
 def _feature_from_json(name: str, content: Any) -> bytes:
     """Serialize one tf.train.Feature from its JSON value(s), with upstream's type rules."""
     values = content if isinstance(content, list) else [content]
+    name = shown(name)  # a client-chosen feature name, as the messages below repeat it
     kind = ""
     strings: list[bytes] = []
     floats: list[float] = []

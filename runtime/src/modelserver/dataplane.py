@@ -5,6 +5,8 @@ It knows neither HTTP nor gRPC; :mod:`modelserver.rest` and :mod:`modelserver.gr
 it (REST builds the ModelSpec from the URL, as upstream's HTTP handler does, and prints status
 answers as JSON). Predict goes straight through the session, or through the shared batch scheduler
 when the server batches (``--enable_batching``): the choice is made once, when the plane is built.
+Before either, images in string inputs are checked against ``--max_image_pixels`` (headers only,
+:mod:`modelserver.images`), so REST's ``{"b64": ...}`` and gRPC's ``string_val`` share the bound.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from modelserver.batched_predictor import BatchedPredictor
-from modelserver.errors import invalid_argument
+from modelserver.errors import invalid_argument, shown
+from modelserver.images import DEFAULT_MAX_IMAGE_PIXELS, check_image_inputs
 from modelserver.manager import ModelManager, VersionRecord
 from modelserver.servable import DEFAULT_SIGNATURE, Servable
 
@@ -49,11 +52,19 @@ def fill_model_spec(target: Any, servable: Servable, signature_name: str | None)
 
 
 class DataPlane:
-    """Requests against the models of one manager; ``batcher`` is set when the server batches."""
+    """Requests against the models of one manager; ``batcher`` is set when the server batches;
+    ``max_image_pixels`` bounds the images a Predict's string inputs may decode to (0 = off)."""
 
-    def __init__(self, manager: ModelManager, batcher: BatchedPredictor | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        batcher: BatchedPredictor | None = None,
+        *,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.manager = manager
         self.batcher = batcher
+        self.max_image_pixels = max_image_pixels
 
     @property
     def batching(self) -> bool:
@@ -85,7 +96,8 @@ class DataPlane:
         inputs: Mapping[str, Any],
         output_filter: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
-        """:func:`predict` with this plane's batching choice."""
+        """:func:`predict` with this plane's batching choice, after the image bound."""
+        check_image_inputs(inputs, self.max_image_pixels)
         return predict(servable, signature_name, inputs, output_filter, batcher=self.batcher)
 
     def model_status(self, spec: Any) -> Any:
@@ -110,7 +122,7 @@ class DataPlane:
             )
         for field in fields:
             if field != SIGNATURE_DEF_FIELD:
-                raise invalid_argument(f"Metadata field {field} is not supported")
+                raise invalid_argument(f"Metadata field {shown(field)} is not supported")
         servable = self.resolve(spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         fill_model_spec(response.model_spec, servable, None)

@@ -71,6 +71,34 @@ class ServingError(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+ECHO_CHARS = 128
+"""The longest client-supplied text (model name, label, signature, alias, path) an error message
+repeats whole; longer text is shortened by :func:`shown`."""
+MAX_MESSAGE_BYTES = 4096
+"""The most UTF-8 bytes of an error message sent to a client (:func:`bounded`): gRPC sends the
+message percent-encoded in a trailer (up to 3x its UTF-8 size) and clients refuse trailers over
+their metadata limit (16 KB), reporting RESOURCE_EXHAUSTED instead of the error."""
+
+
+def shown(text: str, limit: int = ECHO_CHARS) -> str:
+    """Client-supplied ``text`` as an error message repeats it: unchanged up to ``limit``
+    characters (upstream's texts stay byte-identical), else its start, an ellipsis and the
+    original length: ``'aaaa…' (50000 characters)``. Use it wherever a message echoes input."""
+    if len(text) <= limit:
+        return text
+    return f"'{text[:limit]}…' ({len(text)} characters)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """An error message as a client receives it: at most ``limit`` UTF-8 bytes plus a note of the
+    original length (a safety net for texts that join many names or come from TensorFlow)."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    start = data[:limit].decode("utf-8", "ignore")
+    return f"{start}… (message shortened from {len(message)} characters)"
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(Code.INVALID_ARGUMENT, message)
 

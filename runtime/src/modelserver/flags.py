@@ -75,6 +75,9 @@ class Flags:
     # Not upstream: on SIGTERM/SIGINT, seconds in-flight requests get to finish before the server
     # exits (keep it under the container's stop timeout: Docker's default is 10 s).
     shutdown_grace_seconds: float = 8.0
+    # Not upstream: the most pixels (width x height x frames) an image in a Predict's string
+    # inputs may declare in its header (models decode images in their graph); 0 = no limit.
+    max_image_pixels: int = 50_000_000
     unknown: list[str] = field(default_factory=list)
     # Names of the flags the command line set (even to their default value).
     given: set[str] = field(default_factory=set)

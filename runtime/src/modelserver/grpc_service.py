@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
 from modelserver import config as config_module
 from modelserver import inference
 from modelserver.dataplane import DataPlane
-from modelserver.errors import Code, ServingError, as_serving_error
+from modelserver.errors import Code, ServingError, as_serving_error, bounded
 from modelserver.metrics import Metrics
 from modelserver.servable import Servable
 
@@ -82,7 +82,7 @@ class Services(
         self.metrics.record_request(
             model, api, "GRPC", error.code.name, (time.perf_counter() - started) * 1e6
         )
-        context.abort(_GRPC_CODES[int(error.code)], error.message)
+        context.abort(_GRPC_CODES[int(error.code)], bounded(error.message))
         raise AssertionError("unreachable") from None
 
     def _inference(

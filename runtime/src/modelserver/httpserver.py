@@ -162,7 +162,8 @@ class HttpServer:
         self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock)
 
     async def shutdown(self, grace: float) -> None:
-        """Stop accepting; finish in-flight requests within ``grace`` seconds; close the rest."""
+        """Stop accepting; finish in-flight requests within ``grace`` seconds; then answer the
+        requests still running 503 (their work's answer is dropped) and close every connection."""
         self.closing = True
         if self._server is not None:
             self._server.close()
@@ -171,8 +172,16 @@ class HttpServer:
         deadline = time.monotonic() + grace
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        cut = self.error_answer(
+            503,
+            f"The server is shutting down and this request did not finish within the {grace:g} s "
+            "grace (--shutdown_grace_seconds); retry it (on another replica)",
+        )
         for connection in list(self.connections):
-            connection.abort()
+            if connection.busy:
+                connection.cut(cut)
+            else:
+                connection.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -305,6 +314,11 @@ class HttpProtocol(asyncio.Protocol):
         self.close_after = True
         if not self.busy and not self.pending:
             self.abort(graceful=True)
+
+    def cut(self, answer: Answer) -> None:
+        """Answer the request in progress with ``answer`` now (its own answer, when the work ends,
+        is dropped) and close the connection once that is sent."""
+        self._write(answer, keep_alive=False)
 
     def abort(self, *, graceful: bool = False) -> None:
         self.closed = True

@@ -23,7 +23,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from modelserver import codec, dataplane
 from modelserver.dataplane import fill_model_spec
-from modelserver.errors import Code, ServingError, invalid_argument
+from modelserver.errors import Code, ServingError, invalid_argument, shown
 from modelserver.servable import DEFAULT_SIGNATURE, MAX_TENSOR_ELEMENTS, Servable
 
 Predict = Callable[[Servable, str, Mapping[str, Any], Sequence[str]], dict[str, np.ndarray]]
@@ -274,7 +274,7 @@ def run_multi_inference(servable: Servable, request: Any, response: Any) -> None
             )
         name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if name in seen:
-            raise invalid_argument(f"Duplicate evaluation of signature: {name}")
+            raise invalid_argument(f"Duplicate evaluation of signature: {shown(name)}")
         seen.add(name)
     for task in request.tasks:
         result = response.results.add()
@@ -288,6 +288,6 @@ def run_multi_inference(servable: Servable, request: Any, response: Any) -> None
                 result.regression_result.regressions.add().value = value
         else:
             raise ServingError(
-                Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+                Code.UNIMPLEMENTED, f"Unsupported signature method_name: {shown(task.method_name)}"
             )
         fill_model_spec(result.model_spec, servable, signature_name)

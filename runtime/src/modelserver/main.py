@@ -2,16 +2,24 @@
 
 Exit codes: 0 after SIGTERM/SIGINT (graceful), 255 when the server fails to start (upstream
 returns -1), 1 for a config file that does not parse.
+
+After a server has run, the process ends with ``os._exit`` once the drain is over (logs and stdio
+flushed first): requests cut at the end of ``--shutdown_grace_seconds`` may still occupy worker
+threads (a session run cannot be interrupted), and Python's normal exit would join them, so the
+process would outlive the grace by as long as the slowest request. Nothing else is pending then:
+metrics live in memory, sessions were closed by the drain, logs go to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import uvloop
 
@@ -83,10 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--%s is accepted for compatibility and has no effect in this server", name
         )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    return uvloop.run(_serve(flags))
+    code, served = uvloop.run(_serve(flags))
+    if served:
+        _exit_now(code)
+    return code
 
 
-async def _serve(flags: Flags) -> int:
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, without joining worker threads still running cut requests."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken pipe: nothing more can be written anyway.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+async def _serve(flags: Flags) -> tuple[int, bool]:
+    """(exit code, whether the server started and then drained)."""
     # The server imports TensorFlow (seconds): --help, --version and flag errors answer without
     # it, and TF_CPP_MIN_LOG_LEVEL must be set before it loads.
     from modelserver import config as config_module  # noqa: PLC0415
@@ -102,19 +124,20 @@ async def _serve(flags: Flags) -> int:
     except config_module.ConfigParseError as error:
         print(error.parser_line, file=sys.stderr, flush=True)
         print(f"Failed to start server. Error: {error}", flush=True)
-        return 1
+        return 1, False
     except (StartupError, ServingError) as error:
         cause = error.__cause__
         if isinstance(cause, config_module.ConfigParseError):
             print(cause.parser_line, file=sys.stderr, flush=True)
             print(f"Failed to start server. Error: {cause}", flush=True)
-            return 1
+            return 1, False
         print(f"Failed to start server. Error: {error}", flush=True)
-        return FAILED_START
+        return FAILED_START, False
     await server.wait()
     logging.getLogger("modelserver.server").info("Received a stop signal: shutting down")
     await server.stop()
-    return 0
+    logging.getLogger("modelserver.server").info("Drained: exiting")
+    return 0, True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserver.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
+from modelserver.errors import (
+    Code,
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    shown,
+)
 from modelserver.servable import Servable
 
 log = logging.getLogger("modelserver.manager")
@@ -585,15 +592,15 @@ class ModelManager:
         route = self._routes.get(name)
         if label is not None:
             if route is None or label not in route.labels:
-                raise invalid_argument(f"Unrecognized servable version label: {label}")
+                raise invalid_argument(f"Unrecognized servable version label: {shown(label)}")
             version = route.labels[label]
         if version is None:
             if route is None or route.latest is None:
-                raise not_found(f"Servable not found for request: Latest({name})")
+                raise not_found(f"Servable not found for request: Latest({shown(name)})")
             return route.latest
         servable = route.by_version.get(version) if route is not None else None
         if servable is None:
-            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            raise not_found(f"Servable not found for request: Specific({shown(name)}, {version})")
         return servable
 
     @contextmanager
@@ -610,12 +617,12 @@ class ModelManager:
                 finally:
                     servable.release()
                 return
-        raise ServingError(Code.UNAVAILABLE, f"Model {name} is changing versions; retry")
+        raise ServingError(Code.UNAVAILABLE, f"Model {shown(name)} is changing versions; retry")
 
     def label_version(self, name: str, label: str) -> int:
         route = self._routes.get(name)
         if route is None or label not in route.labels:
-            raise invalid_argument(f"Unrecognized servable version label: {label}")
+            raise invalid_argument(f"Unrecognized servable version label: {shown(label)}")
         return route.labels[label]
 
     def status(self, name: str, version: int | None = None) -> list[VersionRecord]:
@@ -626,10 +633,10 @@ class ModelManager:
             if version is not None:
                 record = records.get(version)
                 if record is None:
-                    raise not_found(f"Could not find version {version} of model {name}")
+                    raise not_found(f"Could not find version {version} of model {shown(name)}")
                 return [_copy(record)]
             if not records:
-                raise not_found(f"Could not find any versions of model {name}")
+                raise not_found(f"Could not find any versions of model {shown(name)}")
             return [_copy(records[v]) for v in sorted(records, reverse=True)]
 
     def model_names(self) -> list[str]:
@@ -644,8 +651,10 @@ class ModelManager:
             }
 
     # -- shutdown --------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Stop polling and loading; close every loaded session."""
+    def stop(self, close_timeout: float = 5.0) -> None:
+        """Stop polling and loading; close every loaded session, each after waiting at most
+        ``close_timeout`` seconds for requests still holding it (0 after a drain whose grace has
+        ended: those requests were cut and the process exits)."""
         self._stop.set()
         self._wake.set()
         with self._lock:
@@ -656,7 +665,7 @@ class ModelManager:
             self._routes = {}
         self._pool.shutdown(wait=False, cancel_futures=True)
         for servable in servables:
-            servable.close(timeout=5)
+            servable.close(timeout=close_timeout)
 
 
 def _copy(record: VersionRecord) -> VersionRecord:

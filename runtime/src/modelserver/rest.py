@@ -24,7 +24,14 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 from modelserver import codec
 from modelserver.dataplane import SIGNATURE_DEF_FIELD, DataPlane
 from modelserver.dispatch import InlinePolicy
-from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
+from modelserver.errors import (
+    Code,
+    ServingError,
+    as_serving_error,
+    bounded,
+    invalid_argument,
+    shown,
+)
 from modelserver.metrics import Metrics
 from modelserver.readiness import READY_PATH, ready_answer
 from modelserver.servable import DEFAULT_SIGNATURE
@@ -65,7 +72,7 @@ def _version(text: str | None) -> int | None:
         return None
     value = int(text)
     if value > INT64_MAX:
-        raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+        raise invalid_argument(f"Failed to convert version: {shown(text)} to numeric.")
     return value
 
 
@@ -153,7 +160,7 @@ class RestApi:
             self.metrics.record_request(
                 model, api, "REST", error.code.name, (time.perf_counter() - started) * 1e6
             )
-        return error.http_status, JSON, _error_body(error.message)
+        return error.http_status, JSON, _error_body(bounded(error.message))
 
     def too_large(self, size: int, limit: int) -> Answer:
         error = _too_large(size, limit)
@@ -185,7 +192,7 @@ class RestApi:
                     _bind(self._metadata, model, version_text, label, body),
                 )
             return "get_model_status", model, _bind(self._status, model, version_text, label, body)
-        raise invalid_argument(f"Malformed request: {method} {path}")
+        raise invalid_argument(f"Malformed request: {method} {shown(path)}")
 
     async def _in_pool(self, work: Callable[[], bytes]) -> bytes:
         loop = asyncio.get_running_loop()
@@ -214,7 +221,7 @@ class RestApi:
             signature = servable.signatures.get(signature_name)
             if signature is None:
                 raise invalid_argument(
-                    f'Serving signature name: "{signature_name}" not found in signature def'
+                    f'Serving signature name: "{shown(signature_name)}" not found in signature def'
                 )
             specs = servable.cache.get(("rest-specs", signature_name))
             if specs is None:

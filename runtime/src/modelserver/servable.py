@@ -24,7 +24,7 @@ from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from modelserver import codec
-from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument
+from modelserver.errors import Code, ServingError, as_serving_error, invalid_argument, shown
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -118,7 +118,7 @@ class Servable:
         signature = self.signatures.get(key)
         if signature is None:
             raise ServingError(
-                Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.'
+                Code.FAILED_PRECONDITION, f'Serving signature key "{shown(key)}" not found.'
             )
         return signature
 
@@ -159,11 +159,11 @@ class Servable:
         for alias in output_filter:
             if alias not in signature.outputs:
                 raise invalid_argument(
-                    f"output tensor alias not found in signature: {alias} Outputs expected to"
-                    f" be in the set {{{','.join(sorted(signature.outputs))}}}."
+                    f"output tensor alias not found in signature: {shown(alias)} Outputs expected"
+                    f" to be in the set {{{','.join(sorted(signature.outputs))}}}."
                 )
             if alias in seen:
-                raise invalid_argument(f"duplicate output tensor alias: {alias}")
+                raise invalid_argument(f"duplicate output tensor alias: {shown(alias)}")
             seen.add(alias)
         return list(output_filter)
 
@@ -282,18 +282,19 @@ def check_inputs(signature: Any, inputs: Mapping[str, Any]) -> None:
     expected = set(signature.inputs)
     sent = set(inputs)
     if len(sent) != len(expected):
-        extra = sorted(sent - expected)
+        extra = [shown(alias) for alias in sorted(sent - expected)]
         missing = sorted(expected - sent)
+        named = [shown(alias) for alias in sorted(sent)]
         raise invalid_argument(
             f"input size does not match signature: {len(sent)}!={len(expected)}"
-            f" len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}})."
+            f" len({{{','.join(named)}}}) != len({{{','.join(sorted(expected))}}})."
             f" Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
         )
     for alias in sorted(sent):
         if alias not in expected:
             raise invalid_argument(
-                f"input tensor alias not found in signature: {alias}. Inputs expected to be in"
-                f" the set {{{','.join(sorted(expected))}}}."
+                f"input tensor alias not found in signature: {shown(alias)}. Inputs expected to"
+                f" be in the set {{{','.join(sorted(expected))}}}."
             )
 
 

@@ -120,7 +120,7 @@ class ModelServer:
             on_event=self._on_model_event,
         )
         # Requests' view of the models; _setup_batching swaps in a batching plane.
-        self.plane = DataPlane(self.manager)
+        self.plane = DataPlane(self.manager, max_image_pixels=flags.max_image_pixels)
         threads = flags.rest_api_num_threads or min(16, 4 * (os.cpu_count() or 1))
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
         self._config_text: bytes | None = None
@@ -140,6 +140,11 @@ class ModelServer:
             raise invalid_argument(
                 "server_options.batching_parameters_file is set without setting "
                 "server_options.enable_batching to true."
+            )
+        if flags.max_image_pixels < 0:
+            raise invalid_argument(
+                f"--max_image_pixels={flags.max_image_pixels} is negative; give the most pixels "
+                "an image in a request may decode to, or 0 for no limit"
             )
         if flags.monitoring_config_file and not (self.rest_port or flags.rest_api_port):
             log.warning("--monitoring_config_file has no effect without --rest_api_port")
@@ -236,7 +241,9 @@ class ModelServer:
             raise invalid_argument(
                 f"Invalid batching parameters file {self.flags.batching_parameters_file}: {exc}"
             ) from exc
-        self.plane = DataPlane(self.manager, self.batcher)
+        self.plane = DataPlane(
+            self.manager, self.batcher, max_image_pixels=self.flags.max_image_pixels
+        )
 
     async def _start_grpc(self) -> None:
         services = grpc_service.Services(
@@ -359,7 +366,8 @@ class ModelServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rest_stopped, grace + 1)
         self.plane.close()
-        self.manager.stop()
+        # The grace is over: requests still holding a session were cut, do not wait for them.
+        self.manager.stop(close_timeout=0)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -209,3 +209,32 @@ def test_requests_outlasting_the_grace_are_cut_at_its_end(
             assert status in ("CANCELLED", "UNAVAILABLE"), body
     _, err = server.process.communicate(timeout=30)
     assert server.process.returncode == 0, err[-2000:]
+
+
+def test_exit_is_bounded_by_the_grace_when_requests_outlive_it(
+    models: ModelFiles, tmp_path: Path, slow_servers: list[SlowServer]
+) -> None:
+    """Requests that would run 30 s do not keep the process alive: with a 1 s grace it exits 0
+    within a few seconds of SIGTERM (not when their worker threads end), its last log line
+    written; REST clients get a 503 naming the grace, gRPC clients CANCELLED/UNAVAILABLE."""
+    grace = 1.0
+    server = _start(models, tmp_path, slow=30, grace=grace)
+    slow_servers.append(server)
+    threads, results = _in_flight(server)
+    time.sleep(1.0)
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    _, err = server.process.communicate(timeout=60)
+    exited = time.monotonic() - signalled
+    assert server.process.returncode == 0, err[-2000:]
+    assert exited < grace + 4, f"exit took {exited:.1f}s after SIGTERM with a {grace} s grace"
+    assert "Drained: exiting" in err, err[-2000:]  # logs flushed before the hard exit
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(results) == 2 * IN_FLIGHT_EACH
+    for api, _, status, body in results:
+        if api == "REST":
+            assert status == 503, (status, body)
+            assert "--shutdown_grace_seconds" in json.loads(str(body))["error"], body
+        else:
+            assert status in ("CANCELLED", "UNAVAILABLE"), (status, body)
