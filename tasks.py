@@ -28,14 +28,17 @@ import tfstack.docker.engine
 import tfstack.rollout
 import tfstack.stack.lifecycle
 import tfstack.stack.predict
+import tfstack.stack.swarm
 from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
 from tfstack.ci import PROVIDERS, write_pipeline
+from tfstack.cluster import cluster_down, cluster_status, cluster_up
 from tfstack.core.files import format_plan, plan_to_json
 from tfstack.errors import TfstackError
 from tfstack.kubernetes import KUBERNETES_DIR, kubernetes_rollout_plan, render_kubernetes
+from tfstack.kubernetes.apply import KubernetesWriteReport
 from tfstack.models.demo import plan_demo_models, write_demo_models
-from tfstack.render import plan_render, render_to_disk
+from tfstack.render import RenderReport, plan_render, render_to_disk
 from tfstack.selftest import run_tests
 from tfstack.serving.client import ModelRef, format_signatures
 from tfstack.spec import check_spec, write_json_schema
@@ -91,13 +94,29 @@ def engine(c: Context) -> None:
         "k": "only tests matching this pytest -k expression",
         "x": "stop at the first failure",
         "junit_xml": "also write a JUnit XML report to this path (for CI)",
+        "fresh": "run the fresh-machine tier instead (tests/fresh: the README's two commands in "
+        "machines with a nested Docker engine, about 12 minutes)",
     }
 )
-def test(c: Context, unit: bool = False, k: str = "", x: bool = False, junit_xml: str = "") -> None:
+def test(  # noqa: PLR0917 (invoke maps parameters to options)
+    c: Context,
+    unit: bool = False,
+    k: str = "",
+    x: bool = False,
+    junit_xml: str = "",
+    fresh: bool = False,
+) -> None:
     """Run the test suite: unit and integration (installs and starts Docker when needed)."""
     report = Path(junit_xml).resolve() if junit_xml else None
     code = call(
-        run_tests, root=ROOT, unit_only=unit, keyword=k, exit_first=x, junit_xml=report, say=say
+        run_tests,
+        root=ROOT,
+        unit_only=unit,
+        keyword=k,
+        exit_first=x,
+        junit_xml=report,
+        fresh=fresh,
+        say=say,
     )
     if code != 0:
         raise Exit(code=code)
@@ -114,6 +133,11 @@ def spec_file(spec: str) -> Path:
         return path.relative_to(Path.cwd())
     except ValueError:
         return path
+
+
+def project_of(spec: str) -> Path:
+    """The stack's project root: ``<root>/config/stack.yaml`` -> ``<root>``."""
+    return spec_file(spec).resolve().parent.parent
 
 
 @task(
@@ -157,8 +181,11 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: 
     """Validate the spec, render the target's files, check them, write them atomically."""
     spec_path = spec_file(spec)
     chosen = call(deploy_target, spec_path, target, project_root=ROOT)
+    report: RenderReport | KubernetesWriteReport
     if chosen == "kubernetes":
         report = call(render_kubernetes, spec_path, ROOT, dry_run=dry_run)
+    elif chosen == "swarm":
+        report = call(tfstack.stack.swarm.render_swarm_to_disk, spec_path, ROOT, dry_run=dry_run)
     else:
         report = call(render_to_disk, spec_path, ROOT, dry_run=dry_run)
     for change in report.changes:
@@ -256,10 +283,28 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
         "spec": f"the stack spec (default {DEFAULT_SPEC}; relative to the project root)",
         "timeout": "seconds to wait for every model version and label to be AVAILABLE",
         "dry_run": "validate, render in memory, print the plan (noop/reload/...); change nothing",
+        "target": "compose or swarm (docs/swarm.md); default: the spec's deploy.target",
     }
 )
-def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bool = False) -> None:
+def up(
+    c: Context,
+    spec: str = DEFAULT_SPEC,
+    timeout: float = 180.0,
+    dry_run: bool = False,
+    target: str = "",
+) -> None:
     """Start the stack, or apply changes (hot reload if only models changed); wait for it."""
+    if call(deploy_target, spec_file(spec), target) == "swarm":
+        swarm_report = call(
+            tfstack.stack.swarm.swarm_up,
+            spec_file(spec),
+            project_of(spec),
+            timeout=max(timeout, 300.0),
+            dry_run=dry_run,
+            say=say,
+        )
+        print("\n".join(swarm_report.describe()))
+        return
     console = Console(stderr=True)
     with console.status("tfstack up") as live:
 
@@ -293,10 +338,16 @@ def up(c: Context, spec: str = DEFAULT_SPEC, timeout: float = 180.0, dry_run: bo
     help={
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
         "volumes": "also remove the volumes tfstack created for the stack",
+        "target": "compose or swarm; default: the spec's deploy.target",
     }
 )
-def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
+def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False, target: str = "") -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
+    if call(deploy_target, spec_file(spec), target) == "swarm":
+        for item in call(tfstack.stack.swarm.swarm_down, spec_file(spec), project_of(spec)):
+            print(f"removed {item}")
+        print("stack down")
+        return
     removed = call(
         tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).down,
         volumes=volumes,
@@ -310,10 +361,17 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False) -> None:
     help={
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
         "json_": "print the stable JSON document (docs/status-json.md) instead of tables",
+        "target": "compose or swarm; default: the spec's deploy.target",
     }
 )
-def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
+def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: str = "") -> None:
     """Per model and version: state, labels, error; per service: container, health, endpoints."""
+    if call(deploy_target, spec_file(spec), target) == "swarm":
+        swarm = call(tfstack.stack.swarm.swarm_status, spec_file(spec), project_of(spec))
+        print(json.dumps(swarm.to_json(), indent=2) if json_ else "\n".join(swarm.describe()))
+        if not swarm.ok:
+            raise Exit(code=1)
+        return
     result = call(
         tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).status
     )
@@ -621,7 +679,50 @@ def ci(  # noqa: PLR0917 (invoke maps parameters to options)
         print("dry run: nothing written")
 
 
+@task(
+    positional=["action"],
+    help={
+        "action": "up, status or down",
+        "nodes": "how many nodes `up` starts (1..7; the first is the manager)",
+        "spec": f"the stack spec whose door ports the manager publishes (default {DEFAULT_SPEC})",
+        "json_": "status as JSON",
+    },
+)
+def cluster(
+    c: Context,
+    action: str = "status",
+    nodes: int = 3,
+    spec: str = DEFAULT_SPEC,
+    json_: bool = False,
+) -> None:
+    """A local multi-node Docker Swarm plus registry for development and CI (docs/swarm.md)."""
+    if action == "up":
+        loaded = call(tfstack.stack.swarm.door_ports_of, spec_file(spec))
+        result = call(cluster_up, nodes, published_ports=loaded, say=say)
+    elif action == "down":
+        for item in call(cluster_down):
+            print(f"removed {item}")
+        print("cluster down")
+        return
+    elif action == "status":
+        result = call(cluster_status)
+    else:
+        raise Exit("tfstack: error: cluster takes up, status or down", code=2)
+    print(json.dumps(result.to_json(), indent=2) if json_ else "\n".join(result.describe()))
+    if action == "status" and not result.ready:
+        raise Exit(code=1)
+
+
+@task(help={"spec": f"the stack spec (default {DEFAULT_SPEC})"})
+def models_image(c: Context, spec: str = DEFAULT_SPEC) -> None:
+    """Pack the served model versions into an image tagged by content; push it (swarm)."""
+    prepared = call(tfstack.stack.swarm.prepare_swarm, spec_file(spec), project_of(spec), say=say)
+    print(f"model image {prepared.images.models} (revision {prepared.images.models_digest[:16]})")
+
+
 ns = Collection(
+    cluster,
+    models_image,
     engine,
     test,
     validate,

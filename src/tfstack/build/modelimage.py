@@ -1,0 +1,192 @@
+"""Model images for the Swarm target: the served versions and models.config, tagged by content.
+
+No shared filesystem is assumed: every node pulls the model image from the registry and the
+stack's ``models`` service copies it into the node's volume (see tfstack.render.swarm). The image
+is ``FROM`` the serving image, whose layers every node has anyway (and which has ``sh`` and ``cp``),
+plus one layer of models; its tag is the sha256 of the files it holds (paths, modes, bytes), so
+an unchanged repository is the same image and a second ``up`` pushes nothing.
+
+Pushing: the host pushes to ``push_registry`` and the nodes pull the same repository from
+``registry`` (for the local cluster: 127.0.0.1:5000 and tfstack-registry:5000).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfstack.core.versions import version_dirs
+from tfstack.errors import BuildError
+from tfstack.spec.model import StackSpecFields, model_host_dir, model_relative_path
+
+IMAGE_MODELS_DIR = "/tfstack-models"
+PUSH_TIMEOUT_S = 1800
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of the model image: where it goes (relative) and where it comes from."""
+
+    relative: str  # under repository/ (model path/version dir/...)
+    source: Path
+
+
+def served_files(
+    spec: StackSpecFields, spec_path: Path, served: Mapping[str, Iterable[int]]
+) -> list[ModelFile]:
+    """Every file of every served version (``served``: model -> versions), sorted."""
+    files: list[ModelFile] = []
+    for model in spec.models:
+        wanted = set(served.get(model.name, ()))
+        base = model_host_dir(spec, spec_path, model)
+        relative_base = Path(model_relative_path(model))
+        if relative_base.is_absolute():
+            relative_base = Path(model.name)
+        for version in version_dirs(base):
+            if version.version not in wanted:
+                continue
+            top = base / version.name
+            for directory, _, names in os.walk(top):
+                for name in names:
+                    source = Path(directory) / name
+                    inner = source.relative_to(base)
+                    files.append(ModelFile((relative_base / inner).as_posix(), source))
+    return sorted(files, key=lambda f: f.relative)
+
+
+def content_digest(files: Iterable[ModelFile], models_config: str) -> str:
+    """sha256 over each file's path, executable bit and bytes, then the models.config text."""
+    digest = hashlib.sha256()
+    for item in files:
+        digest.update(item.relative.encode("utf-8") + b"\0")
+        digest.update(b"x" if os.access(item.source, os.X_OK) else b"-")
+        with item.source.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    digest.update(models_config.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def model_repository_name(project: str) -> str:
+    return f"tfstack/models-{project}"
+
+
+@dataclass(frozen=True)
+class ModelImagePlan:
+    """What ``models-image`` builds and pushes."""
+
+    base_image: str
+    repository: str  # without registry
+    digest: str
+    files: tuple[ModelFile, ...]
+    models_config: str
+
+    @property
+    def tag(self) -> str:
+        return self.digest[:16]
+
+    def reference(self, registry: str) -> str:
+        return f"{registry}/{self.repository}:{self.tag}"
+
+    def dockerfile(self) -> str:
+        return (
+            f"FROM {self.base_image}\n"
+            f"COPY --chown=0:0 repository {IMAGE_MODELS_DIR}/repository\n"
+            f"COPY --chown=0:0 models.config {IMAGE_MODELS_DIR}/models.config\n"
+            f'LABEL org.tfstack.managed="true" org.tfstack.role="model-image" '
+            f'org.tfstack.models-digest="{self.digest}"\n'
+        )
+
+
+def plan_model_image(
+    spec: StackSpecFields,
+    spec_path: Path,
+    served: Mapping[str, Iterable[int]],
+    models_config: str,
+    *,
+    base_image: str,
+) -> ModelImagePlan:
+    """The model image for these served versions (pure apart from reading the files)."""
+    files = served_files(spec, spec_path, served)
+    return ModelImagePlan(
+        base_image=base_image,
+        repository=model_repository_name(spec.project),
+        digest=content_digest(files, models_config),
+        files=tuple(files),
+        models_config=models_config,
+    )
+
+
+def _docker(argv: list[str], *, what: str, timeout: int = PUSH_TIMEOUT_S) -> str:
+    try:
+        result = subprocess.run(
+            ["docker", *argv], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"{what} took over {timeout} s") from exc
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-8:]
+        raise BuildError(f"{what} failed", log_tail=tail)
+    return result.stdout.strip()
+
+
+def image_present(reference: str) -> bool:
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", reference],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def build_model_image(plan: ModelImagePlan, local_tag: str, *, say: Say) -> None:
+    """Build the image from a hard-linked context (no copy of big variables when possible)."""
+    if image_present(local_tag):
+        return
+    with tempfile.TemporaryDirectory(prefix="tfstack-models-") as tmp:
+        context = Path(tmp)
+        for item in plan.files:
+            target = context / "repository" / item.relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(item.source, target)
+            except OSError:
+                shutil.copy2(item.source, target)
+        (context / "repository").mkdir(exist_ok=True)
+        (context / "models.config").write_text(plan.models_config, encoding="utf-8")
+        (context / "Dockerfile").write_text(plan.dockerfile(), encoding="utf-8")
+        say(f"building model image {local_tag} ({len(plan.files)} files)")
+        _docker(
+            ["build", "--quiet", "--tag", local_tag, str(context)],
+            what=f"building model image {local_tag}",
+        )
+
+
+def push_image(local: str, push_reference: str, *, say: Say) -> str:
+    """Tag ``local`` as ``push_reference`` and push it; the pushed digest (sha256:...)."""
+    _docker(["tag", local, push_reference], what=f"tagging {local}")
+    say(f"pushing {push_reference}")
+    output = _docker(["push", push_reference], what=f"pushing {push_reference}")
+    for line in output.splitlines():
+        if "digest: sha256:" in line:
+            return line.split("digest: ", 1)[1].split()[0]
+    raise BuildError(f"pushing {push_reference}: no digest in the registry's answer")
+
+
+def local_image_id(reference: str) -> str:
+    """The engine's image id (sha256:...) of ``reference``; BuildError when it is missing."""
+    if not image_present(reference):
+        raise BuildError(
+            f"image {reference} is not in this engine",
+            hint="build it first (`./tfstack images`, or the frontend image)",
+        )
+    return _docker(["image", "inspect", "--format", "{{.Id}}", reference], what="inspect")

@@ -1,0 +1,732 @@
+"""``up | status | down --target swarm``: the stack on a Docker Swarm (docs/swarm.md).
+
+Plan, then apply: :func:`prepare_swarm` validates (with the swarm rules), packs and pushes the
+model image, pushes the serving and door images and renders ``compose/stack.yml``; :func:`swarm_up`
+then checks the manager and the placement, deploys with ``docker stack deploy``, waits until every
+task serves every declared version (asked per task on the overlay, never through the balancer) and
+smoke-tests through the door. A second ``up`` changes nothing (content-addressed images and
+configs); a models-only change is a new model image: the ``models`` service copies it into each
+node's volume and every server re-reads models.config (hot reload, no restart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tfstack.build.modelimage import (
+    build_model_image,
+    local_image_id,
+    plan_model_image,
+    push_image,
+)
+from tfstack.cluster.apply import cluster_status
+from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
+from tfstack.core.files import plan_files, write_files_atomically
+from tfstack.errors import StackError
+from tfstack.render import RenderReport
+from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
+from tfstack.render.swarm import (
+    MODELS_SERVICE,
+    NETWORK,
+    STACK_FILE,
+    SwarmImages,
+    models_config_for_image,
+    render_swarm,
+    stack_name,
+)
+from tfstack.serving.client import RestClient
+from tfstack.spec import StackSpec
+from tfstack.spec.load import check_spec
+from tfstack.stack.plan import Loaded, load
+from tfstack.stack.smoke import raise_for_smoke, smoke
+from tfstack.stack.swarm_probe import PROBE_SCRIPT, TaskModels, parse_probe
+
+Say = Callable[[str], None]
+COMMAND_TIMEOUT_S = 300
+POLL_S = 2.0
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class SwarmError(StackError):
+    """A Swarm step failed; names the service or node and what to do."""
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+def manager_url(spec: StackSpec) -> str:
+    """``deploy.swarm.manager``, else DOCKER_HOST, else the local cluster's manager."""
+    if spec.deploy.swarm.manager:
+        return spec.deploy.swarm.manager
+    return os.environ.get("DOCKER_HOST") or f"tcp://127.0.0.1:{MANAGER_API_PORT}"
+
+
+def door_host(url: str) -> str:
+    """Where this machine reaches the door: the manager's host (127.0.0.1 for a local one)."""
+    parsed = urlparse(url)
+    if parsed.scheme in {"tcp", "ssh", "http", "https"} and parsed.hostname:
+        return parsed.hostname
+    return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Manager:
+    """The docker CLI pointed at one Swarm manager."""
+
+    url: str
+
+    def argv(self, *args: str) -> list[str]:
+        return ["docker", "--host", self.url, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: int = COMMAND_TIMEOUT_S) -> str:
+        try:
+            result = subprocess.run(
+                self.argv(*args), capture_output=True, text=True, check=False, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SwarmError(f"`docker {' '.join(args[:3])}` took over {timeout} s") from exc
+        if check and result.returncode != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-4:])
+            raise SwarmError(f"`docker {' '.join(args[:3])}` on {self.url} failed: {tail}")
+        return result.stdout.strip()
+
+    def check(self) -> None:
+        """The manager answers and is a Swarm manager; SwarmError naming it otherwise."""
+        try:
+            state = self.run(
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+                timeout=20,
+            )
+        except SwarmError as exc:
+            raise SwarmError(
+                f"no Swarm manager reachable at {self.url}: {exc.message}",
+                hint="start the local cluster (`./tfstack cluster up --nodes 3`), or set "
+                "DOCKER_HOST / deploy.swarm.manager to a manager of your Swarm",
+            ) from exc
+        if state != "active true":
+            raise SwarmError(
+                f"{self.url} is not a Swarm manager (state: {state or 'unknown'})",
+                hint="point DOCKER_HOST or deploy.swarm.manager at a manager node",
+            )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    id: str
+    hostname: str
+    role: str
+    state: str
+    availability: str
+
+
+def nodes(manager: Manager) -> list[NodeInfo]:
+    ids = manager.run("node", "ls", "--quiet").split()
+    found = []
+    for item in json.loads(manager.run("node", "inspect", *ids) or "[]"):
+        found.append(
+            NodeInfo(
+                id=item["ID"],
+                hostname=item["Description"]["Hostname"],
+                role=item["Spec"]["Role"],
+                state=item["Status"]["State"],
+                availability=item["Spec"]["Availability"],
+            )
+        )
+    return sorted(found, key=lambda n: n.hostname)
+
+
+def check_placement(spec: StackSpec, available: Sequence[NodeInfo]) -> None:
+    """Enough usable nodes for the replicas under ``max_replicas_per_node`` (pure)."""
+    usable = [n for n in available if n.state == "ready" and n.availability == "active"]
+    limit = spec.deploy.swarm.max_replicas_per_node
+    replicas = spec.serving.replicas
+    if not usable:
+        raise SwarmError("no ready, active node in the Swarm", service=SERVING_SERVICE)
+    if limit and replicas > limit * len(usable):
+        raise SwarmError(
+            f"{replicas} replicas need more than the {len(usable)} usable node(s) x "
+            f"max_replicas_per_node {limit} = {limit * len(usable)} places",
+            service=SERVING_SERVICE,
+            hint="lower serving.replicas, raise deploy.swarm.max_replicas_per_node or add nodes",
+        )
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class Prepared:
+    loaded: Loaded
+    files: dict[str, str]
+    images: SwarmImages
+    stack: str
+
+
+def _image_tag(image_id: str) -> str:
+    return "id-" + image_id.removeprefix("sha256:")[:16]
+
+
+def _repository(image: str) -> str:
+    last = image.rsplit("/", 1)
+    name = image
+    if ":" in last[-1]:
+        name = image.rsplit(":", 1)[0]
+    return name
+
+
+def prepare_swarm(spec_path: Path, root: Path, *, push: bool = True, say: Say = _quiet) -> Prepared:
+    """Validate for swarm, build and push the images, render the stack file (not written)."""
+    report = check_spec(spec_path, check_disk=True, project_root=root, target="swarm")
+    report.raise_for_problems()
+    loaded = load(spec_path, root)
+    spec = loaded.spec
+    swarm = spec.deploy.swarm
+    models_config = models_config_for_image(spec, spec_path, root)
+    served = {e.name: e.versions for e in loaded.expectations}
+    plan = plan_model_image(spec, spec_path, served, models_config, base_image=spec.serving.image)
+    pull, push_to = swarm.registry, swarm.push_to()
+    serving_tag = _image_tag(local_image_id(spec.serving.image))
+    frontend_tag = _image_tag(local_image_id(spec.frontend.image))
+    serving_repo = _repository(spec.serving.image)
+    frontend_repo = _repository(spec.frontend.image)
+    refs = {
+        "serving": f"{serving_repo}:{serving_tag}",
+        "frontend": f"{frontend_repo}:{frontend_tag}",
+        "models": f"{plan.repository}:{plan.tag}",
+    }
+    if push:
+        local_models = f"{plan.repository}:{plan.tag}"
+        build_model_image(plan, local_models, say=say)
+        for local, ref in (
+            (spec.serving.image, refs["serving"]),
+            (spec.frontend.image, refs["frontend"]),
+            (local_models, refs["models"]),
+        ):
+            try:
+                push_image(local, f"{push_to}/{ref}", say=say)
+            except StackError:
+                raise
+            except Exception as exc:
+                raise SwarmError(
+                    f"the registry {push_to} refused {ref}: {exc}",
+                    hint="check that the registry runs and accepts pushes "
+                    "(`./tfstack cluster status`), or deploy.swarm.push_registry",
+                ) from exc
+    images = SwarmImages(
+        serving=f"{pull}/{refs['serving']}",
+        frontend=f"{pull}/{refs['frontend']}",
+        models=f"{pull}/{refs['models']}",
+        models_digest=plan.digest,
+    )
+    files = render_swarm(spec, spec_path, root, images)
+    return Prepared(loaded, files, images, stack_name(spec))
+
+
+def render_swarm_to_disk(spec_path: Path, root: Path, *, dry_run: bool = False) -> RenderReport:
+    """``render --target swarm``: the stack file and its configs, written atomically (no push)."""
+    prepared = prepare_swarm(spec_path, root, push=False)
+    changes = plan_files(root, prepared.files)
+    written = [] if dry_run else write_files_atomically(root, prepared.files)
+    return RenderReport(changes=changes, written=written, dry_run=dry_run)
+
+
+def door_ports_of(spec_path: Path) -> tuple[int, ...]:
+    """The ports the door publishes (the local cluster's manager publishes them on 127.0.0.1)."""
+    spec = check_spec(spec_path, check_disk=False).raise_for_problems()
+    return (spec.serving.grpc_port, spec.serving.rest_port)
+
+
+# --------------------------------------------------------------------------- observe
+
+
+@dataclass
+class TaskInfo:
+    id: str
+    service: str
+    node: str
+    state: str
+    desired: str
+    error: str
+    addresses: tuple[str, ...]
+    image: str
+
+
+def tasks(manager: Manager, stack: str, node_names: Mapping[str, str]) -> list[TaskInfo]:
+    ids = manager.run("stack", "ps", "--quiet", "--no-trunc", stack, check=False).split()
+    if not ids:
+        return []
+    found: list[TaskInfo] = []
+    for item in json.loads(manager.run("inspect", "--type", "task", *ids, check=False) or "[]"):
+        addresses = tuple(
+            address.split("/")[0]
+            for attachment in item.get("NetworksAttachments") or []
+            for address in attachment.get("Addresses") or []
+        )
+        service = item.get("Spec", {}).get("ContainerSpec", {}).get("Labels", {}) or {}
+        found.append(
+            TaskInfo(
+                id=item["ID"][:12],
+                service=str(item.get("ServiceID", "")),
+                node=node_names.get(item.get("NodeID", ""), item.get("NodeID", "")[:12]),
+                state=item["Status"]["State"],
+                desired=item.get("DesiredState", ""),
+                error=item["Status"].get("Err", ""),
+                addresses=addresses,
+                image=item.get("Spec", {}).get("ContainerSpec", {}).get("Image", "").split("@")[0],
+            )
+        )
+        del service
+    return found
+
+
+def service_ids(manager: Manager, stack: str) -> dict[str, str]:
+    """Service name (without the stack prefix) -> service ID."""
+    text = manager.run(
+        "service",
+        "ls",
+        "--filter",
+        f"label={STACK_LABEL}={stack}",
+        "--format",
+        "{{.ID}} {{.Name}}",
+        check=False,
+    )
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        sid, _, name = line.partition(" ")
+        out[name.removeprefix(f"{stack}_")] = sid
+    return out
+
+
+def service_versions(manager: Manager, stack: str) -> dict[str, int]:
+    ids = service_ids(manager, stack)
+    if not ids:
+        return {}
+    data = json.loads(manager.run("service", "inspect", *ids.values()) or "[]")
+    by_id = {item["ID"]: item["Version"]["Index"] for item in data}
+    return {name: int(by_id.get(sid, 0)) for name, sid in ids.items()}
+
+
+def probe_tasks(
+    manager: Manager, prepared_image: str, stack: str, spec: StackSpec
+) -> tuple[list[TaskModels], str | None]:
+    """Ask every serving task on the overlay (helper container on the manager)."""
+    output = manager.run(
+        "run",
+        "--rm",
+        f"--network={stack}_{NETWORK}",
+        "--label=org.tfstack.managed=true",
+        f"--label=org.tfstack.project={spec.project}",
+        "--label=org.tfstack.role=swarm-probe",
+        "--entrypoint=python3",
+        prepared_image,
+        "-c",
+        PROBE_SCRIPT,
+        SERVING_SERVICE,
+        str(spec.serving.rest_port),
+        ",".join(m.name for m in spec.models),
+        check=False,
+        timeout=120,
+    )
+    return parse_probe(output)
+
+
+# --------------------------------------------------------------------------- up
+
+
+@dataclass
+class SwarmUpReport:
+    action: str  # "deploy" | "update" | "noop"
+    stack: str
+    manager: str
+    timings: dict[str, float] = field(default_factory=dict)
+    per_node: dict[str, int] = field(default_factory=dict)
+    tasks: list[TaskModels] = field(default_factory=list)
+    door: str = ""
+    smoke_requests: int = 0
+
+    def describe(self) -> list[str]:
+        spread = ", ".join(f"{node}: {count}" for node, count in sorted(self.per_node.items()))
+        lines = [
+            f"stack {self.stack} on {self.manager}: {self.action}",
+            f"serving tasks per node: {spread}",
+            f"door: {self.door} ({self.smoke_requests} smoke requests OK)",
+        ]
+        timings = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        lines.append(f"done in {sum(self.timings.values()):.1f}s ({timings})")
+        return lines
+
+
+def _wait_converged(
+    manager: Manager, prepared: Prepared, node_names: Mapping[str, str], timeout: float, say: Say
+) -> tuple[list[TaskModels], dict[str, int]]:
+    spec = prepared.loaded.spec
+    stack = prepared.stack
+    expected = {e.name: e.versions for e in prepared.loaded.expectations}
+    ids = service_ids(manager, stack)
+    serving_id = ids.get(SERVING_SERVICE, "")
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        current = [
+            t
+            for t in tasks(manager, stack, node_names)
+            if serving_id and t.service.startswith(serving_id)
+        ]
+        running = [t for t in current if t.desired == "running" and t.state == "running"]
+        failed = [t for t in current if t.error and t.desired == "running"]
+        per_node: dict[str, int] = {}
+        for task in running:
+            per_node[task.node] = per_node.get(task.node, 0) + 1
+        old = [t for t in running if t.image != prepared.images.serving]
+        if len(running) == spec.serving.replicas and not old:
+            answers, error = probe_tasks(manager, prepared.images.serving, stack, spec)
+            if error is None and len(answers) == spec.serving.replicas:
+                gaps = {a.address: a.missing(expected) for a in answers}
+                if not any(gaps.values()):
+                    return answers, per_node
+                last = "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items() if v)
+            else:
+                last = error or f"{len(answers)} of {spec.serving.replicas} tasks answer"
+        else:
+            last = f"{len(running)}/{spec.serving.replicas} serving tasks running"
+            if failed:
+                last += "; " + "; ".join(f"{t.node}: {t.error}" for t in failed[-3:])
+        if time.monotonic() > deadline:
+            raise SwarmError(
+                f"not every task serves every declared version after {timeout:.0f} s: {last}",
+                service=SERVING_SERVICE,
+                hint=f"`docker --host {manager.url} service ps --no-trunc {stack}_serving`",
+            )
+        say(f"waiting: {last}")
+        time.sleep(POLL_S)
+
+
+def _remove_stale_configs(manager: Manager, stack: str, files: Mapping[str, str]) -> list[str]:
+    text = files[STACK_FILE]
+    names = manager.run(
+        "config",
+        "ls",
+        "--filter",
+        f"label={STACK_LABEL}={stack}",
+        "--format",
+        "{{.Name}}",
+        check=False,
+    ).split()
+    removed = []
+    for name in names:
+        if name not in text and manager.run("config", "rm", name, check=False):
+            removed.append(name)
+    return removed
+
+
+def swarm_up(
+    spec_path: Path,
+    root: Path,
+    *,
+    timeout: float = 300.0,
+    dry_run: bool = False,
+    say: Say = _quiet,
+) -> SwarmUpReport:
+    """Validate, push, deploy, wait per task, smoke through the door; idempotent."""
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    spec = check_spec(
+        spec_path, check_disk=True, project_root=root, target="swarm"
+    ).raise_for_problems()
+    manager = Manager(manager_url(spec))
+    manager.check()
+    node_list = nodes(manager)
+    check_placement(spec, node_list)
+    timings["check"] = time.monotonic() - started
+    mark = time.monotonic()
+    prepared = prepare_swarm(spec_path, root, push=not dry_run, say=say)
+    timings["images"] = time.monotonic() - mark
+    if dry_run:
+        return SwarmUpReport("dry-run", prepared.stack, manager.url, timings)
+    write_files_atomically(root, prepared.files)
+    stack = prepared.stack
+    before = service_versions(manager, stack)
+    mark = time.monotonic()
+    say(f"deploying stack {stack} to {manager.url}")
+    try:
+        manager.run("stack", "deploy", "--prune", "--compose-file", str(root / STACK_FILE), stack)
+    except SwarmError:
+        if not before:
+            manager.run("stack", "rm", stack, check=False)
+        raise
+    after = service_versions(manager, stack)
+    action = "deploy" if not before else ("noop" if after == before else "update")
+    timings["deploy"] = time.monotonic() - mark
+    mark = time.monotonic()
+    names = {n.id: n.hostname for n in node_list}
+    try:
+        answers, per_node = _wait_converged(manager, prepared, names, timeout, say)
+    except SwarmError:
+        if not before:
+            say("first deploy failed: removing the stack (nothing half-deployed)")
+            manager.run("stack", "rm", stack, check=False)
+        raise
+    timings["wait"] = time.monotonic() - mark
+    mark = time.monotonic()
+    door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
+    results = _smoke_door(prepared.loaded, door, timeout=60)
+    timings["smoke"] = time.monotonic() - mark
+    _remove_stale_configs(manager, stack, prepared.files)
+    return SwarmUpReport(action, stack, manager.url, timings, per_node, answers, door, len(results))
+
+
+def _smoke_door(loaded: Loaded, door: str, *, timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        with RestClient(door, timeout=30) as rest:
+            try:
+                results = smoke(loaded, rest, replica="door")
+                raise_for_smoke(results)
+                return results
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(POLL_S)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass
+class SwarmStatus:
+    stack: str
+    manager: str
+    endpoint_mode: str
+    nodes: list[NodeInfo]
+    tasks: list[TaskInfo]
+    services: dict[str, str]
+    per_task: list[TaskModels]
+    probe_error: str | None
+    door: str
+    door_ok: bool
+    expected: dict[str, tuple[int, ...]]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.door_ok
+            and self.probe_error is None
+            and bool(self.per_task)
+            and not any(t.missing(self.expected) for t in self.per_task)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        by_address = {t.address: t for t in self.per_task}
+        serving = self.services.get(SERVING_SERVICE, "")
+        return {
+            "target": "swarm",
+            "stack": self.stack,
+            "manager": self.manager,
+            "endpoint_mode": self.endpoint_mode,
+            "ok": self.ok,
+            "nodes": [n.__dict__ for n in self.nodes],
+            "tasks": [
+                {
+                    "id": t.id,
+                    "service": next(
+                        (k for k, v in self.services.items() if t.service.startswith(v)), ""
+                    ),
+                    "node": t.node,
+                    "state": t.state,
+                    "error": t.error,
+                    "addresses": list(t.addresses),
+                    "models": {
+                        m: {str(v): s for v, s in states.items()}
+                        for a in t.addresses
+                        if a in by_address and serving and t.service.startswith(serving)
+                        for m, states in by_address[a].versions.items()
+                    },
+                }
+                for t in self.tasks
+                if t.desired == "running"
+            ],
+            "door": {"url": self.door, "ok": self.door_ok},
+            "probe_error": self.probe_error,
+        }
+
+    def describe(self) -> list[str]:
+        doc = self.to_json()
+        lines = [
+            f"stack {self.stack} on {self.manager} (endpoint_mode {self.endpoint_mode}): "
+            f"{'OK' if self.ok else 'NOT OK'}",
+            "nodes: " + ", ".join(f"{n.hostname} ({n.role}, {n.state})" for n in self.nodes),
+        ]
+        for task in doc["tasks"]:
+            models = "; ".join(
+                f"{m} " + ",".join(f"v{v} {s}" for v, s in states.items())
+                for m, states in task["models"].items()
+            )
+            lines.append(
+                f"  {task['service']:<9} {task['node']:<16} {task['state']:<9} {models}"
+                + (f" error: {task['error']}" if task["error"] else "")
+            )
+        lines.append(f"door {self.door}: {'answers' if self.door_ok else 'DOES NOT ANSWER'}")
+        if self.probe_error:
+            lines.append(f"probe: {self.probe_error}")
+        return lines
+
+
+def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
+    loaded = load(spec_path, root)
+    spec = loaded.spec
+    manager = Manager(manager_url(spec))
+    manager.check()
+    stack = stack_name(spec)
+    node_list = nodes(manager)
+    names = {n.id: n.hostname for n in node_list}
+    services = service_ids(manager, stack)
+    task_list = tasks(manager, stack, names)
+    per_task: list[TaskModels] = []
+    error: str | None = "stack not deployed"
+    if SERVING_SERVICE in services:
+        image = json.loads(manager.run("service", "inspect", services[SERVING_SERVICE]))[0]
+        ref = image["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        per_task, error = probe_tasks(manager, ref, stack, spec)
+    door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
+    door_ok = False
+    try:
+        with RestClient(door, timeout=5) as rest:
+            rest.request("GET", f"/v1/models/{spec.models[0].name}")
+            door_ok = True
+    except Exception:  # any failure means the door does not answer
+        door_ok = False
+    return SwarmStatus(
+        stack=stack,
+        manager=manager.url,
+        endpoint_mode=spec.deploy.swarm.endpoint_mode,
+        nodes=node_list,
+        tasks=task_list,
+        services=services,
+        per_task=per_task,
+        probe_error=error,
+        door=door,
+        door_ok=door_ok,
+        expected={e.name: e.versions for e in loaded.expectations},
+    )
+
+
+# --------------------------------------------------------------------------- down
+
+
+def swarm_down(spec_path: Path, root: Path, *, timeout: float = 90.0) -> list[str]:
+    """Remove the stack, its configs, network and (local cluster) each node's models volume."""
+    spec = check_spec(spec_path, check_disk=False, project_root=root).raise_for_problems()
+    manager = Manager(manager_url(spec))
+    manager.check()
+    stack = stack_name(spec)
+    removed: list[str] = []
+    services = service_ids(manager, stack)
+    if services:
+        manager.run("stack", "rm", stack)
+        removed += [f"service {stack}_{name}" for name in sorted(services)]
+    deadline = time.monotonic() + timeout
+    while True:
+        left = manager.run(
+            "ps", "--all", "--quiet", "--filter", f"label={STACK_LABEL}={stack}", check=False
+        )
+        networks = manager.run(
+            "network", "ls", "--quiet", "--filter", f"label={STACK_LABEL}={stack}", check=False
+        )
+        if not left and not networks and not service_ids(manager, stack):
+            break
+        if time.monotonic() > deadline:
+            raise SwarmError(
+                f"stack {stack} still has containers or networks after {timeout:.0f} s",
+                hint=f"`docker --host {manager.url} stack ps {stack}`; run down again",
+            )
+        time.sleep(1)
+    for name in manager.run(
+        "config",
+        "ls",
+        "--filter",
+        f"label={STACK_LABEL}={stack}",
+        "--format",
+        "{{.Name}}",
+        check=False,
+    ).split():
+        manager.run("config", "rm", name, check=False)
+        removed.append(f"config {name}")
+    removed += _remove_node_volumes(spec, stack)
+    return removed
+
+
+def _remove_node_volumes(spec: StackSpec, stack: str) -> list[str]:
+    """Each node's ``<stack>_models`` volume (local cluster: through each node container)."""
+    status = cluster_status(CLUSTER_NAME)
+    if not status.exists or manager_url(spec) != status.manager_url:
+        return []
+    removed: list[str] = []
+    for node in status.containers:
+        if node == "registry":
+            continue
+        volumes = subprocess.run(
+            [
+                "docker",
+                "exec",
+                node,
+                "docker",
+                "volume",
+                "ls",
+                "--quiet",
+                "--filter",
+                f"label={STACK_LABEL}={stack}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for volume in volumes:
+            deadline = time.monotonic() + 30
+            while True:
+                gone = subprocess.run(
+                    ["docker", "exec", node, "docker", "volume", "rm", volume],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if gone.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            if gone.returncode != 0:
+                raise SwarmError(
+                    f"node {node}: volume {volume} not removed: {gone.stderr.strip()}",
+                    hint="a task may still be stopping: run down again",
+                )
+            removed.append(f"volume {volume} on {node}")
+    return removed
+
+
+__all__ = [
+    "FRONTEND_SERVICE",
+    "MODELS_SERVICE",
+    "SwarmError",
+    "SwarmStatus",
+    "SwarmUpReport",
+    "check_placement",
+    "prepare_swarm",
+    "swarm_down",
+    "swarm_status",
+    "swarm_up",
+]
