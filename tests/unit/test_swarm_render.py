@@ -1,0 +1,77 @@
+"""Swarm target, pure parts: cluster plan, stack file, placement, the task probe parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.specfixtures import Project, valid_spec
+from tfstack.cluster.plan import ClusterOptions, plan_cluster
+from tfstack.render.swarm import SwarmImages, health_window_s, parse_stack_file, render_swarm
+from tfstack.spec.load import StackSpec, load_spec
+from tfstack.stack.swarm import NodeInfo, SwarmError, check_placement
+from tfstack.stack.swarm_probe import parse_probe
+
+IMAGES = SwarmImages("reg:5000/s:id-1", "reg:5000/f:id-2", "reg:5000/m:abc", "abc" * 8)
+
+
+def test_cluster_plan_labels_publishes_on_loopback_and_nests_cgroups() -> None:
+    """Nodes are labelled with their own cgroup parent; only the manager publishes (127.0.0.1)."""
+    plan = plan_cluster(
+        ClusterOptions(nodes=3, published_ports=(8501,), node_image="n", registry_image="r")
+    )
+    assert [n.manager for n in plan.nodes] == [True, False, False]
+    for node in plan.nodes:
+        assert "--label=org.tfstack.role=cluster-node" in node.run
+        assert f"--cgroup-parent={node.cgroup_parent}" in node.run
+        assert "--privileged" not in node.run
+    published = [a for n in plan.nodes for a in n.run if a.startswith("--publish=")]
+    assert published and all(a.startswith("--publish=127.0.0.1:") for a in published)
+    assert "--label=org.tfstack.role=registry" in plan.registry_run
+    with pytest.raises(ValueError, match="nodes"):
+        plan_cluster(ClusterOptions(nodes=0))
+
+
+def test_stack_file_has_the_update_policy_door_and_versioned_configs(tmp_path: Path) -> None:
+    """start-first rollback updates monitored over the health window; host-mode door ports."""
+    project = Project(tmp_path).with_models()
+    data = valid_spec()
+    data["serving"]["replicas"] = 3
+    data["deploy"] = {"target": "swarm", "swarm": {"max_replicas_per_node": 1}}
+    spec = load_spec(project.write(data))
+    files = render_swarm(spec, project.spec, tmp_path, IMAGES)
+    stack = parse_stack_file(files["compose/stack.yml"])
+    serving = stack["services"]["serving"]
+    assert serving["deploy"]["replicas"] == 3
+    assert serving["deploy"]["endpoint_mode"] == "dnsrr"
+    update = serving["deploy"]["update_config"]
+    assert (update["order"], update["failure_action"]) == ("start-first", "rollback")
+    assert int(update["monitor"].rstrip("s")) >= health_window_s()
+    assert serving["deploy"]["placement"]["max_replicas_per_node"] == 1
+    assert serving["healthcheck"]["test"][1] == "modelserver-probe"
+    door = stack["services"]["frontend"]
+    assert {p["mode"] for p in door["ports"]} == {"host"}
+    assert stack["services"]["models"]["deploy"]["mode"] == "global"
+    assert all(name.startswith("demo-") and len(name) > 12 for name in stack["configs"])
+    assert "tasks.serving" in files["compose/swarm/haproxy.cfg"]
+
+
+def test_placement_refuses_more_replicas_than_places() -> None:
+    """3 replicas at 1 per node on 2 ready nodes is an error naming the service."""
+    data = valid_spec()
+    data["serving"]["replicas"] = 3
+    data["deploy"] = {"swarm": {"max_replicas_per_node": 1}}
+    spec = StackSpec.model_validate(data)
+    two = [NodeInfo(str(i), f"n{i}", "worker", "ready", "active") for i in range(2)]
+    with pytest.raises(SwarmError, match="service serving: 3 replicas"):
+        check_placement(spec, two)
+    check_placement(spec, [*two, NodeInfo("3", "n3", "worker", "ready", "active")])
+
+
+def test_probe_output_parses_into_missing_versions() -> None:
+    """A task still loading a version is reported as missing it; a DNS failure is an error."""
+    tasks, error = parse_probe('{"tasks": {"10.0.0.2": {"m": {"1": "AVAILABLE", "2": "LOADING"}}}}')
+    assert error is None
+    assert tasks[0].missing({"m": [1, 2]}) == ["m v2 LOADING"]
+    assert parse_probe('{"error": "tasks.serving does not resolve"}')[1] is not None
