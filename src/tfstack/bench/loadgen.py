@@ -65,6 +65,13 @@ def percentile(values: Sequence[float], fraction: float, *, empty: float = 0.0) 
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def format_ms(milliseconds: float | None, digits: int = 1) -> str:
+    """A duration in milliseconds as ``"12.3 ms"`` (``digits`` decimals); ``"n/a"`` for None/NaN."""
+    if milliseconds is None or math.isnan(milliseconds):
+        return "n/a"
+    return f"{milliseconds:.{digits}f} ms"
+
+
 @dataclass
 class LoadReport:
     """Everything the generator recorded, with the accounting the tests and benchmarks need."""
@@ -124,8 +131,8 @@ class LoadReport:
         failed = self.failures
         text = (
             f"{self.total} requests in {self.duration_s:.1f}s ({self.rate:.1f}/s; {counts}); "
-            f"{len(failed)} failed; p50 {self.latency_p(0.5) * 1000:.1f} ms, "
-            f"p99 {self.latency_p(0.99) * 1000:.1f} ms; stopped: {self.stop_reason}"
+            f"{len(failed)} failed; p50 {format_ms(self.latency_p(0.5) * 1000)}, "
+            f"p99 {format_ms(self.latency_p(0.99) * 1000)}; stopped: {self.stop_reason}"
         )
         for sample in failed[:5]:
             text += f"\n  failed {sample.target} at +{sample.sent_at - self.started_at:.2f}s: "

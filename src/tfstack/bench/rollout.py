@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.loadgen import LoadGenerator, LoadReport, format_ms, stack_senders
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.build.images import ensure_image
 from tfstack.docker.engine import ensure_engine
@@ -180,10 +180,6 @@ class RolloutScenario:
 # The benchmark
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
 @benchmark(
     "rollout",
     "rollout v1 -> v2 and rollback under 50 req/s REST+gRPC load (targets.md #6)",
@@ -252,10 +248,10 @@ def _result(report: LoadReport, marks: dict[str, float]) -> BenchResult:
     rows = [
         ("requests", f"{report.total} at {report.rate:.1f}/s ({report.stop_reason})"),
         ("failed requests", str(failed)),
-        ("p99 steady (reference, same run)", _ms(steady_p99)),
-        ("p99 during rollout + rollback", f"{_ms(during_p99)} ({ratio:.2f}x steady)"),
-        ("  p99 while the side instance verifies", _ms(verify_p99)),
-        ("  p99 while loading and promoting", _ms(switch_p99)),
+        ("p99 steady (reference, same run)", format_ms(steady_p99 * 1000)),
+        ("p99 during rollout + rollback", f"{format_ms(during_p99 * 1000)} ({ratio:.2f}x steady)"),
+        ("  p99 while the side instance verifies", format_ms(verify_p99 * 1000)),
+        ("  p99 while loading and promoting", format_ms(switch_p99 * 1000)),
         ("files landed -> stable on v2", f"{promote:.2f} s (verify + load + promote)"),
         ("whole rollout (pin, stage, verify, load, promote)", f"{total_rollout:.2f} s"),
         ("rollback (command start -> done)", f"{rollback:.2f} s"),

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from tfstack.bench.loadgen import format_ms
 from tfstack.core.files import write_files_atomically
 from tfstack.errors import UsageError
 from tfstack.render import (
@@ -305,10 +306,6 @@ def _cold_run(spec_path: Path, root: Path) -> tuple[float, str]:
     return wall, digest
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
-
-
 @benchmark(
     "render",
     f"validate + render + check a generated {BENCH_MODELS}-model spec (targets.md #10)",
@@ -347,23 +344,30 @@ def bench_render(context: BenchContext) -> BenchResult:
     median = statistics.median(t.total for t in timings)
 
     def part(attribute: str) -> str:
-        return _ms(statistics.median(getattr(t, attribute) for t in timings))
+        return format_ms(statistics.median(getattr(t, attribute) for t in timings) * 1000, 0)
 
     reference = statistics.median(parse_times)
     rows = [
-        ("validate+render+check, warm median", f"{_ms(median)} ({runs} runs)"),
+        ("validate+render+check, warm median", f"{format_ms(median * 1000, 0)} ({runs} runs)"),
         ("  load_spec (YAML, schema, disk)", part("validate")),
         ("  render_stack", part("render")),
         ("  proto checks", part("check_protos")),
         ("  docker compose config", part("check_compose")),
-        ("first run in process (imports)", _ms(first.total)),
+        ("first run in process (imports)", format_ms(first.total * 1000, 0)),
         (
             "fresh interpreter, wall (like `invoke render`)",
-            f"{_ms(cold_wall)} ({cold_wall / RENDER_TARGET_S:.2f}x the target)",
+            f"{format_ms(cold_wall * 1000, 0)} ({cold_wall / RENDER_TARGET_S:.2f}x the target)",
         ),
-        (f"reference: yaml {fastest_loader.__name__} of the spec alone", _ms(reference)),
+        (
+            f"reference: yaml {fastest_loader.__name__} of the spec alone",
+            format_ms(reference * 1000, 0),
+        ),
         ("ratio warm median / reference", f"{median / reference:.1f}x" if reference else "n/a"),
-        ("target", f"<= {_ms(RENDER_TARGET_S)}; warm median is {median / RENDER_TARGET_S:.2f}x"),
+        (
+            "target",
+            f"<= {format_ms(RENDER_TARGET_S * 1000, 0)}; "
+            f"warm median is {median / RENDER_TARGET_S:.2f}x",
+        ),
         ("output", f"{len(files)} files, {sizes} bytes, sha256 {digests[0][:16]}..."),
         (
             "byte-identical re-render",

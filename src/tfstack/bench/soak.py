@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfstack.bench.loadgen import LoadReport
+from tfstack.bench.loadgen import LoadReport, format_ms
 from tfstack.bench.rollout import MODEL, RolloutScenario, write_candidates
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.build.images import ensure_image
@@ -94,10 +94,6 @@ def _server_pid(client: Any, project: str) -> int:
     if not found:
         raise StackError(f"no serving container of {project} runs", service="serving")
     return int(found[0].attrs["State"]["Pid"])
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
 
 
 def _mb(size: int) -> str:
@@ -175,7 +171,7 @@ def _result(minutes: float, start: ProcessFigures, windows: list[Window]) -> Ben
         rows.append(
             (
                 f"  window {window.index + 1} ({window.event} {window.event_s:.1f} s)",
-                f"p99 {_ms(window.report.latency_p(0.99))}, "
+                f"p99 {format_ms(window.report.latency_p(0.99) * 1000)}, "
                 f"{len(window.report.failures)} failed, RSS {_mb(window.after.rss_bytes)}, "
                 f"fds {window.after.fds}, threads {window.after.threads}",
             )
