@@ -43,6 +43,7 @@ from tfstack.spec.model import (
 )
 from tfstack.spec.rules import ModelInventory
 from tfstack.spec.schema import json_schema, json_schema_text, write_json_schema
+from tfstack.spec.slo import SloSpec
 from tfstack.spec.yamlread import format_yaml_path, read_yaml
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "Resources",
     "SampleRequest",
     "ServingSpec",
+    "SloSpec",
     "SpecificPolicy",
     "StackSpec",
     "StackSpecFields",

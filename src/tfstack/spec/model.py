@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tfstack.errors import StackError
 from tfstack.spec.deploy import DeploySpec
 from tfstack.spec.frontend import FrontendSpec
+from tfstack.spec.slo import SloSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -91,6 +92,11 @@ class ModelSpec(_Frozen):
     )
     samples: list[SampleRequest] = Field(default_factory=list)
     platform: Literal["tensorflow"] = "tensorflow"
+    slo: SloSpec | None = Field(
+        default=None,
+        description="Gates a rollout's candidate version must pass against stable (see "
+        "docs/spec.md); none: rollouts are verified by samples only.",
+    )
 
 
 class Resources(_Frozen):
