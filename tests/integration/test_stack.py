@@ -35,13 +35,8 @@ from tfstack.build.images import BuiltImage
 from tfstack.docker.engine import docker_client as connect
 from tfstack.errors import EngineError, SpecError, StackError
 from tfstack.models.demo import write_half_plus
-from tfstack.serving.client import (
-    GrpcClient,
-    ModelRef,
-    RestClient,
-    format_signatures,
-    json_to_tensor,
-)
+from tfstack.serving.client import GrpcClient, ModelRef, RestClient, format_signatures
+from tfstack.serving.tensors import json_to_tensor
 from tfstack.serving.waiting import LoadFailed
 from tfstack.stack.lifecycle import Lifecycle
 from tfstack.stack.plan import UpAction

@@ -16,15 +16,17 @@ from tfstack.serving.client import (
     ModelRef,
     RestClient,
     ServingRequestError,
-    SignatureInputs,
-    Tensor,
     format_signatures,
-    from_tensor_proto,
-    grpc_outputs_to_rest,
-    json_to_tensor,
     matches_expected,
     model_path,
     parse_version_status,
+)
+from tfstack.serving.tensors import (
+    SignatureInputs,
+    Tensor,
+    from_tensor_proto,
+    grpc_outputs_to_rest,
+    json_to_tensor,
     rest_body_to_grpc,
     signature_inputs,
     to_tensor_proto,
@@ -122,7 +124,9 @@ class RecordingAdapter(BaseAdapter):
         self.body = body
         self.requests: list[requests.PreparedRequest] = []
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(  # type: ignore[override]  # the test transport ignores stream/timeout/verify...
+        self, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
         self.requests.append(request)
         response = requests.Response()
         response.status_code = self.status

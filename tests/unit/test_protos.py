@@ -33,7 +33,8 @@ def test_grpc_requests_build_without_loading_tensorflow_runtime() -> None:
     result = _run_fresh(
         """
         import json, sys
-        from tfstack.serving.client import GrpcClient, ModelRef, Tensor, predict_request
+        from tfstack.serving.client import GrpcClient, ModelRef, predict_request
+        from tfstack.serving.tensors import Tensor
 
         request = predict_request(
             ModelRef("half_plus_two", version=2),
@@ -77,7 +78,8 @@ def test_real_tensorflow_imported_afterwards_reuses_the_loaded_protos() -> None:
     result = _run_fresh(
         """
         import json, sys
-        from tfstack.serving.client import ModelRef, Tensor, predict_request
+        from tfstack.serving.client import ModelRef, predict_request
+        from tfstack.serving.tensors import Tensor
         from tfstack.serving.protos import load_serving_protos
 
         request = predict_request(ModelRef("m"), {"x": Tensor("DT_FLOAT", (2,), (1.5, 2.5))})

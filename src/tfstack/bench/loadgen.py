@@ -24,13 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tfstack.errors import UsageError
-from tfstack.serving.client import (
-    GrpcClient,
-    ModelRef,
-    RestClient,
-    rest_body_to_grpc,
-    signature_inputs,
-)
+from tfstack.serving.client import GrpcClient, ModelRef, RestClient
+from tfstack.serving.tensors import rest_body_to_grpc, signature_inputs
 
 HARD_MAX_SECONDS = 120.0
 HARD_MAX_REQUESTS = 12_000
