@@ -17,13 +17,19 @@ def pytest_args(
     keyword: str = "",
     exit_first: bool = False,
     junit_xml: Path | None = None,
+    fresh: bool = False,
 ) -> list[str]:
     """The pytest command line for a tier (pure: unit-tested).
 
     ``junit_xml``: write a JUnit XML report there (``invoke test --junit-xml``) for CI systems.
+    ``fresh``: the fresh-machine tier instead (``invoke test --fresh``): tests/fresh, selected by
+    its marker, which plain runs deselect (tests/fresh/conftest.py).
     """
     args = [sys.executable, "-m", "pytest"]
-    args += ["tests/unit"] if unit_only else ["tests"]
+    if fresh:
+        args += ["tests/fresh", "-m", "fresh"]
+    else:
+        args += ["tests/unit"] if unit_only else ["tests"]
     if keyword:
         args += ["-k", keyword]
     if exit_first:
@@ -46,11 +52,20 @@ def run_tests(
     unit_only: bool,
     keyword: str = "",
     exit_first: bool = False,
+    junit_xml: Path | None = None,
+    fresh: bool = False,
     say: Say,
 ) -> int:
-    if not unit_only:
+    """Run a tier; integration tests and the fresh-machine tier get the host's engine first."""
+    if fresh or not unit_only:
         ensure_engine(say=say)
-    argv = pytest_args(unit_only=unit_only, keyword=keyword, exit_first=exit_first)
+    argv = pytest_args(
+        unit_only=unit_only,
+        keyword=keyword,
+        exit_first=exit_first,
+        junit_xml=junit_xml,
+        fresh=fresh,
+    )
     say("running " + " ".join(argv[1:]))
     return subprocess.run(
         argv, cwd=root, env=test_environment(dict(os.environ)), check=False
