@@ -680,37 +680,40 @@ def ci(  # noqa: PLR0917 (invoke maps parameters to options)
 
 
 @task(
-    positional=["action"],
     help={
-        "action": "up, status or down",
-        "nodes": "how many nodes `up` starts (1..7; the first is the manager)",
+        "nodes": "how many nodes to start (1..7; the first is the manager)",
         "spec": f"the stack spec whose door ports the manager publishes (default {DEFAULT_SPEC})",
-        "json_": "status as JSON",
-    },
+    }
 )
-def cluster(
-    c: Context,
-    action: str = "status",
-    nodes: int = 3,
-    spec: str = DEFAULT_SPEC,
-    json_: bool = False,
-) -> None:
-    """A local multi-node Docker Swarm plus registry for development and CI (docs/swarm.md)."""
-    if action == "up":
-        loaded = call(tfstack.stack.swarm.door_ports_of, spec_file(spec))
-        result = call(cluster_up, nodes, published_ports=loaded, say=say)
-    elif action == "down":
-        for item in call(cluster_down):
-            print(f"removed {item}")
-        print("cluster down")
-        return
-    elif action == "status":
-        result = call(cluster_status)
-    else:
-        raise Exit("tfstack: error: cluster takes up, status or down", code=2)
+def cluster_up_task(c: Context, nodes: int = 3, spec: str = DEFAULT_SPEC) -> None:
+    """Start a local multi-node Docker Swarm plus registry (docs/swarm.md); reuse a running one."""
+    ports = call(tfstack.stack.swarm.door_ports_of, spec_file(spec))
+    print("\n".join(call(cluster_up, nodes, published_ports=ports, say=say).describe()))
+
+
+@task(help={"json_": "print JSON instead of text"})
+def cluster_status_task(c: Context, json_: bool = False) -> None:
+    """The local cluster's containers, Swarm nodes and registry (exit 1 when not ready)."""
+    result = call(cluster_status)
     print(json.dumps(result.to_json(), indent=2) if json_ else "\n".join(result.describe()))
-    if action == "status" and not result.ready:
+    if not result.ready:
         raise Exit(code=1)
+
+
+@task()
+def cluster_down_task(c: Context) -> None:
+    """Remove the local cluster: every container, volume, network and cgroup it made."""
+    for item in call(cluster_down):
+        print(f"removed {item}")
+    print("cluster down")
+
+
+# `invoke cluster up` would read `up` as the stack's up task: the cluster's tasks live in their
+# own collection, called as `./tfstack cluster.up --nodes 3`, `cluster.status`, `cluster.down`.
+cluster = Collection("cluster")
+cluster.add_task(cluster_up_task, name="up")
+cluster.add_task(cluster_status_task, name="status")
+cluster.add_task(cluster_down_task, name="down")
 
 
 @task(help={"spec": f"the stack spec (default {DEFAULT_SPEC})"})
@@ -721,7 +724,6 @@ def models_image(c: Context, spec: str = DEFAULT_SPEC) -> None:
 
 
 ns = Collection(
-    cluster,
     models_image,
     engine,
     test,
@@ -743,3 +745,4 @@ ns = Collection(
     rollback,
     ci,
 )
+ns.add_collection(cluster)

@@ -133,7 +133,7 @@ class ClusterStatus:
 
     def describe(self) -> list[str]:
         if not self.exists:
-            return [f"cluster {self.name}: not running (`invoke cluster up --nodes 3`)"]
+            return [f"cluster {self.name}: not running (`./tfstack cluster.up --nodes 3`)"]
         lines = [
             f"cluster {self.name}: {'ready' if self.ready else 'NOT READY'}, manager "
             f"{self.manager_url}, registry {self.registry or 'absent'} "
@@ -296,7 +296,7 @@ def cluster_up(
         raise ClusterError(
             f"cluster {name} exists with {count} node(s), "
             f"{'ready' if existing.ready else 'not ready'}; asked for {nodes}",
-            hint="`invoke cluster down` first, then `invoke cluster up --nodes N`",
+            hint="`./tfstack cluster.down` first, then `./tfstack cluster.up --nodes N`",
         )
     node_image = build_recipe(NODE_IMAGE, say=say)
     registry_image = build_recipe(REGISTRY_IMAGE, say=say)

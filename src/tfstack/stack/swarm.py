@@ -114,7 +114,7 @@ class Manager:
         except SwarmError as exc:
             raise SwarmError(
                 f"no Swarm manager reachable at {self.url}: {exc.message}",
-                hint="start the local cluster (`./tfstack cluster up --nodes 3`), or set "
+                hint="start the local cluster (`./tfstack cluster.up --nodes 3`), or set "
                 "DOCKER_HOST / deploy.swarm.manager to a manager of your Swarm",
             ) from exc
         if state != "active true":
@@ -224,7 +224,7 @@ def prepare_swarm(spec_path: Path, root: Path, *, push: bool = True, say: Say = 
                 raise SwarmError(
                     f"the registry {push_to} refused {ref}: {exc}",
                     hint="check that the registry runs and accepts pushes "
-                    "(`./tfstack cluster status`), or deploy.swarm.push_registry",
+                    "(`./tfstack cluster.status`), or deploy.swarm.push_registry",
                 ) from exc
     images = SwarmImages(
         serving=f"{pull}/{refs['serving']}",
