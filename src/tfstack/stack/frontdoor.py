@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import docker.errors
 import requests
 
 from tfstack.docker.compose import ContainerInfo, Replica
@@ -31,7 +32,7 @@ def container_addresses(client: Any, container_id: str) -> list[str]:
     """The container's IPv4 addresses on its networks ([] when it has none or is gone)."""
     try:
         attrs = client.containers.get(container_id).attrs
-    except Exception:  # the engine's NotFound / APIError: the container just went away
+    except docker.errors.APIError:  # NotFound or a refusal: the container just went away
         return []
     networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
     return [str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress")]
