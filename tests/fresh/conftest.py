@@ -22,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
+import yaml
 
 from tests.fresh.machines import (
     BASE_IMAGE,
@@ -38,21 +40,26 @@ from tests.fresh.machines import (
     PIP_CACHE_VOLUME,
     PRELOADED,
     REVISION_ENV,
+    ROOT,
     TIMINGS,
     Bootstrapped,
     Session,
     clone_at,
     compose_plugin_binary,
+    make_apt_archive,
     resolve_revision,
     start_engine,
     start_machine,
     stop_engine,
     sweep,
 )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "fresh: fresh-machine tier (nested Docker, minutes/state)")
+from tests.fresh.scenarios import (
+    SCENARIO_OF_TEST,
+    Groundwork,
+    Outcome,
+    Scenario,
+    run_scenarios,
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,14 +111,15 @@ def fresh_session() -> Iterator[Session]:
             )
 
 
-@pytest.fixture(scope="session")
-def machine_images(fresh_session: Session) -> dict[str, str]:
-    """The four machine families, built once per session with the engine's legacy builder."""
+def build_images(fresh_session: Session, families: Sequence[str]) -> None:
+    """Build machine families (in order: a stage builds on the previous ones) with the legacy
+    builder; tags go to ``fresh_session.images``."""
     context = fresh_session.workdir / "context"
-    context.mkdir()
-    shutil.copy2(HERE / "Dockerfile", context / "Dockerfile")
-    shutil.copy2(compose_plugin_binary(), context / "docker-compose")
-    for family in FAMILIES:
+    if not context.is_dir():
+        context.mkdir()
+        shutil.copy2(HERE / "Dockerfile", context / "Dockerfile")
+        shutil.copy2(compose_plugin_binary(), context / "docker-compose")
+    for family in families:
         tag = f"tfstack-fresh/{family}:{fresh_session.token}"
         started = time.monotonic()
         try:
@@ -129,11 +137,9 @@ def machine_images(fresh_session: Session) -> dict[str, str]:
             pytest.fail(f"tests/fresh/Dockerfile stage {family} failed to build:\n{tail[-3000:]}")
         fresh_session.images[family] = tag
         TIMINGS.append(("(session)", f"build image {family}", time.monotonic() - started))
-    return dict(fresh_session.images)
 
 
-@pytest.fixture(scope="session")
-def engine_template(fresh_session: Session, machine_images: dict[str, str]) -> str:
+def seed_template(fresh_session: Session) -> str:
     """A /var/lib/docker volume holding the base and runtime images, made by a stopped engine.
 
     Loaded once from the host engine (``docker save | docker load``); every state gets a copy.
@@ -165,8 +171,7 @@ def engine_template(fresh_session: Session, machine_images: dict[str, str]) -> s
     return volume
 
 
-@pytest.fixture(scope="session")
-def bootstrapped(fresh_session: Session, machine_images: dict[str, str]) -> Bootstrapped:
+def bootstrap(fresh_session: Session) -> Bootstrapped:
     """Run `./tfstack --list` on a fresh clone in a bare machine: the venv bootstrap, once.
 
     It does not depend on the Docker state, so each state later starts from its own fresh clone
@@ -186,3 +191,56 @@ def bootstrapped(fresh_session: Session, machine_images: dict[str, str]) -> Boot
     assert code == 0, f"./tfstack --list failed on a fresh clone in a bare machine:\n{output}"
     assert "environment ready" in output, output
     return Bootstrapped(clone, seconds, output)
+
+
+@pytest.fixture(scope="session")
+def groundwork(fresh_session: Session) -> Groundwork:
+    """Images, venv bootstrap, seeded engine template and apt archive, built side by side.
+
+    Only the bare image comes first (the bootstrap and the apt archive run in it); the other
+    families and the template (which needs the engine family) are built meanwhile.
+    """
+    started = time.monotonic()
+    build_images(fresh_session, FAMILIES[:1])
+
+    def engines_then_template() -> str:
+        build_images(fresh_session, FAMILIES[1:])
+        return seed_template(fresh_session)
+
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="fresh-setup") as pool:
+        booted = pool.submit(bootstrap, fresh_session)
+        archive = pool.submit(make_apt_archive, fresh_session)
+        template = pool.submit(engines_then_template)
+        ground = Groundwork(
+            fresh_session, template.result(), booted.result(), archive.result(), stack_models()
+        )
+    TIMINGS.append(("(session)", "groundwork (side by side)", time.monotonic() - started))
+    return ground
+
+
+def stack_models() -> tuple[str, ...]:
+    """The models of the README's stack (config/stack.yaml), which `up` must bring back."""
+    spec = yaml.safe_load((ROOT / "config" / "stack.yaml").read_text(encoding="utf-8"))
+    return tuple(str(model["name"]) for model in spec["models"])
+
+
+def selected_scenarios(items: Sequence[pytest.Item]) -> list[Scenario]:
+    """The machines the selected tests need: one per (state, command); restart rides on d-up."""
+    wanted: dict[tuple[str, str], bool] = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = getattr(item, "originalname", "")
+        if callspec is None or name not in SCENARIO_OF_TEST:
+            continue
+        command, restart = SCENARIO_OF_TEST[name]
+        key = (str(callspec.params["state_id"]), str(command))
+        wanted[key] = wanted.get(key, False) or bool(restart)
+    return [Scenario(state, command, restart) for (state, command), restart in wanted.items()]
+
+
+@pytest.fixture(scope="session")
+def outcomes(
+    request: pytest.FixtureRequest, groundwork: Groundwork
+) -> dict[tuple[str, str], Outcome]:
+    """Every selected test's machine, run concurrently once; what each phase did."""
+    return run_scenarios(groundwork, selected_scenarios(request.session.items))

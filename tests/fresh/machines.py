@@ -36,6 +36,7 @@ MACHINE_CA = "/etc/ssl/certs/host-ca.crt"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 ENGINE_START_S = 90
 BOOTSTRAP_TIMEOUT_S = 1500
+APT_ARCHIVE_MOUNT = "/var/cache/fresh-apt"  # where a machine sees the session's .debs (read-only)
 
 
 TIMINGS: list[tuple[str, str, float]] = []
@@ -167,8 +168,13 @@ def start_machine(
     clone: Path,
     docker_dir: str | None = None,
     pip_cache: bool = False,
+    apt_archive: str | None = None,
 ) -> Machine:
-    """A machine of ``family`` with ``clone`` at /src/tfstack and, if given, /var/lib/docker."""
+    """A machine of ``family`` with ``clone`` at /src/tfstack and, if given, /var/lib/docker.
+
+    ``apt_archive``: a volume of .debs (:func:`make_apt_archive`) seen read-only at
+    :data:`APT_ARCHIVE_MOUNT`, for :func:`install_apt_archive`.
+    """
     cgroup_parent = session.cgroup_parent(name)
     mounts = [
         f"{clone}:{SRC}:rw",
@@ -179,6 +185,8 @@ def start_machine(
         mounts.append(f"{docker_dir}:/var/lib/docker:rw")
     if pip_cache:
         mounts.append(f"{PIP_CACHE_VOLUME}:/root/.cache/pip:rw")
+    if apt_archive is not None:
+        mounts.append(f"{apt_archive}:{APT_ARCHIVE_MOUNT}:ro")
     argv = ["docker", "run", "--detach", f"--name=tfstack-fresh-{session.token}-{name}"]
     argv += [f"--label={key}={value}" for key, value in session.labels.items()]
     argv += [f"--env={key}={value}" for key, value in MACHINE_ENV.items()]
@@ -196,6 +204,37 @@ def start_machine(
     )
     assert code == 0, f"writing /etc/docker/daemon.json in {name}: {out}"
     return machine
+
+
+def make_apt_archive(session: Session) -> str:
+    """A volume with the .debs `apt-get install docker.io` needs, downloaded once per session.
+
+    The machines without an engine (states a and b) each get a copy in their apt cache
+    (:func:`install_apt_archive`), so tfstack's own `apt-get update` and `apt-get install
+    docker.io` run for real there without each downloading the same packages again.
+    """
+    volume = session.volume("apt-archive")
+    script = (
+        "apt-get update -q && apt-get install -y -q --download-only --no-install-recommends"
+        " docker.io && ls /var/cache/apt/archives/docker.io_*.deb"
+    )
+    session.client.containers.run(
+        session.images["bare"],
+        ["sh", "-c", script],
+        remove=True,
+        labels=session.labels,
+        volumes={volume: {"bind": "/var/cache/apt/archives", "mode": "rw"}},
+    )
+    return volume
+
+
+def install_apt_archive(machine: Machine) -> None:
+    """Put the session's docker.io .debs into the machine's apt cache (a machine's own state)."""
+    code, out = machine.sh(
+        f"cp {APT_ARCHIVE_MOUNT}/*.deb /var/cache/apt/archives/"
+        " && ls /var/cache/apt/archives/docker.io_*.deb"
+    )
+    assert code == 0, f"filling the apt cache of {machine.name} failed: {out}"
 
 
 def start_engine(machine: Machine) -> None:
