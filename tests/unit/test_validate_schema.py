@@ -45,7 +45,10 @@ def test_unknown_nested_key_suggests_from_that_object(project: Project) -> None:
 def test_unknown_key_without_close_match_lists_valid_keys(project: Project) -> None:
     """When nothing is close, the hint lists the valid keys of that object."""
     text = "project: demo\nmodels: [{name: a}]\nmonitoring: {zzz: 1}\n"
-    assert only(check(project, text)).hint == "valid keys: enabled, path"
+    assert only(check(project, text)).hint == (
+        "valid keys: enabled, path, prometheus, prometheus_port, prometheus_image, "
+        "scrape_interval_seconds, retention_hours"
+    )
 
 
 def test_wrong_type_says_what_was_expected(project: Project) -> None:

@@ -25,6 +25,7 @@ PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?[kmgKMG]?[bB]?$"
 METRICS_PATH_PATTERN = r"^/[A-Za-z0-9/_.-]*$"
 SPEC_FORMAT: Literal[1] = 1
+PROMETHEUS_IMAGE = "tfstack/prometheus:latest"
 
 
 class _Frozen(BaseModel):
@@ -154,6 +155,19 @@ class MonitoringSpec(_Frozen):
 
     enabled: bool = True
     path: Annotated[str, Field(pattern=METRICS_PATH_PATTERN)] = "/monitoring/prometheus/metrics"
+    prometheus: bool = Field(
+        default=False,
+        description="Run a Prometheus server in the stack that scrapes every replica (and the "
+        "front door); its UI and API are published on serving.bind_address:prometheus_port.",
+    )
+    prometheus_port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    prometheus_image: str = Field(
+        default=PROMETHEUS_IMAGE,
+        description="The Prometheus image; tfstack/prometheus is built offline from Debian's "
+        "package when missing.",
+    )
+    scrape_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+    retention_hours: Annotated[int, Field(ge=1, le=8760)] = 24
 
 
 class StackSpecFields(_Frozen):

@@ -37,6 +37,7 @@ from tfstack.spec.model import (
     model_relative_path,
     spec_dir,
 )
+from tfstack.spec.prometheus_rules import check_prometheus
 from tfstack.spec.slo_rules import check_slos
 from tfstack.spec.yamlread import Lines, Loc, format_yaml_path, kind_of, with_article
 
@@ -176,6 +177,7 @@ class Checker:
         self.check_monitoring()
         FrontendChecker(self.spec, self.path, self.add, check_disk=self.check_disk).run()
         check_slos(self.spec, self.add)
+        check_prometheus(self.spec, self.add)
 
     # -- paths ------------------------------------------------------------------------------
 

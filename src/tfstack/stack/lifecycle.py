@@ -31,6 +31,7 @@ from tfstack import render as render_module
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import ensure_image
 from tfstack.build.isa import check_image_isa
+from tfstack.build.prometheus import ensure_prometheus_image
 from tfstack.core.files import write_files_atomically
 from tfstack.core.progress import Say
 from tfstack.docker.compose import (
@@ -46,6 +47,7 @@ from tfstack.errors import StackError, TfstackError
 from tfstack.models.demo import plan_demo_models, write_demo_models
 from tfstack.render.applied import forget_applied, read_applied, record_applied
 from tfstack.render.frontdoor import check_haproxy_config, door_is_on
+from tfstack.render.prometheus import check_prometheus_config, prometheus_on
 from tfstack.rollout.journal import unfinished
 from tfstack.serving.client import (
     GrpcClient,
@@ -227,6 +229,15 @@ class Lifecycle:
                 self.client, loaded.spec.frontend.image, source_root=self.source_root, say=self.say
             )
             check_haproxy_config(files, loaded.spec, loaded.spec_path, required=True)
+        if prometheus_on(loaded.spec):
+            # promtool must accept the Prometheus config before anything is written or started.
+            ensure_prometheus_image(
+                self.client,
+                loaded.spec.monitoring.prometheus_image,
+                source_root=self.source_root,
+                say=self.say,
+            )
+            check_prometheus_config(files, loaded.spec, required=True)
 
         written = write_files_atomically(
             self.root, files, remove=render_module.stale_files(files, self.root)
