@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +29,7 @@ import tfstack.rollout
 import tfstack.stack.lifecycle
 import tfstack.stack.predict
 import tfstack.stack.swarm
+import tfstack.stack.top
 from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
 from tfstack.ci import PROVIDERS, write_pipeline
@@ -716,6 +717,37 @@ cluster.add_task(cluster_status_task, name="status")
 cluster.add_task(cluster_down_task, name="down")
 
 
+@task(
+    help={
+        "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "interval": "seconds between two scrapes of the replicas' metrics (default 2)",
+        "once": "one snapshot (two scrapes, --interval apart) instead of the live view",
+        "json_": "with --once: print the tfstack.top/v1 document (docs/json-output.md)",
+    }
+)
+def top(
+    c: Context,
+    spec: str = DEFAULT_SPEC,
+    interval: float = 2.0,
+    once: bool = False,
+    json_: bool = False,
+) -> None:
+    """Live per-model req/s, error rate, p50/p99 and replicas from the servers' metrics."""
+    if json_ and not once:
+        raise Exit("tfstack: error: --json needs --once (the live view is for a terminal)", code=2)
+    source = call(tfstack.stack.top.TopSource.open, spec_file(spec), source_root=ROOT)
+    if not once:
+        # Ctrl-C ends the live view; it is not an error.
+        with reported_errors(), suppress(KeyboardInterrupt):
+            tfstack.stack.top.run_top(source, interval=interval, console=Console())
+        return
+    snapshot = call(tfstack.stack.top.snapshot_once, source, interval=interval)
+    if json_:
+        print(json.dumps(snapshot.to_json(), indent=2))
+    else:
+        Console().print(tfstack.stack.top.render_snapshot(snapshot))
+
+
 @task(help={"spec": f"the stack spec (default {DEFAULT_SPEC})"})
 def models_image(c: Context, spec: str = DEFAULT_SPEC) -> None:
     """Pack the served model versions into an image tagged by content; push it (swarm)."""
@@ -726,6 +758,7 @@ def models_image(c: Context, spec: str = DEFAULT_SPEC) -> None:
 ns = Collection(
     models_image,
     engine,
+    top,
     test,
     validate,
     schema,

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from tfstack.build.images import BuiltImage
 from tfstack.models.demo import write_half_plus
 from tfstack.stack.lifecycle import Lifecycle
+from tfstack.stack.top import TopSource, snapshot_once
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +132,32 @@ def test_prometheus_scrapes_the_request_counter(
     assert container.attrs["Config"]["User"] == "prometheus"
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts["/prometheus"]["Type"] == "volume"
+
+
+def test_top_once_sees_live_traffic(observed: tuple[Lifecycle, dict[str, Any]]) -> None:
+    """top --once: predicts sent between its two scrapes show as requests of the model."""
+    lifecycle, spec = observed
+    lifecycle.up(timeout=150)
+    rest = f"http://127.0.0.1:{spec['serving']['rest_port']}"
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            requests.post(
+                f"{rest}/v1/models/half_plus_two:predict", json={"instances": [1.0]}, timeout=10
+            )
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        source = TopSource.open(lifecycle.spec_path, source_root=ROOT)
+        document = snapshot_once(source, interval=2.0).to_json()
+    finally:
+        stop.set()
+        worker.join(timeout=15)
+    assert document["schema"] == "tfstack.top/v1"
+    (row,) = document["models"]
+    assert row["name"] == "half_plus_two" and row["requests"] > 0, document
+    assert row["error_rate"] == 0.0 and row["p99_ms"] is not None
+    assert [r["up"] for r in document["replicas"]] == [True]
