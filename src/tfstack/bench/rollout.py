@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, format_ms, stack_senders
+from tfstack.bench.report import REPORT_DIR, chart_path, latency_distribution, rollout_timeline
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.build.images import ensure_image
 from tfstack.docker.engine import ensure_engine
@@ -224,7 +225,42 @@ def bench_rollout(context: BenchContext) -> BenchResult:
             report: LoadReport = generator.stop()
         finally:
             scenario.down()
-    return _result(report, marks)
+    result = _result(report, marks)
+    charts = write_charts(report, marks, context.root / REPORT_DIR)
+    result.notes.append("charts: " + ", ".join(str(p) for p in charts))
+    return result
+
+
+def write_charts(report: LoadReport, marks: dict[str, float], directory: Path) -> list[Path]:
+    """The rollout's timeline (answers by version, failures, p99 per version; phases shaded) and
+    its latency distribution per version, as PNGs in ``directory``."""
+    spans = {
+        "verify": ("verify:start", "verify:done"),
+        "load + promote": ("load:start", "promote:done"),
+        "rollback": ("rollback_cmd:start", "rollback_cmd:done"),
+    }
+    phases = {
+        name: (marks[begin], marks[end])
+        for name, (begin, end) in spans.items()
+        if begin in marks and end in marks
+    }
+    versions = sorted({s.version for s in report.samples if s.ok and s.version is not None})
+    by_version = {
+        f"v{v}": [s.latency_s for s in report.samples if s.ok and s.version == v] for v in versions
+    }
+    return [
+        rollout_timeline(
+            report,
+            phases,
+            chart_path(directory, "rollout", "timeline"),
+            "bench rollout: answers by version, failures and p99 under load",
+        ),
+        latency_distribution(
+            by_version,
+            chart_path(directory, "rollout", "latency"),
+            "bench rollout: latency by answering version",
+        ),
+    ]
 
 
 def _result(report: LoadReport, marks: dict[str, float]) -> BenchResult:
