@@ -9,6 +9,7 @@ labelled ``org.tfstack.fresh=<session token>``; :func:`sweep` removes it.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,20 @@ class Session:
         full = f"tfstack-fresh-{self.token}-{name}"
         self.client.volumes.create(full, labels=self.labels)
         return full
+
+
+def retire(session: Session, machine: Machine) -> None:
+    """Remove one finished machine now: its container, its engine volume and its clone.
+
+    Done per machine so the cost (a /var/lib/docker of several GB) overlaps the machines still
+    running; :func:`sweep` at the end still catches anything left by a crash.
+    """
+    machine.container.remove(force=True, v=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        session.client.volumes.get(f"tfstack-fresh-{session.token}-{machine.name}").remove(
+            force=True
+        )
+    shutil.rmtree(session.workdir / machine.name, ignore_errors=True)
 
 
 def sweep(session: Session) -> list[str]:

@@ -27,6 +27,7 @@ from tests.fresh.machines import (
     Machine,
     Session,
     install_apt_archive,
+    retire,
     seeded_docker_dir,
     start_engine,
     start_machine,
@@ -280,7 +281,7 @@ def up_scenario(ground: Groundwork, scenario: Scenario) -> Outcome:
             outcome.step("./tfstack down", down)
     finally:
         for machine in machines:
-            machine.container.remove(force=True)
+            retire(ground.session, machine)
     return outcome
 
 
@@ -353,7 +354,7 @@ def task_test_scenario(ground: Groundwork, scenario: Scenario) -> Outcome:
             outcome.step("./tfstack test", test)
     finally:
         for machine in machines:
-            machine.container.remove(force=True)
+            retire(ground.session, machine)
     return outcome
 
 
