@@ -2,13 +2,17 @@
 
 Cases: ``demo`` is config/stack.yaml with ``deploy.target: swarm``; ``scaled`` is a 3-replica spec
 with batching, resources, vip, constraints and a per-node limit. Files in tests/golden/swarm/<case>/
-are compared after parsing (YAML, text protos, HAProxy sections), so key order, quoting and
-comments do not matter. Regenerate with TFSTACK_UPDATE_GOLDEN=1 and review the diff.
+are compared after parsing (YAML, text protos), so key order, quoting and comments do not matter.
+The door's HAProxy config is the front door's template (its golden files are the front door's,
+tests/golden/render/frontdoor/): here it is checked for what the Swarm changes (every server is
+``tasks.serving``), and its content-versioned config name in the stack file is compared without its
+digest. Regenerate with TFSTACK_UPDATE_GOLDEN=1 and review the diff.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,14 @@ import yaml
 
 from tests.unit.specfixtures import valid_spec
 from tests.unit.test_render import parsed
-from tfstack.render.swarm import STACK_FILE, SwarmImages, parse_stack_file, render_swarm
+from tfstack.render.swarm import (
+    HAPROXY_FILE,
+    STACK_FILE,
+    SWARM_DIR,
+    SwarmImages,
+    parse_stack_file,
+    render_swarm,
+)
 from tfstack.spec import StackSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +67,8 @@ def _scaled() -> tuple[StackSpec, Path, Path]:
 
 
 CASES = {"demo": _demo, "scaled": _scaled}
+DOOR_CONFIG = f"{SWARM_DIR}/{HAPROXY_FILE}"
+_DOOR_DIGEST = re.compile(r"-haproxy-[0-9a-f]{12}")
 
 
 def _render(case: str) -> dict[str, str]:
@@ -63,10 +76,20 @@ def _render(case: str) -> dict[str, str]:
     return dict(render_swarm(spec, spec_path, root, IMAGES))
 
 
+def _comparable(path: str, text: str) -> object:
+    """The file as data; the door config's name in the stack file without its digest."""
+    if path == STACK_FILE:
+        text = _DOOR_DIGEST.sub("-haproxy-DIGEST", text)
+    return parsed(path, text)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_swarm_render_matches_golden_files(case: str) -> None:
-    """Each case renders exactly the golden set of files, equal after parsing."""
+    """Each case renders exactly the golden set of files (the door's config aside), equal after
+    parsing."""
     files = _render(case)
+    assert DOOR_CONFIG in files
+    del files[DOOR_CONFIG]
     folder = GOLDEN / case
     if UPDATE_GOLDEN:
         for old in folder.rglob("*") if folder.exists() else []:
@@ -82,7 +105,28 @@ def test_swarm_render_matches_golden_files(case: str) -> None:
     }
     assert sorted(files) == sorted(golden)
     for path, text in files.items():
-        assert parsed(path, text) == parsed(path, golden[path]), path
+        assert _comparable(path, text) == _comparable(path, golden[path]), path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_door_finds_every_task_by_swarm_dns(case: str) -> None:
+    """Every HAProxy server of the door names tasks.serving on the serving ports, none the bare
+    service, and the stack file mounts that config under its content-versioned name."""
+    spec, _, _ = CASES[case]()
+    files = _render(case)
+    servers = [
+        line.split()
+        for line in files[DOOR_CONFIG].splitlines()
+        if line.strip().startswith(("server ", "server-template "))
+    ]
+    assert servers
+    ports = {f"tasks.serving:{spec.serving.rest_port}", f"tasks.serving:{spec.serving.grpc_port}"}
+    for words in servers:
+        address = next(w for w in words if ":" in w and not w.startswith(":"))
+        assert address in ports, words
+    stack = parse_stack_file(files[STACK_FILE])
+    door = stack["services"]["frontend"]["configs"][0]
+    assert stack["configs"][door["source"]]["file"] == f"swarm/{HAPROXY_FILE}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -98,5 +142,5 @@ def test_a_changed_update_policy_is_a_golden_mismatch() -> None:
     changed = spec.model_copy(update={"deploy": spec.deploy.model_copy(update={"swarm": swarm})})
     text = render_swarm(changed, spec_path, root, IMAGES)[STACK_FILE]
     golden = (GOLDEN / "demo" / STACK_FILE).read_text(encoding="utf-8")
-    assert parsed(STACK_FILE, text) != parsed(STACK_FILE, golden)
+    assert _comparable(STACK_FILE, text) != _comparable(STACK_FILE, golden)
     assert parse_stack_file(text)["services"]["serving"]["deploy"]["update_config"]["delay"] == "9s"
