@@ -120,6 +120,24 @@ def test_flag_or_port_change_recreates() -> None:
     assert "compose configuration changed" in plan.describe()
 
 
+def test_door_config_change_recreates() -> None:
+    """A changed front door config (its digest label is in its compose hash) recreates the door,
+    though every serving replica is unchanged."""
+    door = serving(id="d1", name="demo-frontend-1", service="frontend", config_hash="door-1")
+    same = observed(
+        containers=(serving(), door), desired_hashes={"serving": "hash-1", "frontend": "door-1"}
+    )
+    assert plan_up(same).action is UpAction.NOOP
+    plan = plan_up(
+        observed(
+            containers=(serving(), door),
+            desired_hashes={"serving": "hash-1", "frontend": "door-2"},
+        )
+    )
+    assert plan.action is UpAction.RECREATE
+    assert plan.reasons == ("demo-frontend-1: compose configuration changed (its configuration)",)
+
+
 def test_image_change_recreates() -> None:
     """A rebuilt or different image recreates the container even when the config is unchanged."""
     plan = plan_up(observed(desired_image_id="sha256:new"))
@@ -334,14 +352,15 @@ def test_up_is_not_blocked_by_a_canary_or_a_finished_rollout(tmp_path: Path) -> 
 def test_up_waits_on_and_smoke_tests_every_replica(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With replicas, the wait and the smoke requests go to each container's own published REST
-    port (as the engine reports it), not only to the spec's port."""
+    """Door off, the wait and the smoke requests go to each replica's own published REST port
+    (as the engine reports it), not only to the spec's port."""
 
     spec = StackSpec.model_validate(
         {
             "project": "p",
             "models": [{"name": "m"}],
             "serving": {"grpc_port": 9000, "rest_port": 9100, "replicas": 2},
+            "frontend": {"enabled": False},
         }
     )
     loaded = Loaded(
@@ -380,6 +399,65 @@ def test_up_waits_on_and_smoke_tests_every_replica(
     assert [(r.name, r.grpc_target) for r in targets] == [
         ("p-serving-1", "127.0.0.1:9001"),
         ("p-serving-2", "127.0.0.1:9000"),
+    ]
+
+
+def test_behind_the_door_every_replica_is_waited_on_at_its_network_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Door on (replicas: 2), replicas publish nothing: each is reached at its project-network
+    address on the spec's container ports, and a replica without an address yet is left out."""
+
+    spec = StackSpec.model_validate(
+        {
+            "project": "p",
+            "models": [{"name": "m"}],
+            "serving": {"grpc_port": 9000, "rest_port": 9100, "replicas": 2},
+        }
+    )
+    loaded = Loaded(
+        spec, tmp_path / "config" / "stack.yaml", tmp_path, (ModelExpectation("m", (1,)),)
+    )
+    addresses = {"p-serving-1": "172.30.0.5", "p-serving-2": "172.30.0.6", "p-serving-3": ""}
+
+    class Container:
+        def __init__(self, name: str) -> None:
+            ip = addresses[name]
+            self.attrs = {"NetworkSettings": {"Networks": {"p_default": {"IPAddress": ip}}}}
+
+    class Client:
+        class containers:
+            @staticmethod
+            def get(container_id: str) -> Container:
+                return Container(container_id)
+
+    class FakeStack:
+        def service_containers(self, service: str) -> list[ContainerInfo]:
+            return [serving(id=name, name=name, ports={}) for name in sorted(addresses)]
+
+        def log_tail(self, service: str, lines: int) -> list[str]:
+            return []
+
+    waited: list[str] = []
+
+    class FakeReady:
+        def __init__(self, rest: Any, expectations: Any, poll: Any, **kwargs: Any) -> None:
+            self.rest = rest
+
+        def wait(self) -> Readiness:
+            waited.append(self.rest.base_url)
+            return Readiness(("m",), {}, ())
+
+    monkeypatch.setattr(module, "ModelsReady", FakeReady)
+    lifecycle = module.Lifecycle(
+        loaded.spec_path, root=tmp_path, source_root=tmp_path, client=Client()
+    )
+    lifecycle.wait_ready(loaded, FakeStack(), timeout=5)  # type: ignore[arg-type]
+    assert waited == ["http://172.30.0.5:9100", "http://172.30.0.6:9100"]
+    targets = lifecycle.replicas(loaded, FakeStack())  # type: ignore[arg-type]
+    assert [(r.name, r.grpc_target) for r in targets] == [
+        ("p-serving-1", "172.30.0.5:9000"),
+        ("p-serving-2", "172.30.0.6:9000"),
     ]
 
 

@@ -396,16 +396,37 @@ def test_ports_must_differ(project: Project) -> None:
     )
 
 
+def without_door(project: Project, **fields: Any) -> list[Any]:
+    """Problems of a spec whose replicas publish their own ports (frontend.enabled: false)."""
+    spec = valid_spec()
+    spec["serving"].update(fields)
+    spec["frontend"] = {"enabled": False}
+    return project.problems(spec, check_disk=False)
+
+
 def test_replica_port_ranges_must_not_overlap(project: Project) -> None:
-    """N replicas publish port ranges grpc_port..+N-1 and rest_port..+N-1; they must not overlap."""
-    assert "overlap" in only(serving(project, replicas=3, grpc_port=8500, rest_port=8502)).message
-    assert serving(project, replicas=3, grpc_port=8500, rest_port=8600) == []
+    """Door off: N replicas publish grpc_port..+N-1 and rest_port..+N-1; these must not overlap."""
+    problem = only(without_door(project, replicas=3, grpc_port=8500, rest_port=8502))
+    assert problem.yaml_path == "serving.rest_port" and "overlap" in problem.message
+    assert without_door(project, replicas=3, grpc_port=8500, rest_port=8600) == []
 
 
 def test_replica_ports_stay_below_65536(project: Project) -> None:
-    """Port ranges must fit in the port space."""
-    problem = only(serving(project, replicas=4, grpc_port=65534, rest_port=8501))
+    """Door off: the replicas' port ranges must fit in the port space."""
+    problem = only(without_door(project, replicas=4, grpc_port=65534, rest_port=8501))
     assert problem.yaml_path == "serving.grpc_port" and "past 65535" in problem.message
+
+
+def test_door_publishes_one_port_of_each_kind(project: Project) -> None:
+    """Door on (auto with replicas > 1): adjacent ports are fine, the door owns one of each."""
+    assert serving(project, replicas=3, grpc_port=8500, rest_port=8501) == []
+    assert serving(project, replicas=4, grpc_port=65534, rest_port=65535) == []
+
+
+def test_door_still_needs_two_different_ports(project: Project) -> None:
+    """Door on: gRPC and REST on one published port is still refused."""
+    problem = only(serving(project, replicas=2, grpc_port=9000, rest_port=9000))
+    assert problem.yaml_path == "serving.rest_port" and "both 9000" in problem.message
 
 
 @pytest.mark.parametrize("address", ["localhost", "127.0.0", "0.0.0.0:80"])

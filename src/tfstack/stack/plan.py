@@ -94,12 +94,14 @@ def plan_up(observed: Observed) -> UpPlan:
     if not serving:
         return UpPlan(UpAction.START, ("no serving container exists",))
     recreate: list[str] = []
-    for container in serving:
+    # Every service's containers: the front door's config digest is part of its compose hash, so
+    # a changed door config recreates the door (and only it: compose leaves the rest alone).
+    for container in observed.containers:
         wanted = observed.desired_hashes.get(container.service)
         if wanted is not None and container.config_hash != wanted:
-            recreate.append(
-                f"{container.name}: compose configuration changed (flags, ports, mounts)"
-            )
+            what = "flags, ports, mounts" if container.service == SERVICE else "its configuration"
+            recreate.append(f"{container.name}: compose configuration changed ({what})")
+    for container in serving:
         if observed.desired_image_id and container.image_id != observed.desired_image_id:
             recreate.append(f"{container.name}: image changed")
     if set(observed.desired_hashes) - {c.service for c in observed.containers}:
