@@ -18,6 +18,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from tfstack.bench.loadgen import LoadReport, Sample, percentile
 from tfstack.errors import WriteError
@@ -80,6 +81,9 @@ def latency_distribution(samples: Mapping[str, Sequence[float]], path: Path, tit
         p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
         axes.step(ordered, share, where="post", label=f"{name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("latency (ms, log scale)")
     axes.set_ylabel("share of requests at most this fast")
     axes.set_ylim(0, 1.02)
@@ -109,14 +113,16 @@ def rollout_timeline(
         3, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1, 2]}
     )
     bottom = [0.0] * len(bins)
+    # Answers that name their version (gRPC says which version answered; REST does not).
+    answered = [[s for s in b if s.ok and s.version is not None] for b in bins]
     for version in versions:
         shares = [
-            sum(1 for s in b if s.ok and s.version == version) / len(b) * 100 if b else 0.0
-            for b in bins
+            sum(1 for s in known if s.version == version) / len(known) * 100 if known else 0.0
+            for known in answered
         ]
         split.bar(times, shares, width=BIN_S, bottom=bottom, align="edge", label=f"v{version}")
         bottom = [a + b for a, b in zip(bottom, shares, strict=True)]
-    split.set_ylabel("answers by version (%)")
+    split.set_ylabel("answers by version (%)", fontsize=9)
     split.set_ylim(0, 100)
     split.legend(loc="upper left", fontsize=8, ncol=4)
     failed = [sum(1 for s in b if not s.ok) for b in bins]
