@@ -22,6 +22,7 @@ HADOLINT = Path(sys.executable).with_name("hadolint")
 SHIPPED = [
     "runtime/docker/Dockerfile",
     "dockerfiles/frontend/Dockerfile",
+    "dockerfiles/prometheus/Dockerfile",
     "dockerfiles/tfserving/Dockerfile",
     "dockerfiles/tfserving/Dockerfile.devel",
     "tests/fresh/Dockerfile",
