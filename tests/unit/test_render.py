@@ -29,7 +29,7 @@ from tfstack.render import (
     render_stack,
 )
 from tfstack.render import renderer as render
-from tfstack.render.frontdoor import HAPROXY_CONFIG
+from tfstack.render.frontdoor import HAPROXY_CONFIG, SecretMount, haproxy_check_command
 from tfstack.spec import StackSpec
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "render"
@@ -723,3 +723,16 @@ def test_stop_grace_period_covers_the_server_drain(
         assert passed == [], "the runtime's default needs no flag (the official image lacks it)"
     else:
         assert len(passed) == 1 and passed[0].endswith(flag)
+
+
+def test_haproxy_check_reads_secrets_as_the_door_does(tmp_path: Path) -> None:
+    """haproxy -c runs as the door's user, capability-free, secrets mounted read-only where the
+    door finds them: a key the door cannot read fails the check, not the start."""
+    secret = SecretMount(tmp_path / "api_keys", "/run/secrets/tfstack/api_keys")
+    command = haproxy_check_command(
+        "docker", "tfstack/frontend:latest", tmp_path / "cfg", [secret], user="1000:1000"
+    )
+    assert command[command.index("--user") + 1] == "1000:1000"
+    assert command[command.index("--cap-drop") + 1] == "ALL"
+    assert f"{secret.source}:{secret.target}:ro" in command
+    assert command[-2:] == ["tfstack/frontend:latest", "-c"]

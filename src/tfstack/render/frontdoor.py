@@ -197,9 +197,10 @@ def frontend_service_values(
 
 
 def haproxy_check_command(
-    docker: str, image: str, config_dir: Path, secrets: Sequence[SecretMount]
+    docker: str, image: str, config_dir: Path, secrets: Sequence[SecretMount], *, user: str
 ) -> list[str]:
-    """``docker run`` of ``haproxy -c`` on a rendered config, secrets mounted as in the stack."""
+    """``docker run`` of ``haproxy -c`` on a rendered config, secrets mounted as in the stack and
+    read as the door's user (``user``: uid:gid, the door's ``user:``), without capabilities."""
     command = [
         docker,
         "run",
@@ -214,7 +215,7 @@ def haproxy_check_command(
         "--security-opt",
         "no-new-privileges:true",
         "--user",
-        f"{os.getuid()}:{os.getgid()}",
+        user,
         "--label",
         "org.tfstack.managed=true",
         "-v",
@@ -268,7 +269,9 @@ def check_haproxy_config(
         config = config_dir / "haproxy.cfg"
         config.write_text(files[HAPROXY_CONFIG], encoding="utf-8")
         config.chmod(0o644)
-        command = haproxy_check_command(docker, image, config_dir, secret_mounts(spec, spec_path))
+        command = haproxy_check_command(
+            docker, image, config_dir, secret_mounts(spec, spec_path), user=spec.serving.user
+        )
         try:
             result = subprocess.run(
                 command,
