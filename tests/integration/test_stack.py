@@ -78,6 +78,7 @@ class Project:
         self.healthcheck = healthcheck
         self.models: list[dict[str, Any]] = []
         self.serving_extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # more top-level sections (e.g. frontend)
 
     @property
     def spec_path(self) -> Path:
@@ -97,6 +98,7 @@ class Project:
                 "healthcheck": self.healthcheck,
                 **self.serving_extra,
             },
+            **self.extra,
         }
         self.spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
         return self.spec_path
@@ -558,8 +560,9 @@ def test_replicas_each_wait_serve_and_show_in_status(
     docker_client: docker.DockerClient,
     request: pytest.FixtureRequest,
 ) -> None:
-    """With replicas: 2, `up` returns only when both containers serve (each asked on its own
-    published port), and status lists each replica with its own endpoints and verdict."""
+    """Door off, with replicas: 2, `up` returns only when both containers serve (each asked on
+    its own published port), and status lists each replica with its own endpoints and verdict
+    (the door's replicas: tests/integration/test_frontdoor.py)."""
     project = make_project(serving_image, repository, docker_client, request)
     project.models = [
         {
@@ -571,6 +574,7 @@ def test_replicas_each_wait_serve_and_show_in_status(
     project.grpc_port = free_port_range(2)
     project.rest_port = free_port_range(2, (project.grpc_port, project.grpc_port + 1))
     project.serving_extra = {"replicas": 2}
+    project.extra = {"frontend": {"enabled": False}}
     project.write()
     lifecycle = project.lifecycle(docker_client)
     report = lifecycle.up(timeout=UP_TIMEOUT_S)
