@@ -29,6 +29,7 @@ import tfstack.rollout
 import tfstack.stack.lifecycle
 import tfstack.stack.predict
 import tfstack.stack.swarm
+import tfstack.stack.swarm_rollout
 import tfstack.stack.top
 from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
@@ -206,11 +207,15 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: 
     help={
         "spec": f"the stack spec to compare (default {DEFAULT_SPEC}; relative to the root)",
         "json_": "print the JSON document (docs/json-output.md) instead of the diff",
+        "target": "swarm: the diff of compose/stack.yml and its configs (docs/swarm.md)",
     }
 )
-def plan(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False) -> None:
+def plan(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: str = "") -> None:
     """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
-    changes = call(plan_render, spec_file(spec), ROOT)
+    if call(deploy_target, spec_file(spec), target) == "swarm":
+        changes = call(tfstack.stack.swarm.swarm_plan, spec_file(spec), project_of(spec))
+    else:
+        changes = call(plan_render, spec_file(spec), ROOT)
     if json_:
         print(json.dumps(plan_to_json(changes), indent=2))
         return
@@ -393,6 +398,7 @@ def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: st
         "data": 'the request body as JSON ({"instances": [...]}), or @file.json',
         "signature": "signature name (default serving_default)",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "target": "swarm: through the Swarm stack's door (docs/swarm.md)",
     }
 )
 def predict(  # noqa: PLR0917 (invoke maps parameters to options)
@@ -404,6 +410,7 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     grpc: bool = False,
     signature: str = "",
     spec: str = DEFAULT_SPEC,
+    target: str = "",
 ) -> None:
     """Send one predict request to the running stack and print the answer as JSON."""
     if not model or not data:
@@ -413,7 +420,9 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
     answer = call(
-        tfstack.stack.predict.predict,
+        tfstack.stack.swarm.swarm_predict
+        if call(deploy_target, spec_file(spec), target) == "swarm"
+        else tfstack.stack.predict.predict,
         spec_file(spec),
         ref,
         body,
@@ -551,8 +560,8 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
         "drain": "seconds between promotion and unloading retired versions (default 2)",
         "latency_factor": "max candidate/stable median latency in the side instance (default 2)",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
-        "target": "kubernetes: print what rolling out a new image changes in deploy/kubernetes "
-        "(with --dry-run; tfstack does not deploy to clusters)",
+        "target": "swarm: roll out on the Swarm (docs/swarm.md); kubernetes: print what rolling "
+        "out a new image changes in deploy/kubernetes (with --dry-run)",
         "model_image": "with --target kubernetes: the new model image, pinned by digest",
         "serving_image": "with --target kubernetes: a new server image",
         "json_": "print the outcome as JSON (docs/json-output.md) instead of the summary",
@@ -608,8 +617,14 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         latency_factor=latency_factor,
     )
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
+    swarm = call(deploy_target, spec_path, target, project_root=ROOT) == "swarm"
     outcome = call(
-        tfstack.rollout.run_rollout, context, request, dry_run=dry_run, resume=resume, abort=abort
+        tfstack.stack.swarm_rollout.swarm_rollout if swarm else tfstack.rollout.run_rollout,
+        context,
+        request,
+        dry_run=dry_run,
+        resume=resume,
+        abort=abort,
     )
     if json_:
         print(json.dumps(outcome.to_json(), indent=2))
@@ -622,22 +637,28 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         "model": "the model to roll back",
         "dry_run": "print the plan and the config transitions; change nothing",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
+        "target": "swarm: roll back on the Swarm (docs/swarm.md); default: deploy.target",
         "json_": "print the outcome as JSON (docs/json-output.md) instead of the summary",
     }
 )
-def rollback(
+def rollback(  # noqa: PLR0917 (invoke maps parameters to options)
     c: Context,
     model: str = "",
     dry_run: bool = False,
     spec: str = DEFAULT_SPEC,
     json_: bool = False,
+    target: str = "",
 ) -> None:
     """Move labels back to the previous version (reloaded if retired); unload the bad one."""
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     spec_path = spec_file(spec)
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    outcome = call(tfstack.rollout.run_rollback, context, dry_run=dry_run)
+    swarm = call(deploy_target, spec_path, target, project_root=ROOT) == "swarm"
+    rollback_with = (
+        tfstack.stack.swarm_rollout.swarm_rollback if swarm else tfstack.rollout.run_rollback
+    )
+    outcome = call(rollback_with, context, dry_run=dry_run)
     if json_:
         print(json.dumps(outcome.to_json(), indent=2))
     elif not outcome.dry_run:

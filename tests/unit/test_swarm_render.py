@@ -70,8 +70,17 @@ def test_placement_refuses_more_replicas_than_places() -> None:
 
 
 def test_probe_output_parses_into_missing_versions() -> None:
-    """A task still loading a version is reported as missing it; a DNS failure is an error."""
-    tasks, error = parse_probe('{"tasks": {"10.0.0.2": {"m": {"1": "AVAILABLE", "2": "LOADING"}}}}')
+    """A task still loading a version, or whose label points elsewhere, is reported as missing
+    it; a DNS failure is an error."""
+    tasks, error = parse_probe(
+        '{"tasks": {"10.0.0.2": {"models": {"m": {"1": "AVAILABLE", "2": "LOADING"}},'
+        ' "labels": {"m": {"stable": 1}}}}}'
+    )
     assert error is None
     assert tasks[0].missing({"m": [1, 2]}) == ["m v2 LOADING"]
+    assert tasks[0].missing({"m": [1]}, {"m": {"stable": 1}}) == []
+    assert tasks[0].missing({"m": [1]}, {"m": {"stable": 2, "canary": 2}}) == [
+        "m label canary->2 (now unset)",
+        "m label stable->2 (now 1)",
+    ]
     assert parse_probe('{"error": "tasks.serving does not resolve"}')[1] is not None

@@ -151,6 +151,10 @@ def _new_journal(
     )
 
 
+Observe = Callable[[Context, Any], Observed]
+"""How a target observes the model (the compose replicas by default; the Swarm's tasks)."""
+
+
 def run_rollout(
     context: Context,
     request: RolloutRequest,
@@ -160,6 +164,7 @@ def run_rollout(
     abort: bool = False,
     runner: Runner | None = None,
     on_step: Callable[[str, str, float], None] | None = None,
+    observer: Observe = observe,
 ) -> Outcome:
     """``invoke rollout``: plan and apply a rollout, a promotion, a resume or an abort."""
     if resume and abort:
@@ -208,7 +213,7 @@ def run_rollout(
         result = apply(old, runner, save=save, say=context.say, on_step=on_step)
         return Outcome(old, result.timings, _summary(old))
     _check_no_active(old, context.model)
-    observed = observe(context, spec)
+    observed = observer(context, spec)
     steps = plan(request, observed)
     version = request.version
     if request.promote:
@@ -239,6 +244,7 @@ def run_rollback(
     dry_run: bool = False,
     runner: Runner | None = None,
     on_step: Callable[[str, str, float], None] | None = None,
+    observer: Observe = observe,
 ) -> Outcome:
     """``invoke rollback``: labels back on the previous version, the bad one unloaded."""
     spec = context.load_spec(check_disk=False)
@@ -247,7 +253,7 @@ def run_rollback(
     runner = runner or StackRunner(context)
     old = read_journal(context.root, spec.project, context.model)
     _check_no_active(old if old is None or old.status != "canary" else None, context.model)
-    observed = observe(context, spec)
+    observed = observer(context, spec)
     labels = observed.spec_state.labels
     stable = labels.get("stable")
     previous = previous_from_history(old.history, stable) if old is not None and stable else None

@@ -132,7 +132,9 @@ class StackRunner:
         path = self.context.spec_path.resolve()
         write_files_atomically(path.parent, {path.name: text})
 
-    def transition(self, step: Step, journal: Journal) -> str:
+    def edit_spec(self, step: Step, journal: Journal) -> Any:
+        """Write the step's policy and labels (or the original spec) into the spec; the spec,
+        validated against the disk (put back and RolloutError when it does not validate)."""
         assert step.target is not None
         context = self.context
         before = context.spec_path.read_text(encoding="utf-8")
@@ -153,6 +155,12 @@ class StackRunner:
                 step=step.name,
                 evidence=[str(p) for p in exc.problems],
             ) from exc
+        return spec
+
+    def transition(self, step: Step, journal: Journal) -> str:
+        assert step.target is not None
+        context = self.context
+        spec = self.edit_spec(step, journal)
         files = render.render_stack(spec, context.spec_path, context.root)
         config_text = files[render.MODELS_CONFIG]
         write_files_atomically(context.root, {render.MODELS_CONFIG: config_text})

@@ -11,6 +11,7 @@ node's volume and every server re-reads models.config (hot reload, no restart).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from tfstack.build.modelimage import (
 )
 from tfstack.cluster.apply import cluster_status
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
-from tfstack.core.files import plan_files, write_files_atomically
+from tfstack.core.files import FileChange, plan_files, write_files_atomically
 from tfstack.errors import StackError
 from tfstack.render import RenderReport
 from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
@@ -42,7 +43,7 @@ from tfstack.render.swarm import (
     render_swarm,
     stack_name,
 )
-from tfstack.serving.client import RestClient
+from tfstack.serving.client import GrpcClient, ModelRef, RestClient
 from tfstack.spec import StackSpec
 from tfstack.spec.load import check_spec
 from tfstack.stack.plan import Loaded, load
@@ -244,6 +245,39 @@ def render_swarm_to_disk(spec_path: Path, root: Path, *, dry_run: bool = False) 
     return RenderReport(changes=changes, written=written, dry_run=dry_run)
 
 
+def swarm_plan(spec_path: Path, root: Path) -> list[FileChange]:
+    """``plan --target swarm``: the diff of the stack file and its configs against the ones the
+    last ``up`` deployed (a changed model image, image or config shows as its new reference)."""
+    prepared = prepare_swarm(spec_path, root, push=False)
+    return plan_files(root, prepared.files)
+
+
+def swarm_predict(
+    spec_path: Path,
+    ref: ModelRef,
+    body: Mapping[str, Any],
+    *,
+    grpc: bool = False,
+    signature: str | None = None,
+) -> dict[str, Any]:
+    """``predict --target swarm``: one request through the door on the manager's host."""
+    spec = check_spec(spec_path, check_disk=False).raise_for_problems()
+    host = door_host(manager_url(spec))
+    rest_url = f"http://{host}:{spec.serving.rest_port}"
+    try:
+        if grpc:
+            with GrpcClient(f"{host}:{spec.serving.grpc_port}") as grpc_client:
+                return grpc_client.predict_json(ref, body, signature=signature)
+        with RestClient(rest_url) as rest:
+            return rest.predict(ref, body, signature=signature)
+    except (OSError, ConnectionError) as exc:
+        raise SwarmError(
+            f"the door of the Swarm stack does not answer at {rest_url}: {exc}",
+            service=FRONTEND_SERVICE,
+            hint="`./tfstack status --target swarm`; deploy with `./tfstack up --target swarm`",
+        ) from exc
+
+
 def door_ports_of(spec_path: Path) -> tuple[int, ...]:
     """The ports the door publishes (the local cluster's manager publishes them on 127.0.0.1)."""
     spec = check_spec(spec_path, check_disk=False).raise_for_problems()
@@ -311,13 +345,24 @@ def service_ids(manager: Manager, stack: str) -> dict[str, str]:
     return out
 
 
-def service_versions(manager: Manager, stack: str) -> dict[str, int]:
+def service_specs(manager: Manager, stack: str) -> dict[str, str]:
+    """Service name -> sha256 of its spec. ``docker stack deploy`` updates every service (each
+    Version.Index moves even when nothing changed), so what tells a noop is an unchanged spec."""
     ids = service_ids(manager, stack)
     if not ids:
         return {}
     data = json.loads(manager.run("service", "inspect", *ids.values()) or "[]")
-    by_id = {item["ID"]: item["Version"]["Index"] for item in data}
-    return {name: int(by_id.get(sid, 0)) for name, sid in ids.items()}
+    # `service ls` prints short IDs, `service inspect` full ones.
+    digests = {
+        item["ID"]: hashlib.sha256(
+            json.dumps(item.get("Spec", {}), sort_keys=True).encode("utf-8")
+        ).hexdigest()
+        for item in data
+    }
+    return {
+        name: next((d for full, d in digests.items() if full.startswith(sid)), "")
+        for name, sid in ids.items()
+    }
 
 
 def probe_tasks(
@@ -338,6 +383,7 @@ def probe_tasks(
         SERVING_SERVICE,
         str(spec.serving.rest_port),
         ",".join(m.name for m in spec.models),
+        ",".join(f"{m.name}:{label}" for m in spec.models for label in sorted(m.labels)),
         check=False,
         timeout=120,
     )
@@ -376,6 +422,7 @@ def _wait_converged(
     spec = prepared.loaded.spec
     stack = prepared.stack
     expected = {e.name: e.versions for e in prepared.loaded.expectations}
+    labels = {e.name: dict(e.labels) for e in prepared.loaded.expectations if e.labels}
     ids = service_ids(manager, stack)
     serving_id = ids.get(SERVING_SERVICE, "")
     deadline = time.monotonic() + timeout
@@ -395,7 +442,7 @@ def _wait_converged(
         if len(running) == spec.serving.replicas and not old:
             answers, error = probe_tasks(manager, prepared.images.serving, stack, spec)
             if error is None and len(answers) == spec.serving.replicas:
-                gaps = {a.address: a.missing(expected) for a in answers}
+                gaps = {a.address: a.missing(expected, labels) for a in answers}
                 if not any(gaps.values()):
                     return answers, per_node
                 last = "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items() if v)
@@ -459,7 +506,7 @@ def swarm_up(
         return SwarmUpReport("dry-run", prepared.stack, manager.url, timings)
     write_files_atomically(root, prepared.files)
     stack = prepared.stack
-    before = service_versions(manager, stack)
+    before = service_specs(manager, stack)
     mark = time.monotonic()
     say(f"deploying stack {stack} to {manager.url}")
     try:
@@ -468,7 +515,7 @@ def swarm_up(
         if not before:
             manager.run("stack", "rm", stack, check=False)
         raise
-    after = service_versions(manager, stack)
+    after = service_specs(manager, stack)
     action = "deploy" if not before else ("noop" if after == before else "update")
     timings["deploy"] = time.monotonic() - mark
     mark = time.monotonic()
@@ -522,6 +569,7 @@ class SwarmStatus:
     door: str
     door_ok: bool
     expected: dict[str, tuple[int, ...]]
+    expected_labels: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -529,7 +577,7 @@ class SwarmStatus:
             self.door_ok
             and self.probe_error is None
             and bool(self.per_task)
-            and not any(t.missing(self.expected) for t in self.per_task)
+            and not any(t.missing(self.expected, self.expected_labels) for t in self.per_task)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -624,6 +672,7 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
         door=door,
         door_ok=door_ok,
         expected={e.name: e.versions for e in loaded.expectations},
+        expected_labels={e.name: dict(e.labels) for e in loaded.expectations if e.labels},
     )
 
 
@@ -727,6 +776,8 @@ __all__ = [
     "check_placement",
     "prepare_swarm",
     "swarm_down",
+    "swarm_plan",
+    "swarm_predict",
     "swarm_status",
     "swarm_up",
 ]

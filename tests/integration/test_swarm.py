@@ -1,0 +1,467 @@
+"""The Swarm target end to end on a local 3-node cluster (engines in containers, docs/swarm.md).
+
+One cluster for the whole module (``cluster_up``), one stack deployed on it with ``swarm_up``:
+half_plus_two (label ``stable`` -> 1), half_plus_three and upstream's zero-padded
+upstream_half_plus_two, 3 replicas with at most 2 per node, the door on loopback ports chosen at
+random. The TF Serving contract cases of ``test_contract`` (REST and gRPC) run through the door:
+they are imported here and take this module's ``target`` fixture. Then: the tasks' spread, a
+no-change ``up``, bad input (no manager, too many replicas for the placement), a worker node killed
+under ~50 req/s REST load, and ``down`` + ``cluster.down`` leaving nothing labelled behind.
+
+Tests run in file order and share the cluster; the module's finalizer removes the stack and the
+cluster whatever happened. Budget: the whole module in under 10 minutes on 2 shared cores (most of
+it is the first push of the runtime image and each node pulling it). Figures are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+from tests.integration.test_contract import (
+    UPSTREAM_MODEL,
+    Endpoint,
+    test_grpc_outputs_in_float_val_from_a_zero_padded_version,
+    test_grpc_predict_contract,
+    test_grpc_unknown_model_is_not_found,
+    test_grpc_wrong_input_dtype_is_refused,
+    test_rest_contract,
+)
+from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.rollout import free_port
+from tfstack.build.frontend import ensure_frontend_image
+from tfstack.build.images import BuiltImage
+from tfstack.cluster import cluster_down, cluster_status, cluster_up
+from tfstack.cluster.plan import CLUSTER_LABEL, CLUSTER_NAME
+from tfstack.models.demo import write_demo_models, write_half_plus
+from tfstack.render.frontdoor import SERVING_SERVICE
+from tfstack.rollout.plan import RolloutRequest
+from tfstack.rollout.runner import Context
+from tfstack.spec.load import load_spec
+from tfstack.stack.swarm import (
+    STACK_LABEL,
+    Manager,
+    SwarmError,
+    manager_url,
+    nodes,
+    service_ids,
+    service_specs,
+    swarm_down,
+    swarm_status,
+    swarm_up,
+    tasks,
+)
+from tfstack.stack.swarm_rollout import swarm_rollback, swarm_rollout
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "tfstack-swarm-it"
+REPLICAS = 3
+PER_NODE = 2  # room for a killed node's task on the two others
+UP_TIMEOUT_S = 420.0
+RECOVERY_LIMIT_S = 150.0
+# A killed node drops packets: requests already sent to its task (or sent over a kept-alive
+# connection before the door's health check marks it down: fall 2 x inter 1 s) get no answer. After
+# this many seconds every request must be answered by the tasks left.
+DOOR_DETECT_S = 4.0
+KILLED_NODE = f"{CLUSTER_NAME}-node-3"  # a worker (node 1 is the manager and runs the door)
+
+# The contract cases, collected here with this module's `target` (the door). Imported names are
+# re-exported so that pytest collects them in this module.
+__all__ = [
+    "test_grpc_outputs_in_float_val_from_a_zero_padded_version",
+    "test_grpc_predict_contract",
+    "test_grpc_unknown_model_is_not_found",
+    "test_grpc_wrong_input_dtype_is_refused",
+    "test_rest_contract",
+]
+
+
+def spec_data(*, project: str, image: str, grpc_port: int, rest_port: int) -> dict[str, Any]:
+    """The module's stack spec (the contract suite's models) as plain data."""
+    return {
+        "format": 1,
+        "project": project,
+        "model_repository": "../models",
+        "models": [
+            {
+                "name": "half_plus_two",
+                "policy": {"specific": [1]},
+                "labels": {"stable": 1},
+                # No `expect`: the rollout's version 2 answers 0.5x + 3 (the contract cases
+                # check the answers of version 1).
+                "samples": [{"name": "predict", "body": {"instances": [1.0, 2.0, 5.0]}}],
+            },
+            {"name": "half_plus_three", "policy": {"latest": 1}},
+            {"name": "upstream_half_plus_two", "policy": {"latest": 1}},
+        ],
+        "serving": {
+            "image": image,
+            "grpc_port": grpc_port,
+            "rest_port": rest_port,
+            "replicas": REPLICAS,
+            "max_load_retries": 0,
+        },
+        "deploy": {"target": "swarm", "swarm": {"max_replicas_per_node": PER_NODE}},
+    }
+
+
+@dataclass
+class SwarmStack:
+    """The deployed module stack: where its spec is and how to reach its door."""
+
+    root: Path
+    spec_path: Path
+    data: dict[str, Any]
+    manager: Manager
+    stack: str
+    rest_port: int
+    grpc_port: int
+    first_up_s: float = 0.0
+    cluster_up_s: float = 0.0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.rest_port, self.grpc_port)
+
+    def variant(self, name: str, change: Callable[[dict[str, Any]], None]) -> Path:
+        """Another spec in the same project (same models), changed by ``change``."""
+        data = yaml.safe_load(yaml.safe_dump(self.data))
+        change(data)
+        path = self.root / "config" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+
+def say(text: str) -> None:
+    print(f"tfstack: {text}", flush=True)
+
+
+def _docker_lines(*argv: str) -> list[str]:
+    result = subprocess.run(
+        ["docker", *argv], capture_output=True, text=True, check=False, timeout=60
+    )
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def _write_project(root: Path, data: dict[str, Any]) -> Path:
+    write_demo_models(root / "models", include_resnet=False)
+    shutil.copytree(UPSTREAM_MODEL, root / "models" / "upstream_half_plus_two")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    spec_path = root / "config" / "stack.yaml"
+    spec_path.parent.mkdir(mode=0o755)
+    spec_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return spec_path
+
+
+def _remove_everything(spec_path: Path | None) -> None:
+    """The finalizer: the stack (if the manager still answers), then the cluster."""
+    if spec_path is not None:
+        with contextlib.suppress(Exception):
+            swarm_down(spec_path, spec_path.parents[1], timeout=60)
+    with contextlib.suppress(Exception):
+        cluster_down()
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client: docker.DockerClient, runtime_image: BuiltImage) -> Iterator[SwarmStack]:
+    """A 3-node local cluster with the module's stack deployed; both removed afterwards."""
+    if cluster_status().exists:
+        pytest.fail(
+            f"a local cluster {CLUSTER_NAME!r} already exists: this module makes and removes its "
+            "own (run `./tfstack cluster.down` first)"
+        )
+    ensure_frontend_image(docker_client, "tfstack/frontend:latest", source_root=ROOT, say=say)
+    tag = f"tfstack-it/swarm:{secrets.token_hex(4)}"
+    docker_client.images.get(runtime_image.id).tag(*tag.split(":"))
+    root = Path(tempfile.mkdtemp(prefix="tfstack-swarm-"))
+    root.chmod(0o755)
+    rest_port, grpc_port = free_port(), free_port()
+    data = spec_data(project=PROJECT, image=tag, grpc_port=grpc_port, rest_port=rest_port)
+    spec_path: Path | None = None
+    try:
+        spec_path = _write_project(root, data)
+        started = time.monotonic()
+        cluster_up(3, published_ports=(grpc_port, rest_port), say=say)
+        cluster_s = time.monotonic() - started
+        started = time.monotonic()
+        report = swarm_up(spec_path, root, timeout=UP_TIMEOUT_S, say=say)
+        assert report.action == "deploy"
+        spec = load_spec(spec_path)
+        made = SwarmStack(
+            root,
+            spec_path,
+            data,
+            Manager(manager_url(spec)),
+            report.stack,
+            rest_port,
+            grpc_port,
+            first_up_s=time.monotonic() - started,
+            cluster_up_s=cluster_s,
+        )
+        print(
+            f"\nswarm: cluster.up {cluster_s:.1f}s, first up {made.first_up_s:.1f}s "
+            f"({', '.join(f'{k} {v:.1f}s' for k, v in report.timings.items())})",
+            flush=True,
+        )
+        yield made
+    finally:
+        _remove_everything(spec_path)
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(tag, noprune=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def target(swarm: SwarmStack) -> Endpoint:
+    """The door of the Swarm stack: what the imported contract cases talk to."""
+    return swarm.endpoint
+
+
+# ----------------------------------------------------------------------------- placement, up
+
+
+def test_serving_tasks_spread_over_nodes_and_serve_every_version(swarm: SwarmStack) -> None:
+    """Status: 3 serving tasks on at least 2 nodes, each serving every declared version."""
+    status = swarm_status(swarm.spec_path, swarm.root)
+    assert status.ok, "\n".join(status.describe())
+    serving = status.services[SERVING_SERVICE]
+    running = [
+        t
+        for t in status.tasks
+        if t.service.startswith(serving) and t.desired == "running" and t.state == "running"
+    ]
+    assert len(running) == REPLICAS
+    per_node = {t.node for t in running}
+    assert len(per_node) >= 2, f"serving tasks all on {per_node}"
+    assert len(status.per_task) == REPLICAS
+    print(f"\nswarm: serving tasks on {sorted(t.node for t in running)}", flush=True)
+
+
+def test_second_up_changes_nothing(swarm: SwarmStack) -> None:
+    """A second up with the same spec is a noop: no service spec changes."""
+    before = service_specs(swarm.manager, swarm.stack)
+    started = time.monotonic()
+    report = swarm_up(swarm.spec_path, swarm.root, timeout=120)
+    took = time.monotonic() - started
+    assert report.action == "noop"
+    assert service_specs(swarm.manager, swarm.stack) == before
+    print(f"\nswarm: no-change up {took:.1f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("where", ["DOCKER_HOST", "deploy.swarm.manager"])
+def test_no_manager_reachable_is_a_clear_error(
+    swarm: SwarmStack, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A manager address nothing listens on: the error names it and says what to do."""
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    spec_path = swarm.spec_path
+    if where == "DOCKER_HOST":
+        monkeypatch.setenv("DOCKER_HOST", closed)
+    else:
+        spec_path = swarm.variant("manager", lambda d: d["deploy"]["swarm"].update(manager=closed))
+    with pytest.raises(SwarmError) as raised:
+        swarm_up(spec_path, swarm.root, timeout=30)
+    assert f"no Swarm manager reachable at {closed}" in raised.value.message
+    assert "cluster.up" in (raised.value.hint or "")
+
+
+def test_more_replicas_than_placement_allows_deploys_nothing(swarm: SwarmStack) -> None:
+    """7 replicas at 2 per node on 3 nodes: an error naming the service; no stack is made."""
+
+    def change(data: dict[str, Any]) -> None:
+        data["project"] = f"{PROJECT}-big"
+        data["serving"]["replicas"] = 7
+
+    spec_path = swarm.variant("big", change)
+    with pytest.raises(SwarmError) as raised:
+        swarm_up(spec_path, swarm.root, timeout=30)
+    assert raised.value.message.startswith("service serving: 7 replicas")
+    assert "max_replicas_per_node 2" in raised.value.message
+    assert service_ids(swarm.manager, f"{PROJECT}-big") == {}
+    assert not swarm.manager.run("config", "ls", "--quiet", "--filter", f"name={PROJECT}-big-")
+
+
+# ----------------------------------------------------------------------------- rollout
+
+
+def _stack_load(swarm: SwarmStack, max_seconds: float) -> LoadGenerator:
+    senders = stack_senders(
+        "half_plus_two",
+        rest_url=f"http://127.0.0.1:{swarm.rest_port}",
+        grpc_target=f"127.0.0.1:{swarm.grpc_port}",
+        body={"instances": [1.0]},
+        labels=("stable",),
+    )
+    return LoadGenerator(senders, rate=50, max_seconds=max_seconds)
+
+
+def test_rollout_then_rollback_under_load_fail_no_request(
+    swarm: SwarmStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Rollout of half_plus_two v2 (0.5x + 3) and its rollback under 50 req/s REST+gRPC through
+    the door: 0 failed requests; `stable` answers 3.5 only after promote began, 2.5 after
+    the rollback."""
+    candidate = tmp_path_factory.mktemp("swarm-candidate") / "v2"
+    write_half_plus(candidate, offset=3.0, offset2=4.0, model_name="half_plus_two")
+    for path in [candidate, *candidate.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    context = Context(swarm.spec_path, swarm.root, "half_plus_two", say=say)
+    marks: dict[str, float] = {}
+    loads: list[LoadGenerator] = []  # running ones; each is stopped once (stop() stamps the end)
+
+    def on_step(name: str, event: str, at: float) -> None:
+        marks[f"{name}:{event}"] = at
+        if name in ("load", "rollback") and event == "start":
+            loads.append(_stack_load(swarm, 115).start())
+
+    try:
+        started = time.monotonic()
+        outcome = swarm_rollout(
+            context,
+            RolloutRequest("half_plus_two", version=2, source=str(candidate)),
+            on_step=on_step,
+        )
+        rollout_s = time.monotonic() - started
+        time.sleep(2)
+        rollout_load = loads.pop().stop()
+        started = time.monotonic()
+        back = swarm_rollback(context, on_step=on_step)
+        rollback_s = time.monotonic() - started
+        time.sleep(2)
+        rollback_load = loads.pop().stop()
+    finally:
+        for load in loads:
+            load.stop()
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    print(
+        f"\nswarm rollout {rollout_s:.1f}s ({steps}); load: {rollout_load.summary()}"
+        f"\nswarm rollback {rollback_s:.1f}s; load: {rollback_load.summary()}",
+        flush=True,
+    )
+    assert outcome.journal.status == "done" and back.journal.status == "done"
+    for report in (rollout_load, rollback_load):
+        assert report.stop_reason == "stopped by the caller", report.stop_reason
+    assert rollout_load.failures == [], rollout_load.summary()
+    assert rollback_load.failures == [], rollback_load.summary()
+    early_v2 = [
+        s
+        for s in rollout_load.window(end=marks["promote:start"])
+        if s.target.endswith("/stable") and s.value == 3.5
+    ]
+    assert early_v2 == [], "stable answered version 2 before promote began"
+    assert 3.5 in rollout_load.values("rest/stable")
+    assert rollback_load.window(start=marks["rollback:done"])
+    assert {s.value for s in rollback_load.window(start=marks["rollback:done"])} == {2.5}
+
+
+# ----------------------------------------------------------------------------- failover
+
+
+def _serving_running(swarm: SwarmStack, names: dict[str, str]) -> list[str]:
+    """Nodes of the serving tasks that should run and do."""
+    serving = service_ids(swarm.manager, swarm.stack).get(SERVING_SERVICE, "?")
+    return [
+        t.node
+        for t in tasks(swarm.manager, swarm.stack, names)
+        if t.service.startswith(serving) and t.desired == "running" and t.state == "running"
+    ]
+
+
+def test_worker_node_killed_under_load_fails_over(swarm: SwarmStack) -> None:
+    """Kill a worker's container under 50 req/s REST: its task runs elsewhere, the door routes
+    around it (no failure once its health check saw the node go); failures are reported."""
+    names = {n.id: n.hostname for n in nodes(swarm.manager)}
+    assert KILLED_NODE in _serving_running(swarm, names)
+    senders = stack_senders(
+        "half_plus_two",
+        rest_url=f"http://127.0.0.1:{swarm.rest_port}",
+        grpc_target=f"127.0.0.1:{swarm.grpc_port}",
+        body={"instances": [1.0]},
+        labels=("stable",),
+        transports=("rest",),
+    )
+    load = LoadGenerator(senders, rate=50, max_seconds=RECOVERY_LIMIT_S - 10)
+    load.start()
+    recovered_s: float | None = None
+    down_s: float | None = None
+    try:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        subprocess.run(["docker", "kill", KILLED_NODE], check=True, capture_output=True)
+        while time.monotonic() - killed_at < RECOVERY_LIMIT_S - 20:
+            if down_s is None and KILLED_NODE in {
+                n.hostname for n in nodes(swarm.manager) if n.state == "down"
+            }:
+                down_s = time.monotonic() - killed_at
+            placed = _serving_running(swarm, names)
+            if len(placed) == REPLICAS and KILLED_NODE not in placed:
+                recovered_s = time.monotonic() - killed_at
+                break
+            time.sleep(1)
+        time.sleep(5)  # load on the recovered layout
+    finally:
+        report: LoadReport = load.stop()
+    after_kill = report.window(start=killed_at)
+    in_flight = report.window(start=killed_at, end=killed_at + DOOR_DETECT_S)
+    lost = len([s for s in in_flight if not s.ok])
+    print(
+        f"\nswarm failover: {len(report.failures)} failed of {report.total} (goal 0; sent in the "
+        f"{DOOR_DETECT_S:g} s after the kill: {lost}); node down "
+        f"after {down_s}s; {REPLICAS} tasks running again after {recovered_s}s; "
+        f"load: {report.summary()}",
+        flush=True,
+    )
+    assert recovered_s is not None, f"no replacement task within {RECOVERY_LIMIT_S - 20:.0f} s"
+    assert len(after_kill) > 100
+    assert all(s.ok for s in report.window(end=killed_at)), report.summary()
+    late = [s for s in report.window(start=killed_at + DOOR_DETECT_S) if not s.ok]
+    assert late == [], report.summary()
+    assert {s.value for s in report.samples if s.ok} == {2.5}
+
+
+# ----------------------------------------------------------------------------- down
+
+
+def test_down_then_cluster_down_leave_nothing(swarm: SwarmStack) -> None:
+    """down --target swarm leaves no service, config, container, network or volume on any node;
+    cluster.down leaves no node, registry, volume or network on the host."""
+    removed = swarm_down(swarm.spec_path, swarm.root)
+    assert f"service {swarm.stack}_serving" in removed
+    selector = f"label={STACK_LABEL}={swarm.stack}"
+    assert not swarm.manager.run("service", "ls", "--quiet", "--filter", selector)
+    assert not swarm.manager.run("config", "ls", "--quiet", "--filter", selector)
+    live = [n for n, state in cluster_status().containers.items() if state == "running"]
+    assert len(live) == 3  # the registry and the two nodes still running
+    for node in live:
+        if node == "registry":
+            continue
+        for kind in ("ps --all", "volume ls", "network ls"):
+            left = _docker_lines(
+                "exec", node, "docker", *kind.split(), "--quiet", "--filter", selector
+            )
+            assert left == [], f"{node}: {kind} still lists {left}"
+    cluster_down()
+    cluster_selector = f"label={CLUSTER_LABEL}={CLUSTER_NAME}"
+    for kind in ("ps --all", "volume ls", "network ls"):
+        left = _docker_lines(*kind.split(), "--quiet", "--filter", cluster_selector)
+        assert left == [], f"host: {kind} still lists {left}"
+    assert not cluster_status().exists
