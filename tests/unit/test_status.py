@@ -25,6 +25,7 @@ from tfstack.rollout.journal import (
 )
 from tfstack.serving.client import ModelRef, ServingRequestError, VersionState
 from tfstack.serving.waiting import ModelExpectation, ModelObservation
+from tfstack.stack.frontdoor import DoorStatus, parse_stats_csv
 from tfstack.stack.status import (
     SCHEMA_VERSION,
     StartFailure,
@@ -111,6 +112,42 @@ def test_status_json_has_exactly_the_documented_fields() -> None:
     for key in document["services"][0]:
         assert f"`{key}`" in doc, f"services[] field {key} is not documented"
     json.dumps(document)  # serialisable as is
+
+
+def test_status_json_frontend_has_exactly_the_documented_fields() -> None:
+    """The `frontend` object (the door's view) matches docs/status-json.md's example and table."""
+    document = dataclasses.replace(sample_status(), frontend=door_status()).to_json()
+    doc = DOC.read_text()
+    example = json.loads(re.search(r"```json\n(.*?)```", doc, re.S).group(1))  # type: ignore[union-attr]
+    assert set(document["frontend"]) == set(example["frontend"])
+    assert set(document["frontend"]["servers"][0]) == set(example["frontend"]["servers"][0])
+    assert set(document["frontend"]["in_rotation"]) == set(example["frontend"]["in_rotation"])
+    for key in document["frontend"]:
+        assert f"`frontend.{key}`" in doc, f"frontend field {key} is not documented"
+    for key in document["frontend"]["servers"][0]:
+        assert re.search(rf"`servers\[\]\.{key}`", doc), f"servers[] field {key} undocumented"
+    assert sample_status().to_json()["frontend"] is None, "no door: null"
+    json.dumps(document)
+
+
+# Captured from a replicas: 2 stack's door after 40 gRPC and 45 REST predicts.
+STATS_CSV = (Path(__file__).parent / "data" / "haproxy-stats.csv").read_text()
+STATS_NAMES = {"172.31.0.2": "demo-serving-1", "172.31.0.3": "demo-serving-2"}
+
+
+def door_status(**row: str) -> DoorStatus:
+    """The door's status from the captured CSV, grpc replica2's row changed by ``row``."""
+    header, body = STATS_CSV.split("\n", 1)
+    columns = header.lstrip("# ").split(",")
+    lines = []
+    for line in body.splitlines():
+        cells = line.split(",")
+        if cells[:2] == ["grpc_replicas", "replica2"]:
+            for key, value in row.items():
+                cells[columns.index(key)] = value
+        lines.append(",".join(cells))
+    text = header + "\n" + "\n".join(lines) + "\n"
+    return DoorStatus("demo-frontend-1", "running", tuple(parse_stats_csv(text, STATS_NAMES)))
 
 
 def interrupted_journal() -> Any:
@@ -473,3 +510,113 @@ def test_a_restarted_container_gets_its_last_exit_from_die_events() -> None:
     assert (deaths["a"].code, deaths["a"].oom_killed) == (137, True)
     assert deaths["a"].reason == "OOM killed"
     assert deaths["a"].finished_at == "2023-11-14T22:15:00Z"
+
+
+def door_text(status: Any) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=220, color_system=None).print(render_table(status))
+    return buffer.getvalue()
+
+
+def test_status_shows_the_door_replicas_in_rotation_with_requests_and_errors() -> None:
+    """status: a door table row per backend and replica (status, check, requests, errors)."""
+    base = sample_status()
+    status = dataclasses.replace(base, frontend=door_status())
+    document = status.to_json()["frontend"]
+    assert document["ok"] is True
+    assert document["in_rotation"] == {
+        "rest": ["demo-serving-1", "demo-serving-2"],
+        "grpc": ["demo-serving-1", "demo-serving-2"],
+    }
+    assert [(s["backend"], s["container"], s["requests"]) for s in document["servers"]] == [
+        ("rest", "demo-serving-1", 23),
+        ("rest", "demo-serving-2", 22),
+        ("grpc", "demo-serving-1", 40),
+        ("grpc", "demo-serving-2", 40),
+    ]
+    text = door_text(status)
+    assert "front door demo-frontend-1 (running): in rotation REST 2, gRPC 2" in text
+    assert re.search(r"rest\s+│ replica2\s+│ demo-serving-2\s+│ UP\s+│ L7OK\s+│ 22\s+│ 0", text)
+    assert re.search(r"grpc\s+│ replica1\s+│ demo-serving-1\s+│ UP\s+│ L7OK\s+│ 40", text)
+
+
+def test_a_replica_out_of_the_door_rotation_makes_the_stack_not_ok() -> None:
+    """A DOWN replica slot: out of rotation, its errors shown, frontend.ok and ok false."""
+    healthy = sample_status_ok()
+    assert healthy.ok and dataclasses.replace(healthy, frontend=door_status()).ok
+    down = door_status(status="DOWN", check_status="L4CON", econ="2", eresp="1")
+    status = dataclasses.replace(healthy, frontend=down)
+    assert not status.ok
+    document = status.to_json()
+    assert document["ok"] is False and document["frontend"]["ok"] is False
+    assert document["frontend"]["in_rotation"]["grpc"] == ["demo-serving-1"]
+    assert document["frontend"]["servers"][3]["errors"] == 3
+    text = door_text(status)
+    assert "in rotation REST 2, gRPC 1" in text
+    assert re.search(r"grpc\s+│ replica2\s+│ demo-serving-2\s+│ DOWN\s+│ L4CON\s+│ 40\s+│ 3", text)
+
+
+def test_an_unreadable_door_says_why_and_is_not_ok() -> None:
+    """Stats not read (door stopped): the reason in the JSON and the table, frontend not ok."""
+    door = DoorStatus("demo-frontend-1", "exited", error="the door is not running")
+    status = dataclasses.replace(sample_status_ok(), frontend=door)
+    assert not status.ok
+    assert status.to_json()["frontend"]["error"] == "the door is not running"
+    assert status.to_json()["frontend"]["in_rotation"] == {"rest": [], "grpc": []}
+    assert (
+        "front door demo-frontend-1 (exited): in rotation REST 0, gRPC 0; the door is not running"
+        in door_text(status)
+    )
+
+
+def sample_status_ok() -> Any:
+    """One running replica serving its one declared model."""
+    return observe(
+        project="demo",
+        spec_path="s",
+        rest=FakeRest({("m", None): [VersionState(1, "AVAILABLE")]}),  # type: ignore[arg-type]
+        expectations=[ModelExpectation("m", (1,))],
+        containers=[container()],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+    )
+
+
+def test_replicas_behind_the_door_are_asked_at_their_network_address() -> None:
+    """Replicas that publish nothing (door on) are asked on replica_urls, not called unpublished."""
+    one = container(id="a" * 64, name="demo-serving-1", ports={})
+    two = container(id="b" * 64, name="demo-serving-2", ports={})
+    answers = {
+        "http://172.31.0.2:18501": [VersionState(1, "AVAILABLE")],
+        "http://172.31.0.3:18501": [VersionState(1, "LOADING")],
+    }
+    asked: list[str] = []
+
+    class Closing(FakeRest):
+        def close(self) -> None:
+            pass
+
+    def rest_for(url: str) -> Any:
+        asked.append(url)
+        return Closing({("m", None): answers[url]})
+
+    status = observe(
+        project="demo",
+        spec_path="s",
+        rest=FakeRest({("m", None): [VersionState(1, "AVAILABLE")]}),  # type: ignore[arg-type]
+        expectations=[ModelExpectation("m", (1,))],
+        containers=[one, two],
+        host="127.0.0.1",
+        rest_port=18501,
+        grpc_port=18500,
+        rest_for=rest_for,
+        replica_urls={
+            "demo-serving-1": "http://172.31.0.2:18501",
+            "demo-serving-2": "http://172.31.0.3:18501",
+        },
+    )
+    assert sorted(asked) == list(answers)
+    first, second = status.to_json()["services"]
+    assert (first["models_ok"], first["endpoints"]) == (True, {})
+    assert (second["models_ok"], second["problems"]) == (False, ["m: version 1 LOADING"])

@@ -140,10 +140,22 @@ class DoorStatus:
             s.container or s.address for s in self.servers if s.backend == backend and s.in_rotation
         ]
 
+    @property
+    def ok(self) -> bool:
+        """Running, stats read, REST and gRPC each with a replica in rotation, and every replica
+        slot that has an address in rotation (one out of rotation is a replica the door skips)."""
+        return (
+            self.state == "running"
+            and self.error is None
+            and all(self.in_rotation(b) for b in ("rest", "grpc"))
+            and all(s.in_rotation for s in self.servers if s.address)
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "container": self.container,
             "state": self.state,
+            "ok": self.ok,
             "in_rotation": {b: self.in_rotation(b) for b in ("rest", "grpc")},
             "servers": [s.to_json() for s in self.servers],
             "error": self.error,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -666,6 +666,7 @@ class Lifecycle:
                 )
         stack = stack or self.stack(loaded.spec)
         endpoints = endpoints_for(loaded.spec)
+        direct = self.replicas(loaded, stack) if door_is_on(loaded.spec) else []
         with RestClient(endpoints.rest_url, timeout=5) as rest:
             status = observe(
                 project=loaded.spec.project,
@@ -677,7 +678,11 @@ class Lifecycle:
                 rest_port=endpoints.rest_port,
                 grpc_port=endpoints.grpc_port,
                 rest_for=lambda url: RestClient(url, timeout=5),
+                replica_urls={r.name: r.rest_url for r in direct}
+                if door_is_on(loaded.spec)
+                else None,
             )
+        status = replace(status, frontend=self.door_status(loaded, stack))
         return with_start_failures(status, read_start_failures(self.root))
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> str:

@@ -24,6 +24,7 @@ from tfstack.docker.compose import ContainerInfo, LastExit, published_address
 from tfstack.rollout.journal import status_summary
 from tfstack.serving.client import RestClient
 from tfstack.serving.waiting import ModelExpectation, ModelObservation, assess, observe_model
+from tfstack.stack.frontdoor import DoorStatus
 
 COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 
@@ -144,6 +145,7 @@ class StackStatus:
     models: tuple[ModelStatus, ...] = ()
     server_error: str | None = None  # the REST API did not answer at all
     rollout: Mapping[str, Any] | None = None  # filled by the rollout work; None when idle
+    frontend: DoorStatus | None = None  # the front door's view; None when the spec has no door
 
     @property
     def ok(self) -> bool:
@@ -152,6 +154,7 @@ class StackStatus:
             and all(s.ok for s in self.services)
             and self.server_error is None
             and all(m.ok for m in self.models)
+            and (self.frontend is None or self.frontend.ok)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -166,6 +169,7 @@ class StackStatus:
             "services": [s.to_json() for s in self.services],
             "models": [m.to_json() for m in self.models],
             "rollout": dict(self.rollout) if self.rollout is not None else None,
+            "frontend": self.frontend.to_json() if self.frontend is not None else None,
         }
 
 
@@ -316,13 +320,16 @@ def observe(
     grpc_port: int,
     rollout: Mapping[str, Any] | None = None,
     rest_for: Callable[[str], RestClient] | None = None,
+    replica_urls: Mapping[str, str] | None = None,
 ) -> StackStatus:
     """Ask the server about every declared model (REST) and combine with the containers.
 
     ``models`` come from ``rest`` (the spec's REST port). With several running replicas and
     ``rest_for`` (base URL -> client), every replica is also asked on its own published port and
     its service entry says whether it serves every declared version and label (``models_ok``,
-    ``problems``); with one replica that verdict comes from the same observation.
+    ``problems``); with one replica that verdict comes from the same observation. Behind the
+    front door replicas publish nothing: ``replica_urls`` (container name -> REST URL on the
+    project network) says where to ask them.
     """
     services = [
         service_status(c, host=host, rest_port=rest_port, grpc_port=grpc_port) for c in containers
@@ -357,7 +364,9 @@ def observe(
         )
     elif len(live) > 1 and rest_for is not None:
         for index in live:
-            services[index] = _ask_replica(services[index], expectations, rest_for)
+            services[index] = _ask_replica(
+                services[index], expectations, rest_for, (replica_urls or {}).get
+            )
     if rollout is None:
         rollout = _rollouts_in_progress(project, spec_path)
     return StackStatus(
@@ -376,9 +385,11 @@ def _ask_replica(
     service: ServiceStatus,
     expectations: Sequence[ModelExpectation],
     rest_for: Callable[[str], RestClient],
+    direct_url: Callable[[str], str | None],
 ) -> ServiceStatus:
-    """The service entry with this replica's own verdict (asked on its published REST port)."""
-    url = service.endpoints.get("rest")
+    """The service entry with this replica's own verdict (asked on its published REST port, or
+    on its network address when it publishes none)."""
+    url = service.endpoints.get("rest") or direct_url(service.container)
     if url is None:
         return dataclasses.replace(
             service, models_ok=False, problems=("its REST port is not published",)
@@ -443,6 +454,34 @@ def _restarts_cell(service: ServiceStatus) -> Text:
     return Text(last, style="yellow" if service.restart_count else "")
 
 
+def _door_table(door: DoorStatus) -> Any:
+    """The door's view: per backend and replica slot, rotation, last check, requests, errors."""
+    rest, grpc = (len(door.in_rotation(b)) for b in ("rest", "grpc"))
+    head = Text(
+        f"front door {door.container} ({door.state}): in rotation REST {rest}, gRPC {grpc}"
+        + (f"; {door.error}" if door.error else ""),
+        style="green" if door.ok else "red",
+    )
+    table = Table(expand=False)
+    columns = ("backend", "slot", "replica", "status", "check", "requests", "errors", "retries")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for server in door.servers:
+        table.add_row(
+            server.backend,
+            server.slot,
+            server.container or server.address or "no address",
+            Text(server.status, style="green" if server.in_rotation else "red"),
+            server.check or "-",
+            str(server.requests),
+            Text(str(server.errors), style="red" if server.errors else ""),
+            str(server.retries),
+        )
+    if not door.servers:
+        table.add_row("-", "-", "-", Text(door.state, style="red"), "-", "-", "-", "-")
+    return Group(head, table)
+
+
 def render_table(status: StackStatus) -> Any:
     """A rich renderable: a models table, a services table and the endpoints."""
 
@@ -499,6 +538,8 @@ def render_table(status: StackStatus) -> Any:
     if not status.services:
         services.add_row("-", "no containers", Text("down", style="red"), "-", "-", "-", "")
     parts: list[Any] = [models, services]
+    if status.frontend is not None:
+        parts.append(_door_table(status.frontend))
     if status.server_error:
         parts.append(Text(f"server: {status.server_error}", style="red"))
     for name, info in sorted((status.rollout or {}).items()):
