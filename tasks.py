@@ -23,7 +23,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 from rich.console import Console
 
-import tfstack.build.images
+import tfstack.build.frontend
 import tfstack.docker.engine
 import tfstack.rollout
 import tfstack.stack.lifecycle
@@ -267,10 +267,11 @@ def bench(  # noqa: PLR0917 (invoke maps parameters to options)
     }
 )
 def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
-    """Build the runtime image tfstack/serving-runtime: no registry, no network in the build."""
+    """Build tfstack/serving-runtime (no registry, no network in the build) and the front door's
+    tfstack/frontend (HAProxy from the Debian mirror the base image names) on the same base."""
     client = call(tfstack.docker.engine.docker_client) if dry_run else engine_client()
     plans = call(
-        tfstack.build.images.plan_runtime_build,
+        tfstack.build.frontend.plan_images,
         client,
         root=ROOT,
         no_cache=no_cache,
@@ -280,8 +281,8 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
         print("\n".join(plans.describe()))
         print("dry run: nothing downloaded or built")
         return
-    built = call(tfstack.build.images.apply_runtime_build, client, plans, root=ROOT, say=say)
-    print(built.summary())
+    for built in call(tfstack.build.frontend.apply_images, client, plans, root=ROOT, say=say):
+        print(built.summary())
 
 
 @task(

@@ -16,11 +16,13 @@ import tasks
 from invoke.context import MockContext
 from rich.console import Console
 
+import tfstack.build.frontend
 import tfstack.build.images
 import tfstack.docker.engine
 from tfstack.build.baseimage import BaseImagePlan
 from tfstack.build.images import (
     CONTEXT_SCRIPTS,
+    BuiltImage,
     ImageBuildPlan,
     RuntimeImagePlans,
     SourceInfo,
@@ -382,7 +384,7 @@ def test_source_info_outside_git(tmp_path: Path) -> None:
 def test_images_dry_run_prints_the_plans_and_builds_nothing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """`invoke images --dry-run` prints base, wheelhouse and image plans, and applies none."""
+    """`invoke images --dry-run` prints base, wheelhouse, runtime and door plans, applies none."""
     plans = RuntimeImagePlans(
         BaseImagePlan("tfstack/debian:bookworm", "present", "bookworm"),
         wheelhouse_plan(ROOT),
@@ -399,11 +401,82 @@ def test_images_dry_run_prints_the_plans_and_builds_nothing(
 
     monkeypatch.setattr(tfstack.docker.engine, "docker_client", object)
     monkeypatch.setattr(tfstack.docker.engine, "ensure_engine", refuse)
-    monkeypatch.setattr(tfstack.build.images, "plan_runtime_build", fake_plan)
-    monkeypatch.setattr(tfstack.build.images, "apply_runtime_build", refuse)
+    monkeypatch.setattr(tfstack.build.frontend, "plan_runtime_build", fake_plan)
+    monkeypatch.setattr(tfstack.build.frontend, "apply_runtime_build", refuse)
+    monkeypatch.setattr(tfstack.build.frontend, "build_image", refuse)
     tasks.images(MockContext(), dry_run=True, no_cache=True)
     out = capsys.readouterr().out
     assert seen == {"root": tasks.ROOT, "no_cache": True, "try_pull": False}
     assert out.startswith("base image tfstack/debian:bookworm: present\nwheelhouse ")
     assert "image tfstack/serving-runtime:0.1.0, tfstack/serving-runtime:latest" in out
+    assert "image tfstack/frontend:2.6, tfstack/frontend:latest" in out
     assert out.endswith("dry run: nothing downloaded or built\n")
+
+
+def runtime_plans(base: str = "tfstack/debian:bookworm") -> RuntimeImagePlans:
+    return RuntimeImagePlans(
+        BaseImagePlan(base, "present", "bookworm"), wheelhouse_plan(ROOT), make_plan()
+    )
+
+
+def test_images_plan_builds_the_door_on_the_runtime_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan_images: the runtime plans, then tfstack/frontend on the same base with the mirror."""
+    seen: dict[str, Any] = {}
+
+    def fake_plan(client: object, **kwargs: Any) -> RuntimeImagePlans:
+        seen.update(kwargs)
+        return runtime_plans("tfstack/debian:trixie")
+
+    monkeypatch.setattr(tfstack.build.frontend, "plan_runtime_build", fake_plan)
+    plans = tfstack.build.frontend.plan_images(object(), root=ROOT, no_cache=True, try_pull=False)  # type: ignore[arg-type]
+    assert seen == {"root": ROOT, "no_cache": True, "try_pull": False}
+    door = plans.frontend
+    assert door.tags == ("tfstack/frontend:2.6", "tfstack/frontend:latest")
+    assert door.build_args == {"BASE_IMAGE": "tfstack/debian:trixie"}
+    assert door.no_cache and door.network_mode is None, "apt-get reaches the Debian mirror"
+    assert [e.target for e in door.context] == ["Dockerfile"]
+    assert door.context[0].source == ROOT / "dockerfiles" / "frontend" / "Dockerfile"
+    assert door.labels["org.opencontainers.image.base.name"] == "tfstack/debian:trixie"
+    lines = plans.describe()
+    assert lines[: len(plans.runtime.describe())] == plans.runtime.describe()
+    assert lines[len(plans.runtime.describe()) :] == door.describe()
+
+
+def test_images_apply_builds_the_runtime_then_the_door(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """apply_images: runtime build first (it makes the base), then the door; both reported."""
+    order: list[str] = []
+    runtime = BuiltImage("sha256:" + "1" * 64, ("tfstack/serving-runtime:0.1.0",), 1, 1.0, 3, ())
+    door = BuiltImage("sha256:" + "2" * 64, ("tfstack/frontend:2.6",), 1, 1.0, 3, ())
+
+    def fake_runtime(client: object, plans: object, **kwargs: Any) -> BuiltImage:
+        order.append("runtime")
+        return runtime
+
+    def fake_build(client: object, plan: ImageBuildPlan, **kwargs: Any) -> BuiltImage:
+        order.append(plan.image)
+        assert kwargs["scratch"] == tmp_path / ".cache"
+        return door
+
+    monkeypatch.setattr(tfstack.build.frontend, "apply_runtime_build", fake_runtime)
+    monkeypatch.setattr(tfstack.build.frontend, "build_image", fake_build)
+    plans = tfstack.build.frontend.ImagesPlan(
+        runtime_plans(),
+        tfstack.build.frontend.plan_frontend_image(
+            root=ROOT, base_image="tfstack/debian:bookworm", revision="r", created="c"
+        ),
+    )
+    said: list[str] = []
+    built = tfstack.build.frontend.apply_images(
+        object(),  # type: ignore[arg-type]
+        plans,
+        root=tmp_path,
+        say=said.append,
+        console=quiet_console(),
+    )
+    assert built == [runtime, door]
+    assert order == ["runtime", "tfstack/frontend:2.6"]
+    assert said == [
+        "building tfstack/frontend:2.6, tfstack/frontend:latest on tfstack/debian:bookworm"
+    ]

@@ -9,6 +9,7 @@ the base's apt sources name, so this build needs the network the runtime build d
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from tfstack.build.images import (
     BuiltImage,
     ContextEntry,
     ImageBuildPlan,
+    RuntimeImagePlans,
+    apply_runtime_build,
     build_image,
+    plan_runtime_build,
     source_info,
 )
 from tfstack.core.labels import LABEL_MANAGED, LABEL_STAGE
@@ -76,6 +80,51 @@ def plan_frontend_build(
         created=source.created,
         no_cache=no_cache,
     )
+
+
+@dataclass(frozen=True)
+class ImagesPlan:
+    """What ``invoke images`` builds: the runtime image (base, wheelhouse, offline build) and the
+    door's image on the same base."""
+
+    runtime: RuntimeImagePlans
+    frontend: ImageBuildPlan
+
+    def describe(self) -> list[str]:
+        return [*self.runtime.describe(), *self.frontend.describe()]
+
+
+def plan_images(
+    client: docker.DockerClient, *, root: Path, no_cache: bool = False, try_pull: bool = True
+) -> ImagesPlan:
+    """The runtime plans, then ``tfstack/frontend`` on the runtime's base image (pure but for the
+    engine's answers about the base image and its architecture)."""
+    runtime = plan_runtime_build(client, root=root, no_cache=no_cache, try_pull=try_pull)
+    source = source_info(root, paths=(str(FRONTEND_DOCKER_DIR),))
+    frontend = plan_frontend_image(
+        root=root,
+        base_image=runtime.base.image,
+        revision=source.revision,
+        created=source.created,
+        no_cache=no_cache,
+    )
+    return ImagesPlan(runtime, frontend)
+
+
+def apply_images(
+    client: docker.DockerClient,
+    plans: ImagesPlan,
+    *,
+    root: Path,
+    say: Say,
+    console: Console | None = None,
+) -> list[BuiltImage]:
+    """Runtime image (base image, wheelhouse, build), then the door's image on that base."""
+    console = console or Console(stderr=True)
+    runtime = apply_runtime_build(client, plans.runtime, root=root, say=say, console=console)
+    say(f"building {', '.join(plans.frontend.tags)} on {plans.frontend.build_args['BASE_IMAGE']}")
+    frontend = build_image(client, plans.frontend, console=console, scratch=root / ".cache")
+    return [runtime, frontend]
 
 
 def build_frontend_image(
