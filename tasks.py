@@ -24,6 +24,7 @@ from invoke.tasks import task
 from rich.console import Console
 
 import tfstack.build.frontend
+import tfstack.core.certs
 import tfstack.docker.engine
 import tfstack.rollout
 import tfstack.stack.lifecycle
@@ -283,6 +284,29 @@ def images(c: Context, dry_run: bool = False, no_cache: bool = False) -> None:
         return
     for built in call(tfstack.build.frontend.apply_images, client, plans, root=ROOT, say=say):
         print(built.summary())
+
+
+@task(
+    iterable=["hosts"],
+    help={
+        "dir": "where ca.pem, ca-key.pem, server.pem, server-key.pem go (default state/certs)",
+        "hosts": "names and IP addresses of the door, comma separated or repeated "
+        "(default localhost,127.0.0.1,::1)",
+        "spec": f"the spec the printed lines are for (default {DEFAULT_SPEC})",
+    },
+)
+def certs(
+    c: Context, dir: str = "state/certs", hosts: list[str] | None = None, spec: str = DEFAULT_SPEC
+) -> None:
+    """A local CA and a server certificate for the door's TLS (development only)."""
+    plan = call(tfstack.core.certs.plan_certs, ROOT / dir, hosts or ())
+    for line in plan.describe():
+        say(line)
+    for path in call(tfstack.core.certs.apply_certs, plan):
+        print(f"wrote {path}")
+    print(f"clients trust {plan.ca_cert} (invoke predict --ca-file {plan.ca_cert})")
+    print(f"add to {spec_file(spec)}:")
+    print("\n".join(tfstack.core.certs.spec_lines(plan, spec_file(spec).parent)))
 
 
 @task(
@@ -788,6 +812,7 @@ ns = Collection(
     plan,
     bench,
     images,
+    certs,
     up,
     down,
     status,
