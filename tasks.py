@@ -424,6 +424,10 @@ def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: st
         "signature": "signature name (default serving_default)",
         "spec": f"the stack spec (default {DEFAULT_SPEC})",
         "target": "swarm: through the Swarm stack's door (docs/swarm.md)",
+        "api_key": "the key sent to the front door (default: the first plain key of "
+        "frontend.auth.api_keys_file)",
+        "ca_file": "PEM CA file the door's TLS certificate is checked with (default: the "
+        "spec's frontend.tls.cert_file)",
     }
 )
 def predict(  # noqa: PLR0917 (invoke maps parameters to options)
@@ -436,6 +440,8 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     signature: str = "",
     spec: str = DEFAULT_SPEC,
     target: str = "",
+    api_key: str = "",
+    ca_file: str = "",
 ) -> None:
     """Send one predict request to the running stack and print the answer as JSON."""
     if not model or not data:
@@ -444,16 +450,28 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     if version and not version.isdigit():
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
-    answer = call(
-        tfstack.stack.swarm.swarm_predict
-        if call(deploy_target, spec_file(spec), target) == "swarm"
-        else tfstack.stack.predict.predict,
-        spec_file(spec),
-        ref,
-        body,
-        grpc=grpc,
-        signature=signature or None,
-    )
+    if call(deploy_target, spec_file(spec), target) == "swarm":
+        if api_key or ca_file:
+            raise Exit("tfstack: error: --api-key and --ca-file: not with --target swarm", code=2)
+        answer = call(
+            tfstack.stack.swarm.swarm_predict,
+            spec_file(spec),
+            ref,
+            body,
+            grpc=grpc,
+            signature=signature or None,
+        )
+    else:
+        answer = call(
+            tfstack.stack.predict.predict,
+            spec_file(spec),
+            ref,
+            body,
+            grpc=grpc,
+            signature=signature or None,
+            api_key=api_key or None,
+            ca_file=Path(ca_file) if ca_file else None,
+        )
     print(json.dumps(answer))
 
 

@@ -23,7 +23,8 @@ from tfstack.errors import TfstackError, UsageError
 
 def load(directory: Path) -> tuple[x509.Certificate, x509.Certificate, object]:
     ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
-    server = x509.load_pem_x509_certificate((directory / "server.pem").read_bytes())
+    server, chained = x509.load_pem_x509_certificates((directory / "server.pem").read_bytes())
+    assert chained == ca, "server.pem is the leaf, then the CA"
     key = serialization.load_pem_private_key(
         (directory / "server-key.pem").read_bytes(), password=None
     )

@@ -2,7 +2,7 @@
 
 ``invoke certs`` plans (pure: which files, which names, whether an existing CA is reused) and then
 applies: keys are EC P-256, written atomically with mode 0600 and never printed; certificates are
-PEM, mode 0644. An existing CA in the directory is reused so clients that trust it keep working;
+PEM, mode 0644, ``server.pem`` holding the leaf then the CA. An existing CA in the directory is reused so clients that trust it keep working;
 the server certificate is issued anew on every run. For development only: the CA key sits next to
 the certificates.
 """
@@ -252,7 +252,11 @@ def apply_certs(plan: CertPlan, *, now: dt.datetime | None = None) -> list[Path]
         written += [plan.ca_cert, plan.ca_key]
     cert, key = _server(plan, ca, ca_key, now)
     write_private(plan.server_key, _key_pem(key), KEY_MODE)
-    write_private(plan.server_cert, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+    # Leaf then CA: clients that trust the spec's cert_file (predict's default) find the CA there.
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
+        serialization.Encoding.PEM
+    )
+    write_private(plan.server_cert, chain, CERT_MODE)
     return [*written, plan.server_cert, plan.server_key]
 
 

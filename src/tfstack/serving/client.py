@@ -162,12 +162,22 @@ class RestClient:
     """TF Serving's REST API on one base URL; never uses proxies (traffic stays on 127.0.0.1)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 30.0, session: requests.Session | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        headers: Mapping[str, str] | None = None,
+        verify: str | bool = True,
     ) -> None:
+        """``headers`` go with every request (the door's ``Authorization``); ``verify`` is the
+        CA file an https URL's certificate is checked with (True: the system's CAs)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.trust_env = False
+        self.session.headers.update(headers or {})
+        self.session.verify = verify
 
     def close(self) -> None:
         self.session.close()
@@ -273,17 +283,31 @@ def _code_name(exc: Exception) -> str:
 class GrpcClient:
     """TF Serving's gRPC PredictionService and ModelService on one target."""
 
-    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        root_certificates: bytes | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A TLS channel checked against ``root_certificates`` (PEM) when given, else plain text;
+        ``metadata`` (the door's ``authorization``) goes with every call."""
         # Every proto and stub the methods import, loaded once without TensorFlow's runtime.
         load_serving_protos()
         self.target = target
         self.timeout = timeout
+        self._metadata = tuple(metadata)
         options = [
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
             ("grpc.enable_http_proxy", 0),
         ]
-        self._channel = grpc.insecure_channel(target, options=options)
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
 
     def close(self) -> None:
         self._channel.close()
@@ -298,7 +322,11 @@ class GrpcClient:
         """The one place gRPC calls are made; errors as ServingRequestError with the code name."""
 
         try:
-            return method(request, timeout=timeout if timeout is not None else self.timeout)
+            return method(
+                request,
+                timeout=timeout if timeout is not None else self.timeout,
+                metadata=self._metadata or None,
+            )
         except grpc.RpcError as exc:
             code = _code_name(exc)
             details = exc.details() if hasattr(exc, "details") else str(exc)

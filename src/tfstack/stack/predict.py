@@ -1,11 +1,21 @@
-"""``invoke predict`` / ``inspect``: one request to a running stack, body from the command line."""
+"""``invoke predict`` / ``inspect``: one request to a running stack, body from the command line.
+
+Through a front door with TLS the request goes over https / a TLS channel checked against
+``--ca-file`` or the spec's own ``frontend.tls.cert_file``; with API keys it carries
+``Authorization: Bearer <key>`` (gRPC metadata ``authorization``), the key from ``--api-key`` or
+the first plain key of ``frontend.auth.api_keys_file``. A key is never printed.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from tfstack.errors import StackError, UsageError
 from tfstack.serving.client import (
@@ -13,9 +23,12 @@ from tfstack.serving.client import (
     GrpcClient,
     ModelRef,
     RestClient,
+    ServingRequestError,
 )
 from tfstack.serving.endpoints import endpoints_for
-from tfstack.spec import load_spec
+from tfstack.spec import StackSpec, load_spec
+from tfstack.spec.frontend import frontend_enabled, frontend_file
+from tfstack.spec.frontend_rules import api_key_lines
 from tfstack.stack.plan import project_root_for
 
 
@@ -43,9 +56,126 @@ def parse_data(data: str, *, cwd: Path | None = None) -> dict[str, Any]:
     return body
 
 
-def _spec_endpoints(spec_path: Path, root: Path | None) -> Endpoints:
+@dataclass(frozen=True)
+class DoorAccess:
+    """How to reach the stack: its endpoints, the CA file for TLS, the API key (not in repr)."""
+
+    endpoints: Endpoints
+    ca_file: Path | None = None  # TLS on: the certificates the door's is checked against
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def rest_url(self) -> str:
+        if self.ca_file is None:
+            return self.endpoints.rest_url
+        return f"https://{self.endpoints.host}:{self.endpoints.rest_port}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def rest(self) -> RestClient:
+        verify: str | bool = str(self.ca_file) if self.ca_file is not None else True
+        return RestClient(self.rest_url, headers=self.headers(), verify=verify)
+
+    def grpc(self) -> GrpcClient:
+        root = _read_file(self.ca_file, "--ca-file") if self.ca_file is not None else None
+        metadata = [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
+        return GrpcClient(self.endpoints.grpc_target, root_certificates=root, metadata=metadata)
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"{what} {path}: cannot read it: {exc.strerror or exc}",
+            hint="name a readable PEM file",
+        ) from exc
+
+
+def first_plain_key(keys_file: Path) -> str:
+    """The first plain key of an API keys file; UsageError when it holds only hashes."""
+    try:
+        text = keys_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"frontend.auth.api_keys_file {keys_file}: cannot read it ({type(exc).__name__})",
+            hint="pass the key with --api-key, or fix the file's path or permissions",
+        ) from exc
+    for entry in api_key_lines(text):
+        if not entry.hashed:
+            return entry.value
+    raise UsageError(
+        f"frontend.auth.api_keys_file {keys_file} holds only hashed keys (sha256:...): "
+        "a key cannot be recovered from its hash",
+        hint="pass the key with --api-key KEY",
+    )
+
+
+def door_access(
+    spec: StackSpec,
+    spec_path: Path,
+    *,
+    api_key: str | None = None,
+    ca_file: Path | None = None,
+) -> DoorAccess:
+    """Endpoints, TLS trust and API key for one request to the stack the spec describes."""
+    endpoints = endpoints_for(spec)
+    frontend = spec.frontend
+    if not frontend_enabled(frontend, spec.serving.replicas):
+        if ca_file is not None:
+            raise UsageError(
+                f"--ca-file: the stack of {spec_path} has no front door, so no TLS",
+                hint="drop --ca-file, or turn the door on (frontend.enabled: true) with "
+                "frontend.tls",
+            )
+        return DoorAccess(endpoints, api_key=api_key)
+    if ca_file is None and frontend.tls is not None:
+        ca_file = frontend_file(spec_path, frontend.tls.cert_file)
+    elif ca_file is not None and frontend.tls is None:
+        raise UsageError(
+            f"--ca-file: the front door of {spec_path} has no TLS (frontend.tls is not set)",
+            hint="drop --ca-file",
+        )
+    if api_key is None and frontend.auth is not None:
+        api_key = first_plain_key(frontend_file(spec_path, frontend.auth.api_keys_file))
+    return DoorAccess(endpoints, ca_file=ca_file, api_key=api_key)
+
+
+def _spec_access(
+    spec_path: Path, root: Path | None, api_key: str | None, ca_file: Path | None
+) -> DoorAccess:
     spec = load_spec(spec_path, check_disk=False, project_root=root or project_root_for(spec_path))
-    return endpoints_for(spec)
+    return door_access(spec, spec_path, api_key=api_key, ca_file=ca_file)
+
+
+@contextmanager
+def _reported(access: DoorAccess) -> Iterator[None]:
+    """Connection, TLS and key refusals as errors that say what to do."""
+    try:
+        yield
+    except requests.exceptions.SSLError as exc:
+        raise StackError(
+            f"TLS with {access.rest_url} failed: the certificate is not trusted or does not "
+            f"name {access.endpoints.host} ({type(exc).__name__})",
+            hint=f"pass the CA that signed the door's certificate with --ca-file (now: "
+            f"{access.ca_file})",
+        ) from exc
+    except ServingRequestError as exc:
+        if exc.status == 401 or exc.code == "UNAUTHENTICATED":
+            raise ServingRequestError(
+                f"{exc.message}: the front door refused the API key"
+                + ("" if access.api_key else " (none was sent)"),
+                status=exc.status,
+                code=exc.code,
+                hint="pass a key listed in frontend.auth.api_keys_file with --api-key",
+            ) from exc
+        raise
+    except (OSError, ConnectionError) as exc:
+        raise StackError(
+            f"cannot reach the stack at {access.rest_url}: {exc}",
+            hint="start it with `invoke up`",
+        ) from exc
 
 
 def predict(
@@ -56,36 +186,34 @@ def predict(
     grpc: bool = False,
     signature: str | None = None,
     root: Path | None = None,
+    api_key: str | None = None,
+    ca_file: Path | None = None,
 ) -> dict[str, Any]:
     """One predict request to the stack the spec describes (REST, or gRPC with ``grpc``)."""
-    endpoints = _spec_endpoints(spec_path, root)
-    try:
+    access = _spec_access(spec_path, root, api_key, ca_file)
+    with _reported(access):
         if grpc:
-            with GrpcClient(endpoints.grpc_target) as grpc_client:
+            with access.grpc() as grpc_client:
                 return grpc_client.predict_json(ref, body, signature=signature)
-        with RestClient(endpoints.rest_url) as rest:
+        with access.rest() as rest:
             return rest.predict(ref, body, signature=signature)
-    except (OSError, ConnectionError) as exc:
-        raise StackError(
-            f"cannot reach the stack at {endpoints.rest_url}: {exc}",
-            hint="start it with `invoke up`",
-        ) from exc
 
 
 def inspect(
-    spec_path: Path, model: str, *, grpc: bool = False, root: Path | None = None
+    spec_path: Path,
+    model: str,
+    *,
+    grpc: bool = False,
+    root: Path | None = None,
+    api_key: str | None = None,
+    ca_file: Path | None = None,
 ) -> dict[str, Any]:
     """The server's metadata for a model (REST or gRPC); format with ``format_signatures``."""
-    endpoints = _spec_endpoints(spec_path, root)
+    access = _spec_access(spec_path, root, api_key, ca_file)
     ref = ModelRef(model)
-    try:
+    with _reported(access):
         if grpc:
-            with GrpcClient(endpoints.grpc_target) as grpc_client:
+            with access.grpc() as grpc_client:
                 return grpc_client.metadata(ref)
-        with RestClient(endpoints.rest_url) as rest:
+        with access.rest() as rest:
             return rest.metadata(ref)
-    except (OSError, ConnectionError) as exc:
-        raise StackError(
-            f"cannot reach the stack at {endpoints.rest_url}: {exc}",
-            hint="start it with `invoke up`",
-        ) from exc
