@@ -139,7 +139,7 @@ def test_status_json_prints_the_document_and_exit_code(
 def test_predict_builds_the_model_ref_and_prints_json(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--model/--version/--label/--grpc/--signature/--data reach the library call exactly."""
+    """--model/--version/--grpc/--signature/--data/--api-key/--ca-file reach the library call."""
     seen: dict[str, Any] = {}
 
     def fake_predict(spec_path: Path, ref: ModelRef, body: Any, **kwargs: Any) -> dict[str, Any]:
@@ -160,8 +160,13 @@ def test_predict_builds_the_model_ref_and_prints_json(
         "body": {"instances": [1.0]},
         "grpc": True,
         "signature": "sig",
+        "api_key": None,
+        "ca_file": None,
     }
     assert capsys.readouterr().out == '{"predictions": [2.5]}\n'
+    seen.clear()
+    tasks.predict(MockContext(), model="m", data="{}", api_key="k-123", ca_file="certs/ca.pem")
+    assert (seen["api_key"], seen["ca_file"]) == ("k-123", Path("certs/ca.pem"))
     tasks.predict(MockContext(), model="m", label="stable", data='{"instances": [1.0]}')
     assert seen["ref"] == ModelRef("m", label="stable") and seen["signature"] is None
 
