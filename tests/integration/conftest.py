@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from tfstack.build.images import BuiltImage, ensure_runtime_image
 from tfstack.docker.engine import ensure_engine
+from tfstack.models.demo import write_demo_models
 
 # Ryuk (testcontainers' reaper) needs an image from a registry; we clean up through labels.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -37,3 +39,18 @@ def runtime_image(docker_client: docker.DockerClient) -> BuiltImage:
     )
     print(f"tfstack: {built.summary()}", file=sys.stderr)
     return built
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> Iterator[Path]:
+    """The demo model repository (half_plus_two, half_plus_three, ResNet-50), written once.
+
+    A clean clone has no ``models/`` (``./tfstack models`` writes it); tests never depend on it.
+    Readable by the server's uid 1000, like a repository ``./tfstack models`` writes.
+    """
+    with tempfile.TemporaryDirectory(prefix="tfstack-it-models-") as tmp:
+        root = Path(tmp) / "models"
+        write_demo_models(root)
+        for item in [Path(tmp), *Path(tmp).rglob("*")]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        yield root

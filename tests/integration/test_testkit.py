@@ -1,6 +1,6 @@
 """The public test kit, used as a user would: only ``tfstack.testing`` is imported from tfstack.
 
-Models come from the demo model repository (``models/``, written by ``./tfstack models``).
+Models come from the demo model repository (the ``demo_models`` fixture writes it once).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from tfstack.testing import StackHandle, TFServingContainer
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "models"
 RESNET_BODY = json.loads((ROOT / "config" / "samples" / "resnet.json").read_text())
 
 
-def test_serving_container_predicts_over_rest_and_grpc(runtime_image: object) -> None:
+def test_serving_container_predicts_over_rest_and_grpc(
+    runtime_image: object, demo_models: Path
+) -> None:
     """half_plus_two and ResNet-50 in one container: REST and gRPC predictions and metadata."""
-    models = {"half_plus_two": MODELS / "half_plus_two", "resnet": MODELS / "resnet"}
+    models = {"half_plus_two": demo_models / "half_plus_two", "resnet": demo_models / "resnet"}
     with TFServingContainer(models=models) as serving:
         assert serving.rest_url.startswith("http://127.0.0.1:")
         assert serving.predict("half_plus_two", [1.0, 2.0, 5.0]) == [2.5, 3.0, 4.5]
@@ -48,11 +49,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def two_model_project(root: Path) -> Path:
+def two_model_project(root: Path, models: Path) -> Path:
     """A spec serving half_plus_two and half_plus_three from copies of the demo models."""
     (root / "config").mkdir()
     for name in ("half_plus_two", "half_plus_three"):
-        shutil.copytree(MODELS / name, root / "models" / name)
+        shutil.copytree(models / name, root / "models" / name)
     for item in [root, *root.rglob("*")]:  # the server runs as uid 1000
         item.chmod(0o755 if item.is_dir() else 0o644)
     spec = {
@@ -72,10 +73,13 @@ def two_model_project(root: Path) -> Path:
 
 
 def test_stack_fixture_brings_a_two_model_spec_up_and_down(
-    tfstack_stack: Callable[..., StackHandle], tmp_path: Path, runtime_image: object
+    tfstack_stack: Callable[..., StackHandle],
+    tmp_path: Path,
+    runtime_image: object,
+    demo_models: Path,
 ) -> None:
     """tfstack_stack brings a spec up; both models answer over REST and gRPC; down removes it."""
-    stack = tfstack_stack(two_model_project(tmp_path), source_root=ROOT)
+    stack = tfstack_stack(two_model_project(tmp_path, demo_models), source_root=ROOT)
     assert stack.predict("half_plus_two", [1.0]) == [2.5]
     assert stack.predict("half_plus_three", [1.0], grpc=True) == [3.5]
     stack.down()
