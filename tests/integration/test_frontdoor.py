@@ -51,11 +51,12 @@ from tests.integration.test_contract import (
     test_rest_contract,
 )
 from tests.integration.test_contract import model_root as contract_model_root
-from tfstack.serving.client import GrpcClient, ModelRef, RestClient
+from tfstack.serving.client import GrpcClient, ModelRef, RestClient, ServingRequestError
 from tfstack.serving.tensors import Tensor, to_tensor_proto
 from tfstack.stack.frontdoor import DoorStatus, wait_in_rotation
 from tfstack.stack.lifecycle import Lifecycle
 from tfstack.stack.plan import load
+from tfstack.stack.predict import predict
 
 pytestmark = pytest.mark.integration
 
@@ -403,3 +404,35 @@ def test_grpc_needs_a_known_api_key_over_tls(secure_stack: tuple[DoorProject, Pa
     with pytest.raises(grpc.RpcError) as raised:
         grpc_predict(project, None, GOOD_KEY)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_status_shows_the_door_and_asks_each_replica_behind_it(
+    door_stack: DoorProject, docker_client: docker.DockerClient
+) -> None:
+    """status: the frontend object has both replicas in rotation with their requests; every
+    replica (publishing nothing) is asked at its network address and is ready; the stack is ok."""
+    with RestClient(f"http://127.0.0.1:{door_stack.rest_port}") as rest:
+        for _ in range(6):
+            rest.predict(ModelRef("half_plus_two"), {"instances": [1.0]})
+    status = door_stack.lifecycle(docker_client).status()
+    document = status.to_json()
+    door = document["frontend"]
+    names = sorted(c.name for c in door_stack.replicas(docker_client))
+    assert door["ok"] and door["error"] is None, door
+    assert sorted(door["in_rotation"]["rest"]) == names == sorted(door["in_rotation"]["grpc"])
+    assert sum(s["requests"] for s in door["servers"] if s["backend"] == "rest") >= 6
+    assert [s["models_ok"] for s in document["services"]] == [True, True], document["services"]
+    assert status.ok
+
+
+def test_predict_through_a_tls_door_sends_the_files_key(
+    secure_stack: tuple[DoorProject, Path],
+) -> None:
+    """predict (REST and gRPC) through TLS + keys: the keys file's plain key, the spec's cert."""
+    project, _ = secure_stack
+    body = {"instances": [1.0, 2.0]}
+    for grpc_call in (False, True):
+        answer = predict(project.spec_path, ModelRef("half_plus_two"), body, grpc=grpc_call)
+        assert answer["predictions"] == [2.5, 3.0], grpc_call
+    with pytest.raises(ServingRequestError, match="refused the API key"):
+        predict(project.spec_path, ModelRef("half_plus_two"), body, api_key="wrong-key-1234")
