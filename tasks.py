@@ -631,7 +631,7 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     json_: bool = False,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
-    if call(deploy_target, spec_file(spec), target, project_root=ROOT) == "kubernetes":
+    if call(deploy_target, spec_file(spec), target) == "kubernetes":
         plan = call(
             kubernetes_rollout_plan,
             spec_file(spec),
@@ -660,7 +660,7 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         latency_factor=latency_factor,
     )
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    swarm = call(deploy_target, spec_path, target, project_root=ROOT) == "swarm"
+    swarm = call(deploy_target, spec_path, target) == "swarm"
     outcome = call(
         tfstack.stack.swarm_rollout.swarm_rollout if swarm else tfstack.rollout.run_rollout,
         context,
@@ -697,7 +697,7 @@ def rollback(  # noqa: PLR0917 (invoke maps parameters to options)
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
     spec_path = spec_file(spec)
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    swarm = call(deploy_target, spec_path, target, project_root=ROOT) == "swarm"
+    swarm = call(deploy_target, spec_path, target) == "swarm"
     rollback_with = (
         tfstack.stack.swarm_rollout.swarm_rollback if swarm else tfstack.rollout.run_rollback
     )
