@@ -266,10 +266,9 @@ def test_rollout_killed_half_way_is_resumed(
         "--source",
         str(candidates["good"]),
     ]
-    with scenario.load(max_seconds=75) as generator:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    output = scenario.root / "rollout-killed.log"
+    with scenario.load(max_seconds=75) as generator, output.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -277,7 +276,9 @@ def test_rollout_killed_half_way_is_resumed(
                 record = journal.record("verify") if journal is not None else None
                 if record is not None and record.status == "running":
                     break
-                assert process.poll() is None, "the rollout ended before verification"
+                assert process.poll() is None, (
+                    "the rollout ended before verification:\n" + output.read_text(errors="replace")
+                )
                 time.sleep(0.1)
             else:
                 pytest.fail("verification never started")
