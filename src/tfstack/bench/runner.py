@@ -49,6 +49,7 @@ BENCHMARK_MODULES: tuple[str, ...] = (
     "tfstack.bench.serve",
     "tfstack.bench.rollout",
     "tfstack.bench.soak",
+    "tfstack.bench.frontdoor",
 )
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
