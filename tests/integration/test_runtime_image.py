@@ -324,3 +324,44 @@ def test_appended_flags_override_and_stop_is_graceful(
         assert took < 15, f"stop took {took:.1f}s"
     finally:
         container.stop()
+
+
+UNIX_SOCKET_PREDICT = """
+import grpc
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+request = predict_pb2.PredictRequest()
+request.model_spec.name = "{model}"
+request.inputs["x"].dtype = 1  # DT_FLOAT
+request.inputs["x"].tensor_shape.dim.add().size = 3
+request.inputs["x"].float_val.extend([1.0, 2.0, 5.0])
+with grpc.insecure_channel("unix:{socket}") as channel:
+    answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+print(list(answer.outputs["y"].float_val))
+"""
+
+
+def test_grpc_is_served_on_the_unix_socket_too(
+    runtime_image: BuiltImage, model_repository: Path
+) -> None:
+    """--grpc_socket_path serves gRPC on a Unix socket as upstream does; a client inside the
+    container reaches Predict through it (typed float_val outputs, as upstream's default)."""
+    socket = "/tmp/tfserving.sock"
+    container = hardened(runtime_image.id).with_command(
+        [
+            f"--model_name={MODEL}",
+            f"--model_base_path=/models/{MODEL}",
+            f"--grpc_socket_path={socket}",
+        ]
+    )
+    container.with_volume_mapping(str(model_repository / MODEL), f"/models/{MODEL}", "ro")
+    container.start()
+    try:
+        wait_available(container, MODEL)
+        script = UNIX_SOCKET_PREDICT.format(model=MODEL, socket=socket)
+        result = container.get_wrapped_container().exec_run(["python3", "-c", script])
+        output = result.output.decode(errors="replace")
+        assert result.exit_code == 0, output
+        assert output.strip().splitlines()[-1] == "[2.5, 3.0, 4.5]", output
+    finally:
+        container.stop()
