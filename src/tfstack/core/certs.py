@@ -2,9 +2,9 @@
 
 ``invoke certs`` plans (pure: which files, which names, whether an existing CA is reused) and then
 applies: keys are EC P-256, written atomically with mode 0600 and never printed; certificates are
-PEM, mode 0644, ``server.pem`` holding the leaf then the CA. An existing CA in the directory is reused so clients that trust it keep working;
-the server certificate is issued anew on every run. For development only: the CA key sits next to
-the certificates.
+PEM, mode 0644, ``server.pem`` holding the leaf then the CA. An existing CA in the directory is
+reused so clients that trust it keep working; the server certificate is issued anew on every run.
+For development only: the CA key sits next to the certificates.
 """
 
 from __future__ import annotations
