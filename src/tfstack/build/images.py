@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -386,18 +386,29 @@ def ensure_runtime_image(
     return apply_runtime_build(client, plans, root=root, say=say, console=console)
 
 
-def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
-    """The image id of ``image``: present, else pulled, else (the runtime image) built."""
-
+def ensure_present_image(
+    client: Any,
+    image: str,
+    *,
+    repository: str,
+    build: Callable[[], object],
+    building: str,
+    hint: str,
+    say: Say,
+    pulling: bool = False,
+) -> str:
+    """The image id of ``image``: present, else built by ``build`` (an image of ``repository``),
+    else pulled (announced when ``pulling``); BuildError with ``hint`` when the pull fails."""
     try:
         return str(client.images.get(image).id)
     except docker.errors.ImageNotFound:
         pass
-    if image.split(":", 1)[0] == RUNTIME_REPOSITORY:
-        say(f"image {image} is missing: building it (first time: several minutes)")
-        ensure_runtime_image(client, root=source_root, say=say)
+    if image.split(":", 1)[0] == repository:
+        say(f"image {image} is missing: building it ({building})")
+        build()
         return str(client.images.get(image).id)
-    say(f"image {image} is missing: pulling it")
+    if pulling:
+        say(f"image {image} is missing: pulling it")
     try:
         client.images.pull(image)
         return str(client.images.get(image).id)
@@ -405,6 +416,20 @@ def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str
         raise BuildError(
             f"image {image} is not on the engine and cannot be pulled: {exc}",
             image=image,
-            hint="load it (`docker load`), or use the runtime image "
-            f"{RUNTIME_REPOSITORY}:latest, which `invoke images` builds locally",
+            hint=hint,
         ) from exc
+
+
+def ensure_image(client: Any, image: str, *, source_root: Path, say: Say) -> str:
+    """The image id of ``image``: present, else pulled, else (the runtime image) built."""
+    return ensure_present_image(
+        client,
+        image,
+        repository=RUNTIME_REPOSITORY,
+        build=lambda: ensure_runtime_image(client, root=source_root, say=say),
+        building="first time: several minutes",
+        hint="load it (`docker load`), or use the runtime image "
+        f"{RUNTIME_REPOSITORY}:latest, which `invoke images` builds locally",
+        say=say,
+        pulling=True,
+    )
