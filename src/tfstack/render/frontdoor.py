@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tfstack.core.labels import LABEL_FRONTEND_DIGEST
-from tfstack.errors import RenderError
+from tfstack.render.imagecheck import ConfigCheck, check_config_in_image, check_run_command
 from tfstack.spec import StackSpec, frontend_enabled, frontend_file
 from tfstack.spec.frontend import CONTAINER_GRPC_PORT, CONTAINER_REST_PORT, HASHED_KEY_PREFIX
 
@@ -201,26 +198,9 @@ def haproxy_check_command(
 ) -> list[str]:
     """``docker run`` of ``haproxy -c`` on a rendered config, secrets mounted as in the stack and
     read as the door's user (``user``: uid:gid, the door's ``user:``), without capabilities."""
-    command = [
-        docker,
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "--tmpfs",
-        RUN_TMPFS,
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges:true",
-        "--user",
-        user,
-        "--label",
-        "org.tfstack.managed=true",
-        "-v",
-        f"{config_dir}:{CONTAINER_HAPROXY_DIR}:ro",
-    ]
+    command = check_run_command(
+        docker, config_dir, CONTAINER_HAPROXY_DIR, tmpfs=RUN_TMPFS, user=user
+    )
     for secret in secrets:
         command += ["-v", f"{secret.source.resolve()}:{secret.target}:ro"]
     # The image's entrypoint already names the config file.
@@ -228,15 +208,18 @@ def haproxy_check_command(
     return command
 
 
-def image_present(docker: str, image: str) -> bool:
-    result = subprocess.run(
-        [docker, "image", "inspect", "--format", "{{.Id}}", image],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    return result.returncode == 0
+HAPROXY_CHECK = ConfigCheck(
+    config=HAPROXY_CONFIG,
+    filename="haproxy.cfg",
+    tool="haproxy -c",
+    what="the door's HAProxy config",
+    missing_hint="run `invoke images` (it builds the frontend image offline)",
+    refusal="HAProxy refuses the rendered door config",
+    refusal_hint="check the frontend section of the spec (TLS files, API keys file); if the "
+    "spec is right this is a bug in tfstack's template",
+    tmp_prefix="tfstack-haproxy-check-",
+    timeout_s=HAPROXY_CHECK_TIMEOUT_S,
+)
 
 
 def check_haproxy_config(
@@ -251,46 +234,11 @@ def check_haproxy_config(
     ``required``: True raises when the check cannot run; None runs it when the image is present.
     Raises RenderError with HAProxy's own message when the config is refused.
     """
-    if HAPROXY_CONFIG not in files:
-        return False
-    docker = shutil.which("docker")
     image = spec.frontend.image
-    if docker is None or not image_present(docker, image):
-        if required:
-            raise RenderError(
-                f"cannot check the door's HAProxy config: image {image} is missing",
-                template=HAPROXY_CONFIG,
-                hint="run `invoke images` (it builds the frontend image offline)",
-            )
-        return False
-    with tempfile.TemporaryDirectory(prefix="tfstack-haproxy-check-") as tmp:
-        config_dir = Path(tmp)
-        config_dir.chmod(0o755)
-        config = config_dir / "haproxy.cfg"
-        config.write_text(files[HAPROXY_CONFIG], encoding="utf-8")
-        config.chmod(0o644)
-        command = haproxy_check_command(
+
+    def command(docker: str, config_dir: Path) -> list[str]:
+        return haproxy_check_command(
             docker, image, config_dir, secret_mounts(spec, spec_path), user=spec.serving.user
         )
-        try:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=HAPROXY_CHECK_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RenderError(
-                f"haproxy -c did not finish within {HAPROXY_CHECK_TIMEOUT_S} s",
-                template=HAPROXY_CONFIG,
-            ) from exc
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip()
-        raise RenderError(
-            f"HAProxy refuses the rendered door config: {message[-2000:]}",
-            template=HAPROXY_CONFIG,
-            hint="check the frontend section of the spec (TLS files, API keys file); if the "
-            "spec is right this is a bug in tfstack's template",
-        )
-    return True
+
+    return check_config_in_image(HAPROXY_CHECK, files, image, command, required=required)

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tfstack.core.labels import LABEL_SPEC_DIGEST
-from tfstack.errors import RenderError
-from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE, door_is_on, image_present
+from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE, door_is_on
+from tfstack.render.imagecheck import ConfigCheck, check_config_in_image, check_run_command
 from tfstack.spec import StackSpec
 
 PROMETHEUS_SERVICE = "prometheus"
@@ -122,20 +119,7 @@ def prometheus_service_values(
 def promtool_command(docker: str, image: str, config_dir: Path) -> list[str]:
     """``docker run`` of ``promtool check config`` on a rendered config, without network."""
     return [
-        docker,
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges:true",
-        "--label",
-        "org.tfstack.managed=true",
-        "-v",
-        f"{config_dir}:{CONTAINER_PROMETHEUS_DIR}:ro",
+        *check_run_command(docker, config_dir, CONTAINER_PROMETHEUS_DIR),
         "--entrypoint",
         "promtool",
         image,
@@ -143,6 +127,20 @@ def promtool_command(docker: str, image: str, config_dir: Path) -> list[str]:
         "config",
         f"{CONTAINER_PROMETHEUS_DIR}/prometheus.yml",
     ]
+
+
+PROMTOOL_CHECK = ConfigCheck(
+    config=PROMETHEUS_CONFIG,
+    filename="prometheus.yml",
+    tool="promtool check config",
+    what="the Prometheus config",
+    missing_hint="`./tfstack up` builds tfstack/prometheus from Debian's package when missing",
+    refusal="promtool refuses the rendered Prometheus config",
+    refusal_hint="check the monitoring section of the spec; if the spec is right this is a bug "
+    "in tfstack's template",
+    tmp_prefix="tfstack-promtool-",
+    timeout_s=PROMTOOL_TIMEOUT_S,
+)
 
 
 def check_prometheus_config(
@@ -153,43 +151,11 @@ def check_prometheus_config(
     ``required``: True raises when the check cannot run (no image, no docker CLI); None runs it
     when the image is present. Raises RenderError with promtool's words when the config is refused.
     """
-    if PROMETHEUS_CONFIG not in files:
-        return False
-    docker = shutil.which("docker")
     image = spec.monitoring.prometheus_image
-    if docker is None or not image_present(docker, image):
-        if required:
-            raise RenderError(
-                f"cannot check the Prometheus config: image {image} is missing",
-                template=PROMETHEUS_CONFIG,
-                hint="`./tfstack up` builds tfstack/prometheus from Debian's package when missing",
-            )
-        return False
-    with tempfile.TemporaryDirectory(prefix="tfstack-promtool-") as tmp:
-        config_dir = Path(tmp)
-        config_dir.chmod(0o755)
-        config = config_dir / "prometheus.yml"
-        config.write_text(files[PROMETHEUS_CONFIG], encoding="utf-8")
-        config.chmod(0o644)
-        try:
-            result = subprocess.run(
-                promtool_command(docker, image, config_dir),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=PROMTOOL_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RenderError(
-                f"promtool check config did not finish within {PROMTOOL_TIMEOUT_S} s",
-                template=PROMETHEUS_CONFIG,
-            ) from exc
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip()
-        raise RenderError(
-            f"promtool refuses the rendered Prometheus config: {message[-2000:]}",
-            template=PROMETHEUS_CONFIG,
-            hint="check the monitoring section of the spec; if the spec is right this is a bug "
-            "in tfstack's template",
-        )
-    return True
+    return check_config_in_image(
+        PROMTOOL_CHECK,
+        files,
+        image,
+        lambda docker, config_dir: promtool_command(docker, image, config_dir),
+        required=required,
+    )
