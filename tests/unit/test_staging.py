@@ -236,7 +236,7 @@ def test_a_new_version_beside_padded_ones_is_padded_too(
 def test_the_current_version_is_found_under_its_padded_name(
     padded_model_dir: Path, models: dict[str, Path]
 ) -> None:
-    """The compatibility check reads `00000001` for version 1, so an incompatible candidate fails."""
+    """The compatibility check reads `00000001` for version 1: an incompatible candidate fails."""
     with pytest.raises(RolloutError, match="incompatible with version 00000001"):
         stage_version(
             models["bad"], padded_model_dir, 2, current=1, allow_signature_change=False, model="p"
@@ -275,7 +275,7 @@ def test_two_folders_for_one_version_are_an_error_naming_both(
 ) -> None:
     """`1` and `001` both present: staging refuses and names both folders."""
     shutil.copytree(models["v1"], model_dir / "001")
-    with pytest.raises(RolloutError, match="'001' and '1'.*both version 1"):
+    with pytest.raises(RolloutError, match=r"'001' and '1'.*both version 1"):
         stage_version(
             models["good"], model_dir, 2, current=1, allow_signature_change=False, model="m"
         )
