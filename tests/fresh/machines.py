@@ -20,6 +20,8 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
+from tfstack.cluster.apply import remove_cgroups
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LABEL = "org.tfstack.fresh"
@@ -122,19 +124,7 @@ def sweep(session: Session) -> list[str]:
                 problems.append(f"image {tag}: {exc}")
     # A nested engine makes cgroups under its --cgroup-parent in the host's hierarchy; they are
     # empty once the machine is gone.
-    for parent in session.cgroup_parents:
-        for hierarchy in CGROUP_ROOT.iterdir():
-            top = hierarchy / parent.lstrip("/")
-            if not top.is_dir():
-                continue
-            for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if directory.is_dir():
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
-            try:
-                top.rmdir()
-            except OSError as exc:
-                problems.append(f"cgroup {top}: {exc}")
+    problems += remove_cgroups(session.cgroup_parents)
     return problems
 
 

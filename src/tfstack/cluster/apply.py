@@ -318,7 +318,8 @@ def cluster_up(
 # --------------------------------------------------------------------------- down
 
 
-def _remove_cgroups(parents: Sequence[str]) -> list[str]:
+def remove_cgroups(parents: Sequence[str]) -> list[str]:
+    """Remove the (empty) cgroups a nested engine made under each ``--cgroup-parent``."""
     problems: list[str] = []
     if not CGROUP_ROOT.is_dir():
         return problems
@@ -360,7 +361,7 @@ def cluster_down(name: str = CLUSTER_NAME) -> list[str]:
         run(["docker", "network", "rm", network])
         removed.append(f"network {network}")
     parents = [f"/{n}" for n in names if n.startswith(f"{name}-node-")]
-    problems = _remove_cgroups(parents)
+    problems = remove_cgroups(parents)
     if problems:
         raise ClusterError(
             "removed the containers but not every cgroup: " + "; ".join(problems),
