@@ -11,6 +11,7 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
+from tfstack.core.modelstatus import parse_version_status
 from tfstack.errors import UsageError
 from tfstack.serving.client import (
     ModelRef,
@@ -19,7 +20,6 @@ from tfstack.serving.client import (
     format_signatures,
     matches_expected,
     model_path,
-    parse_version_status,
 )
 from tfstack.serving.tensors import (
     SignatureInputs,

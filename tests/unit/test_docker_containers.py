@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from tfstack.core.modelstatus import VersionState, parse_version_status
 from tfstack.docker.containers import (
     BATCHING_CONFIG_PATH,
     MODEL_CONFIG_PATH,
     ModelsAvailable,
-    VersionStatus,
     assess_models,
     check_model_dir,
     config_model_names,
-    parse_model_status,
     plan_serving,
 )
 from tfstack.errors import StackError, UsageError
@@ -107,14 +106,14 @@ def test_model_status_json_is_parsed() -> None:
     """The REST status document becomes version states with their errors."""
     status_field = {"error_code": "NOT_FOUND", "error_message": "x"}
     document = {"model_version_status": [{"version": "2", "state": "END", "status": status_field}]}
-    (status,) = parse_model_status(document)
-    assert status == VersionStatus(2, "END", "NOT_FOUND", "x")
+    (status,) = parse_version_status(document)
+    assert status == VersionState(2, "END", "NOT_FOUND", "x")
     assert status.failed and not status.available
 
 
 def test_readiness_needs_every_expected_version_available() -> None:
     """Ready only when each expected version is AVAILABLE; '()' means all reported versions."""
-    loading = [VersionStatus(1, "AVAILABLE"), VersionStatus(2, "LOADING")]
+    loading = [VersionState(1, "AVAILABLE"), VersionState(2, "LOADING")]
     assert not assess_models({"m": (1, 2)}, {"m": loading}).ready
     assert assess_models({"m": (1,)}, {"m": loading}).ready
     assert not assess_models({"m": ()}, {"m": loading}).ready
@@ -140,7 +139,7 @@ def test_wait_times_out_saying_what_it_last_saw_and_the_log_tail() -> None:
     wait = ModelsAvailable({"m": (1,)}, timeout=2, interval=0.5, clock=clock, sleep=clock.sleep)
     with pytest.raises(StackError) as caught:
         wait.wait(
-            lambda model: [VersionStatus(1, "LOADING")],
+            lambda model: [VersionState(1, "LOADING")],
             exited=lambda: None,
             log_tail=lambda: ["loading servable m"],
         )
@@ -152,7 +151,7 @@ def test_wait_fails_fast_on_a_failed_version_or_an_exited_server() -> None:
     """An END-with-error version or an exited server fails at once, not at the timeout."""
     clock = FakeClock()
     wait = ModelsAvailable({"m": (1,)}, timeout=60, clock=clock, sleep=clock.sleep)
-    failed = [VersionStatus(1, "END", "NOT_FOUND", "no variables")]
+    failed = [VersionState(1, "END", "NOT_FOUND", "no variables")]
     with pytest.raises(StackError, match="no variables"):
         wait.wait(lambda model: failed, exited=lambda: None, log_tail=list)
     with pytest.raises(StackError, match="exited with code 1"):
@@ -163,9 +162,9 @@ def test_wait_fails_fast_on_a_failed_version_or_an_exited_server() -> None:
 def test_wait_rides_out_connection_errors_until_ready() -> None:
     """Connection refused while the server starts counts as 'not yet'."""
     clock = FakeClock()
-    answers: list[object] = [requests.ConnectionError(), [VersionStatus(1, "AVAILABLE")]]
+    answers: list[object] = [requests.ConnectionError(), [VersionState(1, "AVAILABLE")]]
 
-    def fetch(model: str) -> list[VersionStatus] | str:
+    def fetch(model: str) -> list[VersionState] | str:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer

@@ -14,6 +14,7 @@ import pytest
 import requests
 from rich.console import Console
 
+from tfstack.core.modelstatus import VersionState
 from tfstack.docker.compose import ContainerInfo, LastExit, container_info, last_deaths
 from tfstack.rollout.journal import (
     Journal,
@@ -23,7 +24,7 @@ from tfstack.rollout.journal import (
     status_summary,
     write_journal,
 )
-from tfstack.serving.client import ModelRef, ServingRequestError, VersionState
+from tfstack.serving.client import ModelRef, ServingRequestError
 from tfstack.serving.waiting import ModelExpectation, ModelObservation
 from tfstack.stack.frontdoor import DoorStatus, parse_stats_csv
 from tfstack.stack.status import (

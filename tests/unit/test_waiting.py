@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import requests
 
+from tfstack.core.modelstatus import VersionState
 from tfstack.errors import StackError
-from tfstack.serving.client import ModelRef, ServingRequestError, VersionState
+from tfstack.serving.client import ModelRef, ServingRequestError
 from tfstack.serving.waiting import (
     LoadFailed,
     ModelExpectation,

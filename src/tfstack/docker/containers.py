@@ -39,6 +39,7 @@ from testcontainers.core.waiting_utils import WaitStrategy, WaitStrategyTarget
 
 from tfstack.core import textproto
 from tfstack.core.labels import LABEL_MANAGED, LABEL_ROLE
+from tfstack.core.modelstatus import VersionState, parse_version_status
 from tfstack.core.versions import version_dirs
 from tfstack.errors import StackError, UsageError
 
@@ -244,41 +245,7 @@ def plan_serving(
 # Readiness (pure)
 
 
-@dataclass(frozen=True)
-class VersionStatus:
-    """One version as the REST model-status API reports it."""
-
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
-
-    @property
-    def available(self) -> bool:
-        return self.state == "AVAILABLE"
-
-    @property
-    def failed(self) -> bool:
-        return self.state == "END" and self.error_code not in ("OK", "")
-
-
-def parse_model_status(document: Mapping[str, Any]) -> list[VersionStatus]:
-    """``GET /v1/models/<name>`` JSON as version statuses."""
-    statuses = []
-    for entry in document.get("model_version_status") or []:
-        status = entry.get("status") or {}
-        statuses.append(
-            VersionStatus(
-                int(entry.get("version", 0)),
-                str(entry.get("state", "UNKNOWN")),
-                str(status.get("error_code", "OK")),
-                str(status.get("error_message", "")),
-            )
-        )
-    return statuses
-
-
-Observed = Mapping[str, "list[VersionStatus] | str"]  # model -> statuses, or what the server said
+Observed = Mapping[str, "list[VersionState] | str"]  # model -> statuses, or what the server said
 
 
 @dataclass(frozen=True)
@@ -490,7 +457,7 @@ class ServingNotReady(StackError):
         self.failures = list(failures)
 
 
-ModelStatusFetch = Callable[[str], "list[VersionStatus] | str"]
+ModelStatusFetch = Callable[[str], "list[VersionState] | str"]
 
 
 class ModelsAvailable(WaitStrategy):
@@ -650,7 +617,7 @@ class ServingContainer(TemporaryContainer):
         """Seconds the models took to become AVAILABLE after the container started."""
         return self.models_available.waited_s
 
-    def fetch_model_status(self, model: str) -> list[VersionStatus] | str:
+    def fetch_model_status(self, model: str) -> list[VersionState] | str:
         """The model's version statuses, or the server's error text (e.g. 404 while unknown)."""
         if self._rest_base is None:
             self._rest_base = self.rest_url
@@ -660,7 +627,7 @@ class ServingContainer(TemporaryContainer):
                 return str(response.json().get("error", response.text))
             except ValueError:
                 return f"HTTP {response.status_code}: {response.text[:200]}"
-        return parse_model_status(response.json())
+        return parse_version_status(response.json())
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         self._session.close()

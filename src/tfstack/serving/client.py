@@ -23,6 +23,7 @@ import grpc
 import requests
 from google.protobuf import json_format, text_format
 
+from tfstack.core.modelstatus import VersionState, parse_version_status
 from tfstack.errors import StackError, UsageError
 from tfstack.serving.protos import load_serving_protos
 from tfstack.serving.tensors import (
@@ -78,24 +79,6 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
-class VersionState:
-    """One entry of TF Serving's model_version_status."""
-
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
-
-    @property
-    def available(self) -> bool:
-        return self.state == "AVAILABLE"
-
-    @property
-    def failed(self) -> bool:
-        return self.state == "END" and self.error_code not in ("OK", "", "0")
-
-
-@dataclass(frozen=True)
 class Endpoints:
     """Where the stack listens on the host."""
 
@@ -130,22 +113,6 @@ def model_path(
     if verb:
         return f"{path}:{verb}"
     return path
-
-
-def parse_version_status(document: Mapping[str, Any]) -> list[VersionState]:
-    """``{"model_version_status": [...]}`` from REST → sorted VersionState list."""
-    states: list[VersionState] = []
-    for entry in document.get("model_version_status", []):
-        status = entry.get("status") or {}
-        states.append(
-            VersionState(
-                version=int(entry.get("version", 0)),
-                state=str(entry.get("state", "UNKNOWN")),
-                error_code=str(status.get("error_code", "OK")),
-                error_message=str(status.get("error_message", "")),
-            )
-        )
-    return sorted(states, key=lambda s: s.version)
 
 
 def _error_text(response: requests.Response) -> str:

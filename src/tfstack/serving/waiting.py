@@ -16,8 +16,9 @@ from typing import Generic, TypeVar
 
 import requests
 
+from tfstack.core.modelstatus import VersionState
 from tfstack.errors import StackError
-from tfstack.serving.client import ModelRef, RestClient, ServingRequestError, VersionState
+from tfstack.serving.client import ModelRef, RestClient, ServingRequestError
 
 T = TypeVar("T")
 
