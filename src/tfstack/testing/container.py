@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from tfstack.docker.containers import READY_TIMEOUT_S, ServingContainer
 from tfstack.serving.client import GrpcClient, ModelRef, RestClient
@@ -26,13 +26,38 @@ class ServingCalls:
     """predict / classify / regress / metadata over a REST and a gRPC client (shared by the
     container and the stack handle)."""
 
+    _rest: RestClient | None = None
+    _grpc: GrpcClient | None = None
+
+    if TYPE_CHECKING:  # provided by the class this is mixed into; not defined here at run time
+
+        @property
+        def rest_url(self) -> str: ...
+
+        @property
+        def grpc_target(self) -> str: ...
+
     @property
     def rest(self) -> RestClient:
-        raise NotImplementedError
+        """A REST client (created on first use, closed by :meth:`close_clients`)."""
+        if self._rest is None:
+            self._rest = RestClient(self.rest_url)
+        return self._rest
 
     @property
     def grpc(self) -> GrpcClient:
-        raise NotImplementedError
+        """A gRPC client (created on first use, closed by :meth:`close_clients`)."""
+        if self._grpc is None:
+            self._grpc = GrpcClient(self.grpc_target)
+        return self._grpc
+
+    def close_clients(self) -> None:
+        if self._rest is not None:
+            self._rest.close()
+            self._rest = None
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -170,24 +195,6 @@ class TFServingContainer(ServingCalls, ServingContainer):
             startup_timeout=startup_timeout,
             **docker_kwargs,
         )
-        self._rest: RestClient | None = None
-        self._grpc: GrpcClient | None = None
-
-    # -- clients ----------------------------------------------------------------------------
-
-    @property
-    def rest(self) -> RestClient:
-        """A REST client for this container (created on first use, closed on stop)."""
-        if self._rest is None:
-            self._rest = RestClient(self.rest_url)
-        return self._rest
-
-    @property
-    def grpc(self) -> GrpcClient:
-        """A gRPC client for this container (created on first use, closed on stop)."""
-        if self._grpc is None:
-            self._grpc = GrpcClient(self.grpc_target)
-        return self._grpc
 
     def start(self) -> TFServingContainer:
         """Start the container and wait for its models (after sweeping crashed runs' leftovers)."""
@@ -198,12 +205,7 @@ class TFServingContainer(ServingCalls, ServingContainer):
         return self
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
-        if self._rest is not None:
-            self._rest.close()
-            self._rest = None
-        if self._grpc is not None:
-            self._grpc.close()
-            self._grpc = None
+        self.close_clients()
         super().stop(force=force, delete_volume=delete_volume)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tfstack.serving.client import GrpcClient, RestClient
 from tfstack.serving.endpoints import endpoints_for
 from tfstack.spec import StackSpec, load_spec
 from tfstack.stack.lifecycle import Lifecycle, UpReport
@@ -23,8 +22,6 @@ class StackHandle(ServingCalls):
         self.spec = spec
         self.report = report
         self.endpoints = endpoints_for(spec)
-        self._rest: RestClient | None = None
-        self._grpc: GrpcClient | None = None
 
     @property
     def rest_url(self) -> str:
@@ -34,26 +31,9 @@ class StackHandle(ServingCalls):
     def grpc_target(self) -> str:
         return self.endpoints.grpc_target
 
-    @property
-    def rest(self) -> RestClient:
-        if self._rest is None:
-            self._rest = RestClient(self.rest_url)
-        return self._rest
-
-    @property
-    def grpc(self) -> GrpcClient:
-        if self._grpc is None:
-            self._grpc = GrpcClient(self.grpc_target)
-        return self._grpc
-
     def down(self) -> list[str]:
         """Close the clients and bring the stack down (removes its containers and network)."""
-        if self._rest is not None:
-            self._rest.close()
-            self._rest = None
-        if self._grpc is not None:
-            self._grpc.close()
-            self._grpc = None
+        self.close_clients()
         return self.lifecycle.down()
 
 
