@@ -94,6 +94,16 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class ConfiguredModel:
+    """A model of the current config as readiness sees it (see :meth:`ModelManager.configured`)."""
+
+    name: str
+    config: Any  # tensorflow.serving.ModelConfig
+    labels: Mapping[str, int]
+    available: frozenset[int]
+
+
+@dataclass(frozen=True)
 class Route:
     """What requests see of one model: AVAILABLE servables by version, the latest, the labels."""
 
@@ -642,6 +652,23 @@ class ModelManager:
     def model_names(self) -> list[str]:
         with self._lock:
             return [n for n, e in self._models.items() if e.in_config]
+
+    def configured(self) -> list[ConfiguredModel]:
+        """Each model of the current config: its config, labels and AVAILABLE versions, taken
+        together under the lock (readiness reads them as one consistent picture)."""
+        with self._lock:
+            return [
+                ConfiguredModel(
+                    name=entry.name,
+                    config=entry.config,
+                    labels=dict(entry.labels),
+                    available=frozenset(
+                        v for v, r in entry.versions.items() if r.state == State.AVAILABLE
+                    ),
+                )
+                for entry in self._models.values()
+                if entry.in_config
+            ]
 
     def snapshot(self) -> dict[str, list[VersionRecord]]:
         with self._lock:

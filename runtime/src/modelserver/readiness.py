@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from modelserver.manager import ModelManager, State
+from modelserver.manager import ModelManager
 from modelserver.probe import DeclaredModel, missing
 
 READY_PATH = "/readyz"
@@ -22,20 +22,16 @@ JSON = b"application/json"
 def _declared(manager: ModelManager) -> list[tuple[DeclaredModel, set[int]]]:
     """Each configured model as the probe declares it, with its AVAILABLE versions now."""
     found: list[tuple[DeclaredModel, set[int]]] = []
-    # The manager keeps the config per model; read it under its lock like its own queries do.
-    with manager._lock:
-        entries = [e for e in manager._models.values() if e.in_config]
-        for entry in entries:
-            policy = entry.config.model_version_policy
-            kind = policy.WhichOneof("policy_choice") or "latest"
-            declared = DeclaredModel(
-                entry.name,
-                policy=kind,
-                versions=list(policy.specific.versions) if kind == "specific" else [],
-                labels=dict(entry.labels),
-            )
-            available = {v for v, r in entry.versions.items() if r.state == State.AVAILABLE}
-            found.append((declared, available))
+    for model in manager.configured():
+        policy = model.config.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        declared = DeclaredModel(
+            model.name,
+            policy=kind,
+            versions=list(policy.specific.versions) if kind == "specific" else [],
+            labels=dict(model.labels),
+        )
+        found.append((declared, set(model.available)))
     return found
 
 
