@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
 from tfstack.core.labels import LABEL_MANAGED, LABEL_PROJECT
 from tfstack.errors import CommandFailed, StackError
 
@@ -395,7 +397,7 @@ class Stack:
         for info in self.service_containers(service):
             try:
                 raw = self.client.containers.get(info.id).logs(tail=lines)
-            except Exception as exc:  # the container may be gone already
+            except docker.errors.APIError as exc:  # the container may be gone already
                 out.append(f"(logs of {info.name} unavailable: {exc})")
                 continue
             out.extend(raw.decode(errors="replace").splitlines()[-lines:])
@@ -452,7 +454,7 @@ def last_deaths(client: Any, container_ids: Sequence[str]) -> dict[str, LastExit
                 finished_at=stamp.isoformat().replace("+00:00", "Z"),
             )
             oom.discard(ident)
-    except Exception as exc:  # the event buffer is a nicety: status must still answer
+    except (docker.errors.DockerException, OSError) as exc:  # a nicety: status still answers
         log.info("engine events unavailable: %s", exc)
     return found
 

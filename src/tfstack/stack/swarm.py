@@ -31,7 +31,7 @@ from tfstack.build.modelimage import (
 from tfstack.cluster.apply import cluster_status
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
-from tfstack.errors import StackError
+from tfstack.errors import BuildError, StackError
 from tfstack.render import RenderReport
 from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
 from tfstack.render.swarm import (
@@ -219,9 +219,7 @@ def prepare_swarm(spec_path: Path, root: Path, *, push: bool = True, say: Say = 
         ):
             try:
                 push_image(local, f"{push_to}/{ref}", say=say)
-            except StackError:
-                raise
-            except Exception as exc:
+            except (BuildError, OSError) as exc:
                 raise SwarmError(
                     f"the registry {push_to} refused {ref}: {exc}",
                     hint="check that the registry runs and accepts pushes "
@@ -658,7 +656,7 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
         with RestClient(door, timeout=5) as rest:
             rest.request("GET", f"/v1/models/{spec.models[0].name}")
             door_ok = True
-    except Exception:  # any failure means the door does not answer
+    except (StackError, OSError):  # refused, HTTP error or no answer: the door is not serving
         door_ok = False
     return SwarmStatus(
         stack=stack,

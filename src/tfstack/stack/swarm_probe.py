@@ -32,7 +32,7 @@ for ip in addresses:
                 doc = json.load(r)
             status = doc.get("model_version_status", [])
             row[model] = {str(s["version"]): s["state"] for s in status}
-        except Exception as exc:  # every failure is a state to report, never a crash
+        except (OSError, ValueError, KeyError) as exc:  # no answer or a bad one: report it
             row[model] = {"error": str(exc)[:200]}
     resolved = {}
     for model, label in labels:
@@ -41,7 +41,7 @@ for ip in addresses:
             with urllib.request.urlopen(url, timeout=3) as r:
                 status = json.load(r).get("model_version_status", [])
             version = int(status[0]["version"]) if status else None
-        except Exception:  # an unknown label answers 4xx: not resolving (yet)
+        except (OSError, ValueError, KeyError, IndexError):  # 4xx or no answer: not resolving
             version = None
         resolved.setdefault(model, {})[label] = version
     out[ip] = {"models": row, "labels": resolved}
