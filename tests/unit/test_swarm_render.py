@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from tests.unit.specfixtures import Project, valid_spec
-from tfstack.cluster.plan import ClusterOptions, plan_cluster
-from tfstack.render.swarm import SwarmImages, health_window_s, parse_stack_file, render_swarm
+from tfstack.cluster.plan import ClusterOptions, plan_cluster, swarm_init_argv
+from tfstack.render.frontdoor import frontdoor_values
+from tfstack.render.swarm import (
+    SwarmImages,
+    health_window_s,
+    parse_stack_file,
+    render_swarm,
+    swarm_door_values,
+)
 from tfstack.spec.load import StackSpec, load_spec
 from tfstack.stack.swarm import NodeInfo, SwarmError, check_placement
 from tfstack.stack.swarm_probe import parse_probe
@@ -55,6 +62,45 @@ def test_stack_file_has_the_update_policy_door_and_versioned_configs(tmp_path: P
     assert stack["services"]["models"]["deploy"]["mode"] == "global"
     assert all(name.startswith("demo-") and len(name) > 12 for name in stack["configs"])
     assert "tasks.serving" in files["compose/swarm/haproxy.cfg"]
+
+
+def test_cluster_init_shortens_the_dispatcher_heartbeat() -> None:
+    """The local Swarm declares a dead node down after ~3 heartbeats: 2 s, not the 5 s default."""
+    plan = plan_cluster(ClusterOptions(nodes=2, node_image="n", registry_image="r"))
+    assert "--dispatcher-heartbeat=2s" in swarm_init_argv(plan.manager)
+
+
+def _default_server(config: str) -> str:
+    (line,) = [x for x in config.splitlines() if x.strip().startswith("default-server ")]
+    return line
+
+
+def test_swarm_door_never_reuses_server_connections_and_drops_a_dead_task_at_once(
+    tmp_path: Path,
+) -> None:
+    """A vanished node sends no RST: the Swarm door opens a connection per request (a dead task
+    is a connect failure, retried elsewhere after 1 s) and marks a task down on its first
+    connection error; the compose door (containers reset their connections) is unchanged."""
+    project = Project(tmp_path).with_models()
+    data = valid_spec()
+    data["serving"]["replicas"] = 3
+    data["deploy"] = {"target": "swarm"}
+    spec = load_spec(project.write(data))
+    door = render_swarm(spec, project.spec, tmp_path, IMAGES)["compose/swarm/haproxy.cfg"]
+    defaults = door.split("\ndefaults\n", 1)[1].split("\nresolvers ", 1)[0]
+    assert "    option http-server-close\n" in defaults
+    assert "    timeout connect 1000ms\n" in defaults
+    assert "retry-on conn-failure" in defaults
+    assert _default_server(door).endswith(" observe layer4 error-limit 1 on-error mark-down")
+    assert "server replica3 tasks.serving:" in door
+
+    compose = frontdoor_values(spec)
+    assert compose["connections"] == {"server_close": False, "observe_errors": 0}
+    assert compose["timeouts"]["connect"] == "2000ms"
+    swarm = swarm_door_values(spec)
+    assert {k: v for k, v in swarm.items() if k not in ("connections", "timeouts", "replica")} == {
+        k: v for k, v in compose.items() if k not in ("connections", "timeouts", "replica")
+    }
 
 
 def test_placement_refuses_more_replicas_than_places() -> None:

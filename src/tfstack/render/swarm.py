@@ -59,6 +59,8 @@ DEFAULT_RELOAD_POLL_S = 2
 STACK_FORMAT = "3.8"
 LABEL_REVISION = "org.tfstack.models-revision"
 HAPROXY_FILE = "haproxy.cfg"
+SWARM_CONNECT_TIMEOUT_MS = 1000
+SWARM_OBSERVE_ERRORS = 1  # consecutive connection errors that take a task out of the door
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -127,6 +129,25 @@ def _wait_then_serve() -> list[str]:
     ]
 
 
+def swarm_door_values(spec: StackSpec) -> dict[str, Any]:
+    """The door's template values on a Swarm: every task by DNS, and no request lost to a node
+    that vanished.
+
+    A killed or partitioned node sends no RST: a request written on a kept-alive connection to
+    one of its tasks waits for ``timeout server`` (longer than clients wait), and a new
+    connection waits for ``timeout connect``. So the Swarm door opens a server connection per
+    request (``http-server-close``: a dead task is then a connect failure, which is retried on
+    another task), gives up connecting after :data:`SWARM_CONNECT_TIMEOUT_MS` (tasks are one
+    overlay hop away) and marks a task down on its first connection error (``observe layer4``)
+    instead of waiting for ``fall`` failed health checks.
+    """
+    door = frontdoor_values(spec, canary=False)
+    door["replica"] = {**door["replica"], "host": f"tasks.{SERVING_SERVICE}"}
+    door["timeouts"] = {**door["timeouts"], "connect": f"{SWARM_CONNECT_TIMEOUT_MS}ms"}
+    door["connections"] = {"server_close": True, "observe_errors": SWARM_OBSERVE_ERRORS}
+    return door
+
+
 def _config_name(stack: str, key: str, text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return f"{stack}-{key}-{digest}"
@@ -170,8 +191,7 @@ def render_swarm(
             serving_configs.append(
                 {"source": name, "target": f"{CONTAINER_CONFIG_DIR}/{key}.config", "mode": 0o444}
             )
-    door = frontdoor_values(spec)
-    door["replica"] = {**door["replica"], "host": f"tasks.{SERVING_SERVICE}"}
+    door = swarm_door_values(spec)
     haproxy = render_template("frontend/haproxy.cfg.j2", {"header": head, **door})
     files[f"{SWARM_DIR}/{HAPROXY_FILE}"] = haproxy
     haproxy_name = _config_name(stack, "haproxy", haproxy)
