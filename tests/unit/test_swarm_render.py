@@ -94,7 +94,7 @@ def test_swarm_door_never_reuses_server_connections_and_drops_a_dead_task_at_onc
     assert _default_server(door).endswith(" observe layer4 error-limit 1 on-error mark-down")
     assert "server replica3 tasks.serving:" in door
 
-    compose = frontdoor_values(spec)
+    compose = frontdoor_values(spec, canary=False)
     assert compose["connections"] == {"server_close": False, "observe_errors": 0}
     assert compose["timeouts"]["connect"] == "2000ms"
     swarm = swarm_door_values(spec)
