@@ -52,8 +52,8 @@ from tests.integration.test_contract import (
 )
 from tests.integration.test_contract import model_root as contract_model_root
 from tfstack.serving.client import GrpcClient, ModelRef, RestClient, ServingRequestError
+from tfstack.serving.door import DoorStatus, wait_in_rotation
 from tfstack.serving.tensors import Tensor, to_tensor_proto
-from tfstack.stack.frontdoor import DoorStatus, wait_in_rotation
 from tfstack.stack.lifecycle import Lifecycle
 from tfstack.stack.plan import load
 from tfstack.stack.predict import predict

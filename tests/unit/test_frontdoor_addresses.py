@@ -7,7 +7,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tfstack.stack.frontdoor import container_addresses
+from tfstack.serving.door import container_addresses
 
 
 class Containers:

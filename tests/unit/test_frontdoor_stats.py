@@ -12,7 +12,7 @@ import requests
 
 from tfstack.docker.compose import ContainerInfo
 from tfstack.errors import StackError
-from tfstack.stack.frontdoor import (
+from tfstack.serving.door import (
     DoorServer,
     DoorStatus,
     parse_stats_csv,

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+import tfstack.serving.door
 import tfstack.stack.predict
 from tfstack.core.certs import apply_certs, plan_certs
 from tfstack.errors import StackError, UsageError
 from tfstack.serving.client import GrpcClient, ModelRef
+from tfstack.serving.door import door_access, first_plain_key
 from tfstack.spec.frontend import FrontendSpec
-from tfstack.stack.predict import door_access, first_plain_key, predict
+from tfstack.stack.predict import predict
 
 KEY = "plain-key-0123456789abcdef"
 HASHED = "sha256:" + hashlib.sha256(b"other-key").hexdigest()
@@ -184,7 +186,7 @@ def test_grpc_through_the_door_uses_tls_roots_and_authorization_metadata(
         made.update(kwargs, target=target)
         return SimpleNamespace()
 
-    monkeypatch.setattr(tfstack.stack.predict, "GrpcClient", fake_client)
+    monkeypatch.setattr(tfstack.serving.door, "GrpcClient", fake_client)
     certs = tmp_path / "certs"
     apply_certs(plan_certs(certs, ()))
     spec = fake_spec(

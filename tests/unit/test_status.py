@@ -25,8 +25,8 @@ from tfstack.rollout.journal import (
     write_journal,
 )
 from tfstack.serving.client import ModelRef, ServingRequestError
+from tfstack.serving.door import DoorStatus, parse_stats_csv
 from tfstack.serving.waiting import ModelExpectation, ModelObservation
-from tfstack.stack.frontdoor import DoorStatus, parse_stats_csv
 from tfstack.stack.status import (
     SCHEMA_VERSION,
     StartFailure,

@@ -20,6 +20,8 @@ from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
 from tfstack.docker.engine import ensure_engine
 from tfstack.errors import RolloutError, SpecError, TfstackError, UsageError
 from tfstack.render.applied import record_applied
+from tfstack.render.frontdoor import door_is_on
+from tfstack.rollout.door import ask_labels_through_door, await_rotation, replicas_behind_door
 from tfstack.rollout.journal import (
     Journal,
     ModelState,
@@ -117,6 +119,11 @@ class StackRunner:
         time.sleep(seconds)
 
     def replicas(self, spec: Any) -> list[Replica]:
+        if door_is_on(spec):
+            # Behind the door: each replica at its own address, never the balancer.
+            return replicas_behind_door(
+                self.context.docker(), spec, self._containers(spec), model=self.context.model
+            )
         try:
             stack = Stack(
                 ComposeProject.for_root(spec.project, self.context.root), self.context.docker()
@@ -125,6 +132,10 @@ class StackRunner:
         except TfstackError:
             containers = []
         return replicas_of(spec, containers)
+
+    def _containers(self, spec: Any) -> list[Any]:
+        project = ComposeProject.for_root(spec.project, self.context.root)
+        return Stack(project, self.context.docker()).containers()
 
     # -- transition -------------------------------------------------------------------------
 
@@ -167,11 +178,34 @@ class StackRunner:
         replicas = self.replicas(spec)
         labels = dict(step.target.labels)
         started = time.monotonic()
-        for replica in replicas:
+        door = door_is_on(spec)
+        for index, replica in enumerate(replicas, 1):
             self._reload(replica, config_text, step, labels)
+            if door and index < len(replicas):
+                await_rotation(
+                    context.docker(),
+                    lambda: self._containers(spec),
+                    spec,
+                    replica,
+                    timeout=context.reload_timeout,
+                )
         record_applied(context.root, config_text)
         where = f"{len(replicas)} replica{'s' if len(replicas) != 1 else ''}"
-        return f"{step.target.describe()} on {where} in {time.monotonic() - started:.2f}s"
+        detail = f"{step.target.describe()} on {where} in {time.monotonic() - started:.2f}s"
+        if door:
+            model = context.model_spec(spec)
+            samples = [(s, sample_body(s, context.spec_path)) for s in model.samples]
+            asked = ask_labels_through_door(
+                spec,
+                context.spec_path,
+                context.model,
+                labels,
+                samples,
+                replicas=len(replicas),
+                step=step.name,
+            )
+            detail += f"; {asked}" if asked else ""
+        return detail
 
     def _reload(
         self, replica: Replica, config_text: str, step: Step, labels: Mapping[str, int]

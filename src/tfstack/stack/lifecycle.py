@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+import requests
 from google.protobuf import text_format
 
 from tfstack import render as render_module
@@ -43,7 +44,7 @@ from tfstack.docker.compose import (
     replicas,
 )
 from tfstack.docker.engine import ensure_engine
-from tfstack.errors import StackError, TfstackError
+from tfstack.errors import StackError, TfstackError, UsageError
 from tfstack.models.demo import plan_demo_models, write_demo_models
 from tfstack.render.applied import forget_applied, read_applied, record_applied
 from tfstack.render.frontdoor import check_haproxy_config, door_is_on
@@ -53,6 +54,15 @@ from tfstack.serving.client import (
     GrpcClient,
     RestClient,
     ServingRequestError,
+)
+from tfstack.serving.door import (
+    DoorStatus,
+    direct_replicas,
+    door_access,
+    door_view,
+    frontend_container,
+    wait_in_rotation,
+    wait_replica_in_rotation,
 )
 from tfstack.serving.endpoints import endpoints_for
 from tfstack.serving.waiting import (
@@ -73,13 +83,6 @@ from tfstack.stack.degraded import (
     parse_start_failures,
     read_start_failures,
     record_start_failures,
-)
-from tfstack.stack.frontdoor import (
-    DoorStatus,
-    direct_replicas,
-    frontend_container,
-    read_door_stats,
-    wait_in_rotation,
 )
 from tfstack.stack.plan import (
     DEFAULT_TIMEOUT_S,
@@ -374,10 +377,16 @@ class Lifecycle:
         """Send the new config to each replica in turn (gRPC, its own port); labels to versions
         not AVAILABLE yet move in a second step once they are."""
         targets = self.replicas(loaded, stack)
-        for replica in targets:
+        for index, replica in enumerate(targets, 1):
             self._reload_replica(
                 loaded, stack, replica, desired_text, timeout=timeout, many=len(targets) > 1
             )
+            if index < len(targets) and door_is_on(loaded.spec):
+                # A replica loading a new version leaves the door's rotation (its /readyz says
+                # 503 meanwhile): the next one is reloaded only once this one is back in.
+                wait_replica_in_rotation(
+                    lambda: self.door_status(loaded, stack), replica.name, timeout=timeout
+                )
 
     def _reload_replica(
         self,
@@ -621,15 +630,8 @@ class Lifecycle:
         """The door's view of the replicas (None when the spec has no door or it is absent)."""
         if not door_is_on(loaded.spec):
             return None
-        containers = stack.containers()
-        door = frontend_container(containers)
-        if door is None:
-            return None
-        return read_door_stats(
-            self.client,
-            door,
-            [c for c in containers if c.service == SERVICE],
-            stats_port=loaded.spec.frontend.stats_port,
+        return door_view(
+            self.client, stack.containers(), stats_port=loaded.spec.frontend.stats_port
         )
 
     def _smoke_through_door(
@@ -645,12 +647,22 @@ class Lifecycle:
             wanted,
             timeout=timeout,
         )
-        frontend = loaded.spec.frontend
-        if frontend.tls is not None or frontend.auth is not None:
-            self.say("the door checks TLS or API keys: samples were sent to each replica directly")
+        try:
+            # Over TLS (the spec's certificate as trust) and with the keys file's first plain key.
+            access = door_access(loaded.spec, loaded.spec_path)
+        except UsageError as exc:
+            self.say(f"samples were sent to each replica directly, not through the door: {exc}")
             return []
-        with RestClient(endpoints_for(loaded.spec).rest_url) as rest:
-            return smoke(loaded, rest, replica="door")
+        try:
+            with access.rest() as rest:
+                return smoke(loaded, rest, replica="door")
+        except requests.exceptions.SSLError as exc:
+            self.say(
+                f"warning: TLS with {access.rest_url} failed ({type(exc).__name__}): the "
+                f"certificate does not name {access.endpoints.host}; samples were sent to each "
+                "replica directly"
+            )
+            return []
 
     def status(self, loaded: Loaded | None = None, stack: Stack | None = None) -> StackStatus:
         if loaded is None:

@@ -11,24 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from tfstack.errors import StackError, UsageError
-from tfstack.serving.client import (
-    Endpoints,
-    GrpcClient,
-    ModelRef,
-    RestClient,
-    ServingRequestError,
-)
-from tfstack.serving.endpoints import endpoints_for
-from tfstack.spec import StackSpec, load_spec
-from tfstack.spec.frontend import frontend_enabled, frontend_file
-from tfstack.spec.frontend_rules import api_key_lines
+from tfstack.serving.client import ModelRef, ServingRequestError
+from tfstack.serving.door import DoorAccess, door_access
+from tfstack.spec import load_spec
 from tfstack.stack.plan import project_root_for
 
 
@@ -54,92 +45,6 @@ def parse_data(data: str, *, cwd: Path | None = None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise UsageError('--data must be a JSON object such as {"instances": [...]}')
     return body
-
-
-@dataclass(frozen=True)
-class DoorAccess:
-    """How to reach the stack: its endpoints, the CA file for TLS, the API key (not in repr)."""
-
-    endpoints: Endpoints
-    ca_file: Path | None = None  # TLS on: the certificates the door's is checked against
-    api_key: str | None = field(default=None, repr=False)
-
-    @property
-    def rest_url(self) -> str:
-        if self.ca_file is None:
-            return self.endpoints.rest_url
-        return f"https://{self.endpoints.host}:{self.endpoints.rest_port}"
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def rest(self) -> RestClient:
-        verify: str | bool = str(self.ca_file) if self.ca_file is not None else True
-        return RestClient(self.rest_url, headers=self.headers(), verify=verify)
-
-    def grpc(self) -> GrpcClient:
-        root = _read_file(self.ca_file, "--ca-file") if self.ca_file is not None else None
-        metadata = [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
-        return GrpcClient(self.endpoints.grpc_target, root_certificates=root, metadata=metadata)
-
-
-def _read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            f"{what} {path}: cannot read it: {exc.strerror or exc}",
-            hint="name a readable PEM file",
-        ) from exc
-
-
-def first_plain_key(keys_file: Path) -> str:
-    """The first plain key of an API keys file; UsageError when it holds only hashes."""
-    try:
-        text = keys_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"frontend.auth.api_keys_file {keys_file}: cannot read it ({type(exc).__name__})",
-            hint="pass the key with --api-key, or fix the file's path or permissions",
-        ) from exc
-    for entry in api_key_lines(text):
-        if not entry.hashed:
-            return entry.value
-    raise UsageError(
-        f"frontend.auth.api_keys_file {keys_file} holds only hashed keys (sha256:...): "
-        "a key cannot be recovered from its hash",
-        hint="pass the key with --api-key KEY",
-    )
-
-
-def door_access(
-    spec: StackSpec,
-    spec_path: Path,
-    *,
-    api_key: str | None = None,
-    ca_file: Path | None = None,
-) -> DoorAccess:
-    """Endpoints, TLS trust and API key for one request to the stack the spec describes."""
-    endpoints = endpoints_for(spec)
-    frontend = spec.frontend
-    if not frontend_enabled(frontend, spec.serving.replicas):
-        if ca_file is not None:
-            raise UsageError(
-                f"--ca-file: the stack of {spec_path} has no front door, so no TLS",
-                hint="drop --ca-file, or turn the door on (frontend.enabled: true) with "
-                "frontend.tls",
-            )
-        return DoorAccess(endpoints, api_key=api_key)
-    if ca_file is None and frontend.tls is not None:
-        ca_file = frontend_file(spec_path, frontend.tls.cert_file)
-    elif ca_file is not None and frontend.tls is None:
-        raise UsageError(
-            f"--ca-file: the front door of {spec_path} has no TLS (frontend.tls is not set)",
-            hint="drop --ca-file",
-        )
-    if api_key is None and frontend.auth is not None:
-        api_key = first_plain_key(frontend_file(spec_path, frontend.auth.api_keys_file))
-    return DoorAccess(endpoints, ca_file=ca_file, api_key=api_key)
 
 
 def _spec_access(

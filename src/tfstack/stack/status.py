@@ -23,8 +23,8 @@ from rich.text import Text
 from tfstack.docker.compose import ContainerInfo, LastExit, published_address
 from tfstack.rollout.journal import status_summary
 from tfstack.serving.client import RestClient
+from tfstack.serving.door import DoorStatus
 from tfstack.serving.waiting import ModelExpectation, ModelObservation, assess, observe_model
-from tfstack.stack.frontdoor import DoorStatus
 
 COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 

@@ -1,11 +1,14 @@
-"""The front door seen from the host: replicas reached directly, and the door's own view of them.
+"""The front door seen from the host: replicas reached directly, the door's own view of them, and
+how a client reaches the stack through it.
 
-Behind the door the serving replicas publish no ports, yet ``up``, hot reloads and label moves must
-reach every replica (a reload through a balancer reaches one replica only). The engine runs on this
-host, so each replica is reached at its address on the project's network
+Behind the door the serving replicas publish no ports, yet ``up``, hot reloads and a rollout's
+label moves must reach every replica (a reload through a balancer reaches one replica only). The
+engine runs on this host, so each replica is reached at its address on the project's network
 (:func:`direct_replicas`). The door's view (which replicas are in rotation, their health, requests
 and errors) comes from HAProxy's stats CSV on its internal stats port (:func:`read_door_stats`),
-reached the same way; nothing of it is published.
+reached the same way; nothing of it is published. :func:`door_access` is how ``predict``, the
+smoke requests of ``up`` and a rollout's check reach the stack: through the door, over TLS and
+with an API key when the spec asks for them.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 import requests
 
 from tfstack.docker.compose import ContainerInfo, Replica
-from tfstack.errors import StackError
-from tfstack.render.frontdoor import FRONTEND_SERVICE
+from tfstack.errors import StackError, UsageError
+from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
+from tfstack.serving.client import Endpoints, GrpcClient, RestClient
+from tfstack.serving.endpoints import endpoints_for
+from tfstack.spec import StackSpec
+from tfstack.spec.frontend import frontend_enabled, frontend_file
+from tfstack.spec.frontend_rules import api_key_lines
 
 DOOR_BACKENDS = {"rest_replicas": "rest", "grpc_replicas": "grpc"}
 STATS_PATH = "/stats;csv;norefresh"
@@ -219,3 +228,139 @@ def wait_in_rotation(
                 "/readyz answers 200 (every declared version and label AVAILABLE)",
             )
         time.sleep(interval)
+
+
+def door_view(
+    client: Any, containers: Sequence[ContainerInfo], *, stats_port: int
+) -> DoorStatus | None:
+    """The door's view of the project's replicas (None when the project has no door container)."""
+    door = frontend_container(containers)
+    if door is None:
+        return None
+    serving = [c for c in containers if c.service == SERVING_SERVICE]
+    return read_door_stats(client, door, serving, stats_port=stats_port)
+
+
+def wait_replica_in_rotation(
+    read: Callable[[], DoorStatus | None], replica: str, *, timeout: float, interval: float = 0.1
+) -> DoorStatus:
+    """Until the door has the container ``replica`` in rotation for REST and for gRPC.
+
+    A hot reload or a rollout step that reloads one replica after another waits for this before
+    it touches the next one: a replica that left the rotation while it loaded a version must be
+    back before another may leave, or for a moment no replica would take requests.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = read()
+        if status is not None and all(
+            replica in status.in_rotation(backend) for backend in ("rest", "grpc")
+        ):
+            return status
+        if time.monotonic() >= deadline:
+            seen = (
+                "; ".join(
+                    f"{s.backend} {s.slot} {s.container or s.address or 'no address'} "
+                    f"{s.status} ({s.check})"
+                    for s in status.servers
+                )
+                if status is not None
+                else "the door container is missing"
+            )
+            raise StackError(
+                f"the front door has not put {replica} back in rotation {timeout:.0f} s after "
+                f"its reload: {seen}",
+                service=FRONTEND_SERVICE,
+                hint="`invoke status` shows the door's health checks; a replica enters rotation "
+                "once its /readyz answers 200 (every declared version and label AVAILABLE)",
+            )
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass(frozen=True)
+class DoorAccess:
+    """How to reach the stack: its endpoints, the CA file for TLS, the API key (not in repr)."""
+
+    endpoints: Endpoints
+    ca_file: Path | None = None  # TLS on: the certificates the door's is checked against
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def rest_url(self) -> str:
+        if self.ca_file is None:
+            return self.endpoints.rest_url
+        return f"https://{self.endpoints.host}:{self.endpoints.rest_port}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def rest(self) -> RestClient:
+        verify: str | bool = str(self.ca_file) if self.ca_file is not None else True
+        return RestClient(self.rest_url, headers=self.headers(), verify=verify)
+
+    def grpc(self) -> GrpcClient:
+        root = _read_file(self.ca_file, "--ca-file") if self.ca_file is not None else None
+        metadata = [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
+        return GrpcClient(self.endpoints.grpc_target, root_certificates=root, metadata=metadata)
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"{what} {path}: cannot read it: {exc.strerror or exc}",
+            hint="name a readable PEM file",
+        ) from exc
+
+
+def first_plain_key(keys_file: Path) -> str:
+    """The first plain key of an API keys file; UsageError when it holds only hashes."""
+    try:
+        text = keys_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"frontend.auth.api_keys_file {keys_file}: cannot read it ({type(exc).__name__})",
+            hint="pass the key with --api-key, or fix the file's path or permissions",
+        ) from exc
+    for entry in api_key_lines(text):
+        if not entry.hashed:
+            return entry.value
+    raise UsageError(
+        f"frontend.auth.api_keys_file {keys_file} holds only hashed keys (sha256:...): "
+        "a key cannot be recovered from its hash",
+        hint="pass the key with --api-key KEY",
+    )
+
+
+def door_access(
+    spec: StackSpec,
+    spec_path: Path,
+    *,
+    api_key: str | None = None,
+    ca_file: Path | None = None,
+) -> DoorAccess:
+    """Endpoints, TLS trust and API key for one request to the stack the spec describes."""
+    endpoints = endpoints_for(spec)
+    frontend = spec.frontend
+    if not frontend_enabled(frontend, spec.serving.replicas):
+        if ca_file is not None:
+            raise UsageError(
+                f"--ca-file: the stack of {spec_path} has no front door, so no TLS",
+                hint="drop --ca-file, or turn the door on (frontend.enabled: true) with "
+                "frontend.tls",
+            )
+        return DoorAccess(endpoints, api_key=api_key)
+    if ca_file is None and frontend.tls is not None:
+        ca_file = frontend_file(spec_path, frontend.tls.cert_file)
+    elif ca_file is not None and frontend.tls is None:
+        raise UsageError(
+            f"--ca-file: the front door of {spec_path} has no TLS (frontend.tls is not set)",
+            hint="drop --ca-file",
+        )
+    if api_key is None and frontend.auth is not None:
+        api_key = first_plain_key(frontend_file(spec_path, frontend.auth.api_keys_file))
+    return DoorAccess(endpoints, ca_file=ca_file, api_key=api_key)
