@@ -26,6 +26,11 @@ from tfstack.errors import BuildError
 from tfstack.spec.model import StackSpecFields, model_host_dir, model_relative_path
 
 IMAGE_MODELS_DIR = "/tfstack-models"
+MANAGED_LABEL = "org.tfstack.managed"
+ROLE_LABEL = "org.tfstack.role"
+MODEL_IMAGE_ROLE = "model-image"
+KEEP_PREVIOUS = 1
+"""Older model image tags kept on this engine after a deploy, besides the current (rollback)."""
 PUSH_TIMEOUT_S = 1800
 Say = Callable[[str], None]
 
@@ -79,6 +84,11 @@ def model_repository_name(project: str) -> str:
     return f"tfstack/models-{project}"
 
 
+def model_image_tag(digest: str) -> str:
+    """A model image's tag: the first 16 hex digits of its content digest."""
+    return digest[:16]
+
+
 @dataclass(frozen=True)
 class ModelImagePlan:
     """What ``models-image`` builds and pushes."""
@@ -91,7 +101,7 @@ class ModelImagePlan:
 
     @property
     def tag(self) -> str:
-        return self.digest[:16]
+        return model_image_tag(self.digest)
 
     def reference(self, registry: str) -> str:
         return f"{registry}/{self.repository}:{self.tag}"
@@ -101,7 +111,7 @@ class ModelImagePlan:
             f"FROM {self.base_image}\n"
             f"COPY --chown=0:0 repository {IMAGE_MODELS_DIR}/repository\n"
             f"COPY --chown=0:0 models.config {IMAGE_MODELS_DIR}/models.config\n"
-            f'LABEL org.tfstack.managed="true" org.tfstack.role="model-image" '
+            f'LABEL {MANAGED_LABEL}="true" {ROLE_LABEL}="{MODEL_IMAGE_ROLE}" '
             f'org.tfstack.models-digest="{self.digest}"\n'
         )
 
@@ -190,3 +200,109 @@ def local_image_id(reference: str) -> str:
             hint="build it first (`./tfstack images`, or the frontend image)",
         )
     return _docker(["image", "inspect", "--format", "{{.Id}}", reference], what="inspect")
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """One ``repository:tag`` of this engine's model images (``docker image ls``)."""
+
+    repository: str
+    tag: str
+    image_id: str
+    created: str  # the engine's CreatedAt: one format and zone per listing, so it sorts
+
+
+def same_repository(name: str, repository: str) -> bool:
+    """``name`` is ``repository`` itself or ``<registry host>/<repository>`` (the pushed tag),
+    never another repository ending the same way (``someone/tfstack/models-x``)."""
+    if name == repository:
+        return True
+    host, _, rest = name.partition("/")
+    registry_like = "." in host or ":" in host or host == "localhost"
+    return rest == repository and registry_like
+
+
+def stale_model_images(
+    images: Iterable[LocalImage],
+    *,
+    repository: str,
+    current_tag: str,
+    keep_previous: int = KEEP_PREVIOUS,
+) -> list[str]:
+    """References to remove: every tag of ``repository`` (local and pushed names) except the
+    current one and the ``keep_previous`` most recently created others (pure).
+
+    ``images`` must already be tfstack's model images (selected by label); the repository check
+    here keeps other projects' model images, and anything untagged is left alone.
+    """
+    mine = [
+        image
+        for image in images
+        if same_repository(image.repository, repository) and image.tag not in ("", "<none>")
+    ]
+    newest: dict[str, str] = {}
+    for image in mine:
+        newest[image.tag] = max(newest.get(image.tag, ""), image.created)
+    others = sorted((t for t in newest if t != current_tag), key=newest.__getitem__, reverse=True)
+    stale = set(others[max(keep_previous, 0) :])
+    return sorted(f"{image.repository}:{image.tag}" for image in mine if image.tag in stale)
+
+
+LISTING_FORMAT = "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedAt}}"
+
+
+def parse_image_listing(text: str) -> list[LocalImage]:
+    """The lines of :data:`LISTING_FORMAT` (tab-separated) as images (pure)."""
+    images = []
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 4:
+            images.append(LocalImage(*fields))
+    return images
+
+
+def prune_model_images(
+    repository: str, current_tag: str, *, keep_previous: int = KEEP_PREVIOUS, say: Say
+) -> list[str]:
+    """Untag this project's older model images on this engine (see :func:`stale_model_images`);
+    the references removed. Only images labelled as tfstack's model images are listed; an image a
+    container still uses is kept (``docker image rm`` without force) and said, never fatal."""
+    listing = _docker(
+        [
+            "image",
+            "ls",
+            "--filter",
+            f"label={MANAGED_LABEL}=true",
+            "--filter",
+            f"label={ROLE_LABEL}={MODEL_IMAGE_ROLE}",
+            "--format",
+            LISTING_FORMAT,
+        ],
+        what="listing model images",
+        timeout=60,
+    )
+    stale = stale_model_images(
+        parse_image_listing(listing),
+        repository=repository,
+        current_tag=current_tag,
+        keep_previous=keep_previous,
+    )
+    removed = []
+    for reference in stale:
+        result = subprocess.run(
+            ["docker", "image", "rm", reference],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode == 0:
+            removed.append(reference)
+        else:
+            say(f"kept old model image {reference}: {result.stderr.strip()[-200:]}")
+    if removed:
+        say(f"removed {len(removed)} old model image tag(s) of {repository}")
+    return removed

@@ -25,7 +25,10 @@ from urllib.parse import urlparse
 from tfstack.build.modelimage import (
     build_model_image,
     local_image_id,
+    model_image_tag,
+    model_repository_name,
     plan_model_image,
+    prune_model_images,
     push_image,
 )
 from tfstack.cluster.apply import cluster_status
@@ -531,6 +534,16 @@ def swarm_up(
     results = _smoke_door(prepared.loaded, door, timeout=60)
     timings["smoke"] = time.monotonic() - mark
     _remove_stale_configs(manager, stack, prepared.files)
+    # Every models change is a new model image: keep the deployed one and the one before it
+    # (a rollback finds it here), untag older ones on this machine (never other projects').
+    try:
+        prune_model_images(
+            model_repository_name(spec.project),
+            model_image_tag(prepared.images.models_digest),
+            say=say,
+        )
+    except BuildError as exc:
+        say(f"old model images not pruned: {exc}")
     return SwarmUpReport(action, stack, manager.url, timings, per_node, answers, door, len(results))
 
 
