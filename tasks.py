@@ -608,6 +608,10 @@ def build_optimized(  # noqa: PLR0917 (invoke maps parameters to options)
         "model_image": "with --target kubernetes: the new model image, pinned by digest",
         "serving_image": "with --target kubernetes: a new server image",
         "json_": "print the outcome as JSON (docs/json-output.md) instead of the summary",
+        "traffic": "weighted canary: percentages of unversioned requests sent to the new version "
+        "step by step through the door, each gated by models[].slo (e.g. 10,50,100)",
+        "analysis_seconds": "with --traffic: length of one analysis window (default: "
+        "models[].slo.window_seconds)",
     }
 )
 def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
@@ -629,6 +633,8 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     model_image: str = "",
     serving_image: str = "",
     json_: bool = False,
+    traffic: str = "",
+    analysis_seconds: float = 0.0,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
     if call(deploy_target, spec_file(spec), target) == "kubernetes":
@@ -658,9 +664,17 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         keep_previous=not retire_previous,
         drain_s=drain,
         latency_factor=latency_factor,
+        traffic=call(tfstack.rollout.parse_traffic, traffic) if traffic else (),
+        analysis_s=analysis_seconds,
     )
     context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
     swarm = call(deploy_target, spec_path, target) == "swarm"
+    if swarm and traffic:
+        raise Exit(
+            "tfstack: error: --traffic runs on the compose target only for now (the Swarm "
+            "door has no canary backends); roll out on the Swarm without it",
+            code=2,
+        )
     outcome = call(
         tfstack.stack.swarm_rollout.swarm_rollout if swarm else tfstack.rollout.run_rollout,
         context,

@@ -48,6 +48,7 @@ BENCHMARK_MODULES: tuple[str, ...] = (
     "tfstack.bench.up",
     "tfstack.bench.serve",
     "tfstack.bench.rollout",
+    "tfstack.bench.canary",
     "tfstack.bench.soak",
     "tfstack.bench.frontdoor",
 )

@@ -422,8 +422,11 @@ class Stack:
     def down(self, *, volumes: bool = False) -> list[str]:
         """Remove the project (Compose), then anything else carrying its labels; names removed."""
         with_file = self.project.compose_file.is_file()
+        # tfstack's own containers on the project's network (a canary replica left by an
+        # interrupted rollout) go first, or Compose could not remove the network.
+        removed = remove_strays(self.client, self.project.name)
         self.runner(down_args(self.project, volumes=volumes, with_file=with_file))
-        return remove_labelled(self.client, self.project.name, volumes=volumes)
+        return removed + remove_labelled(self.client, self.project.name, volumes=volumes)
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> CommandResult:
         return self.runner(logs_args(self.project, follow=follow, tail=tail), capture=not follow)
@@ -457,6 +460,20 @@ def last_deaths(client: Any, container_ids: Sequence[str]) -> dict[str, LastExit
     except (docker.errors.DockerException, OSError) as exc:  # a nicety: status still answers
         log.info("engine events unavailable: %s", exc)
     return found
+
+
+def remove_strays(client: Any, project: str) -> list[str]:
+    """Remove the project's tfstack-made containers that Compose does not know (no Compose
+    project label); returns ``container name`` for each."""
+    selector = {"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_MANAGED}=true"]}
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters=selector):
+        if COMPOSE_PROJECT_LABEL in (container.labels or {}):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+            removed.append(f"container {container.name}")
+    return removed
 
 
 def remove_labelled(client: Any, project: str, *, volumes: bool = False) -> list[str]:

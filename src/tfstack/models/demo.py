@@ -263,8 +263,19 @@ def _example(x: float) -> Any:
     return example
 
 
-def write_half_plus(path: Path, *, offset: float, offset2: float, model_name: str) -> None:
-    """half_plus_two's signatures with y = 0.5x + offset (regress_x_to_y2: 0.5x + offset2)."""
+def write_half_plus(
+    path: Path,
+    *,
+    offset: float,
+    offset2: float,
+    model_name: str,
+    extra: Callable[[Any], Any] | None = None,
+) -> None:
+    """half_plus_two's signatures with y = 0.5x + offset (regress_x_to_y2: 0.5x + offset2).
+
+    ``extra(x)``, traced into serving_default, is added to y: the canary benchmark's slow and
+    faulty candidates (same signatures, other behaviour) come from it.
+    """
     import tensorflow as tf  # noqa: PLC0415  # TensorFlow: seconds to import, only here
     from tensorflow_serving.apis import (  # noqa: PLC0415  # after load_serving_protos(), without TensorFlow
         classification_pb2,
@@ -291,7 +302,8 @@ def write_half_plus(path: Path, *, offset: float, offset2: float, model_name: st
         return tf.io.parse_example(serialized, feature_spec)["x"]
 
     def predict(x: Any) -> dict[str, Any]:
-        return {"y": module.a * x + module.b}
+        y = module.a * x + module.b
+        return {"y": y if extra is None else y + extra(x)}
 
     def classify_x_to_y(inputs: Any) -> dict[str, Any]:
         return {"scores": module.a * parse_x(inputs) + module.b}

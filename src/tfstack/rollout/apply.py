@@ -34,6 +34,12 @@ class Runner(Protocol):
 
     def remove_version(self, step: Step, journal: Journal) -> str: ...
 
+    def canary_start(self, step: Step, journal: Journal) -> str: ...
+
+    def traffic(self, step: Step, journal: Journal) -> str: ...
+
+    def canary_stop(self, step: Step, journal: Journal) -> str: ...
+
     def sleep(self, seconds: float) -> None: ...
 
 
@@ -71,6 +77,12 @@ def _run_step(runner: Runner, step: Step, journal: Journal, save: Save) -> str:
         return runner.verify(step, journal)
     if step.kind == "remove_version":
         return runner.remove_version(step, journal)
+    if step.kind == "canary_start":
+        return runner.canary_start(step, journal)
+    if step.kind == "traffic":
+        return runner.traffic(step, journal)
+    if step.kind == "canary_stop":
+        return runner.canary_stop(step, journal)
     raise RolloutError(f"unknown step kind {step.kind!r}", model=journal.model, step=step.name)
 
 

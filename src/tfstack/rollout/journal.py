@@ -95,11 +95,18 @@ class Step:
       dot-name, check it, compare its signatures with version ``compare_with``, rename it to
       ``version``;
     - ``verify``: a side instance serving ``compare_with`` and ``version`` runs the samples;
-    - ``remove_version``: remove the version directory tfstack created (and staging leftovers).
+    - ``remove_version``: remove the version directory tfstack created (and staging leftovers);
+    - ``canary_start``: start the canary replica serving ``version`` only (weighted canaries,
+      :mod:`tfstack.rollout.canary`) and wait until it is AVAILABLE and in the door's rotation;
+    - ``traffic``: the door sends ``percent`` % of the model's unversioned requests to the canary;
+      the gates judge windows of ``analysis_s`` seconds (0: the spec's ``slo.window_seconds``);
+    - ``canary_stop``: the door's share back to 0, then the canary replica drained and removed.
     """
 
     name: str
-    kind: Literal["transition", "stage", "verify", "remove_version"]
+    kind: Literal[
+        "transition", "stage", "verify", "remove_version", "canary_start", "traffic", "canary_stop"
+    ]
     description: str
     target: ModelState | None = None
     wait_available: tuple[int, ...] = ()
@@ -110,6 +117,8 @@ class Step:
     source: str | None = None
     allow_signature_change: bool = False
     latency_factor: float = 2.0
+    percent: int = 0
+    analysis_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

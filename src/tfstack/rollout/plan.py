@@ -56,6 +56,36 @@ class RolloutRequest:
     keep_previous: bool = True
     drain_s: float = DEFAULT_DRAIN_S
     latency_factor: float = DEFAULT_LATENCY_FACTOR
+    traffic: tuple[int, ...] = ()  # weighted canary steps, percent (``--traffic 10,50,100``)
+    analysis_s: float = 0.0  # one analysis window; 0: the model's slo.window_seconds
+
+
+def parse_traffic(text: str) -> tuple[int, ...]:
+    """``--traffic 10,50,100``: strictly increasing percentages in 1..100 (UsageError if not)."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        raise UsageError("--traffic needs at least one percentage, e.g. --traffic 10,50,100")
+    steps: list[int] = []
+    for word in words:
+        try:
+            value = int(word)
+        except ValueError:
+            raise UsageError(
+                f"--traffic {text!r}: {word!r} is not a whole percentage",
+                hint="give increasing percentages in 1..100, e.g. --traffic 10,50,100",
+            ) from None
+        if not 1 <= value <= 100:
+            raise UsageError(
+                f"--traffic {text!r}: {value} is outside 1..100",
+                hint="give increasing percentages in 1..100, e.g. --traffic 10,50,100",
+            )
+        if steps and value <= steps[-1]:
+            raise UsageError(
+                f"--traffic {text!r}: {value} does not increase on {steps[-1]}",
+                hint="each step must send more traffic than the one before, e.g. 10,50,100",
+            )
+        steps.append(value)
+    return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,8 @@ def plan_rollout(request: RolloutRequest, observed: Observed) -> list[Step]:
             latency_factor=request.latency_factor,
         )
     )
+    if request.traffic:
+        steps.extend(_canary_steps(request, version, stable))
     loaded = (*served, version)
     steps.append(
         _transition(
@@ -230,7 +262,52 @@ def plan_rollout(request: RolloutRequest, observed: Observed) -> list[Step]:
             (version,),
         )
     )
+    if request.traffic:
+        steps.append(
+            Step(
+                name="canary_stop",
+                kind="canary_stop",
+                description=f"the door's share back to 0 (unversioned requests now reach version "
+                f"{version} on every replica), then the canary replica drained and removed",
+                version=version,
+            )
+        )
     steps.extend(_retire(request, loaded, promoted, version, stable))
+    return steps
+
+
+def _canary_steps(request: RolloutRequest, version: int, stable: int) -> list[Step]:
+    """The weighted canary: a canary replica, then one gated traffic step per percentage."""
+    if request.canary:
+        raise UsageError(
+            "--traffic and --canary are two kinds of canary: pick one",
+            hint="--traffic splits unversioned requests at the door and promotes by itself; "
+            "--canary only moves the `canary` label",
+        )
+    window = f"{request.analysis_s:g}s windows" if request.analysis_s else "slo.window_seconds"
+    steps = [
+        Step(
+            name="canary_start",
+            kind="canary_start",
+            description=f"start a canary replica serving version {version} only and wait until "
+            "it is AVAILABLE and in the door's rotation (no traffic yet)",
+            version=version,
+        )
+    ]
+    for percent in request.traffic:
+        steps.append(
+            Step(
+                name=f"traffic_{percent}",
+                kind="traffic",
+                description=f"send {percent}% of unversioned {request.model} requests to version "
+                f"{version}; compare it with version {stable} over {window}; go on only if "
+                "every models[].slo gate holds",
+                version=version,
+                compare_with=stable,
+                percent=percent,
+                analysis_s=request.analysis_s,
+            )
+        )
     return steps
 
 
@@ -379,6 +456,11 @@ def plan_rollback(model: str, observed: Observed, previous: int | None) -> list[
     return steps
 
 
+def _done(journal: Journal, name: str) -> bool:
+    record = journal.record(name)
+    return record is not None and record.status == "done"
+
+
 def plan_abort(journal: Journal) -> list[Step]:
     """The steps that put back the state from before ``journal`` (failure or ``--abort``)."""
     steps: list[Step] = []
@@ -387,6 +469,16 @@ def plan_abort(journal: Journal) -> list[Step]:
     beyond_pin = any(
         r.status in ("running", "done", "failed") and r.step.name != "pin" for r in transitions
     )
+    if journal.started("canary_start") and not _done(journal, "canary_stop"):
+        steps.append(
+            Step(
+                name="canary_stop",
+                kind="canary_stop",
+                description="the door's share back to 0 at once, then the canary replica "
+                "drained and removed",
+                version=journal.version,
+            )
+        )
     if journal.action == "rollout" and journal.version is not None:
         if beyond_pin:
             steps.append(

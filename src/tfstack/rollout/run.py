@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from tfstack.errors import RolloutError, UsageError
+from tfstack.render.frontdoor import door_is_on
 from tfstack.rollout.apply import Runner, Save, apply, describe_steps, run_abort
+from tfstack.rollout.canary import check_traffic_prerequisites
 from tfstack.rollout.journal import (
     Journal,
     Step,
@@ -213,6 +215,8 @@ def run_rollout(
         result = apply(old, runner, save=save, say=context.say, on_step=on_step)
         return Outcome(old, result.timings, _summary(old))
     _check_no_active(old, context.model)
+    if request.traffic:
+        check_traffic_prerequisites(spec, context.model, door_on=door_is_on(spec))
     observed = observer(context, spec)
     steps = plan(request, observed)
     version = request.version

@@ -14,13 +14,31 @@ from typing import Any
 
 from tfstack import render
 from tfstack.core.files import write_files_atomically
+from tfstack.core.labels import LABEL_MODEL
 from tfstack.core.progress import Say
 from tfstack.core.versions import version_dirs
 from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
 from tfstack.docker.engine import ensure_engine
 from tfstack.errors import RolloutError, SpecError, TfstackError, UsageError
 from tfstack.render.applied import record_applied
-from tfstack.render.frontdoor import door_is_on
+from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, door_is_on
+from tfstack.rollout.canary import (
+    CANARY_CONFIG,
+    CANARY_DRAIN_S,
+    analyze,
+    canary_config_text,
+    check_traffic_prerequisites,
+    container_replica,
+    door_container,
+    existing_canary,
+    metrics_url,
+    plan_canary,
+    remove_canary,
+    serving_containers,
+    set_share,
+    start_canary,
+    wait_canary_in_rotation,
+)
 from tfstack.rollout.door import ask_labels_through_door, await_rotation, replicas_behind_door
 from tfstack.rollout.journal import (
     Journal,
@@ -299,3 +317,135 @@ class StackRunner:
         with contextlib.suppress(Exception):
             removed += remove_verifiers(self.context.docker(), spec.project, self.context.model)
         return "removed " + (", ".join(removed) if removed else "nothing (none left)")
+
+    # -- weighted canary (rollout --traffic) -----------------------------------------------------
+
+    def _compose_name(self, spec: Any) -> str:
+        return ComposeProject.for_root(spec.project, self.context.root).name
+
+    def _canary_replica(self, spec: Any, step: Step) -> tuple[Any, Replica]:
+        client = self.context.docker()
+        canary = existing_canary(client, spec.project)
+        if canary is None or canary.status != "running":
+            raise RolloutError(
+                "the canary replica is not running",
+                model=self.context.model,
+                version=step.version,
+                step=step.name,
+                hint=f"`invoke rollout --model {self.context.model} --resume` starts it again; "
+                "`--abort` undoes the rollout",
+            )
+        network = next(iter(canary.attrs["NetworkSettings"]["Networks"]))
+        serving = spec.serving
+        return canary, container_replica(canary, network, serving.rest_port, serving.grpc_port)
+
+    def canary_start(self, step: Step, journal: Journal) -> str:
+        assert step.version is not None
+        context = self.context
+        spec = context.load_spec(check_disk=False)
+        check_traffic_prerequisites(spec, context.model, door_on=door_is_on(spec))
+        client = context.docker()
+        compose = self._compose_name(spec)
+        other = existing_canary(client, spec.project)
+        if other is not None and other.labels.get(LABEL_MODEL) != context.model:
+            raise RolloutError(
+                f"a weighted canary of model {other.labels.get(LABEL_MODEL)} runs already "
+                f"(container {other.name}); one canary per stack at a time",
+                model=context.model,
+                step=step.name,
+                hint="let that rollout finish, or abort it first",
+            )
+        running = serving_containers(client, compose)
+        if not running:
+            raise RolloutError(
+                "no serving replica is running to clone the canary from",
+                model=context.model,
+                step=step.name,
+                hint="`invoke up` starts the stack",
+            )
+        text = canary_config_text(
+            spec, context.spec_path, context.root, context.model, step.version
+        )
+        write_files_atomically(context.root, {CANARY_CONFIG: text})
+        plan = plan_canary(
+            running[0].attrs, project=spec.project, model=context.model, version=step.version
+        )
+        door = door_container(client, compose)
+        # The runtime API answers before anything starts (an old door without it fails here).
+        set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
+        replica = start_canary(
+            client,
+            plan,
+            model=context.model,
+            version=step.version,
+            rest_port=spec.serving.rest_port,
+            grpc_port=spec.serving.grpc_port,
+            timeout=context.reload_timeout,
+            say=self.say,
+        )
+        wait_canary_in_rotation(door, timeout=context.reload_timeout)
+        where = replica.rest_url
+        return f"{plan.name} serves version {step.version} at {where}; in the door's rotation"
+
+    def traffic(self, step: Step, journal: Journal) -> str:
+        assert step.version is not None
+        context = self.context
+        spec = context.load_spec(check_disk=False)
+        slo = check_traffic_prerequisites(spec, context.model, door_on=door_is_on(spec))
+        client = context.docker()
+        compose = self._compose_name(spec)
+        canary, canary_at = self._canary_replica(spec, step)
+        network = next(iter(canary.attrs["NetworkSettings"]["Networks"]))
+        serving = spec.serving
+        stable_at = [
+            container_replica(c, network, serving.rest_port, serving.grpc_port)
+            for c in serving_containers(client, compose)
+        ]
+        door = door_container(client, compose)
+        set_share(door, CONTAINER_CANARY_MAP, context.model, step.percent)
+        self.say(
+            f"      door: {step.percent}% of unversioned {context.model} requests -> version "
+            f"{step.version}"
+        )
+        window_s = step.analysis_s or float(slo.window_seconds)
+        path = spec.monitoring.path
+        analysis = analyze(
+            slo,
+            context.model,
+            step.percent,
+            candidate_urls=[metrics_url(canary_at, path)],
+            stable_urls=[metrics_url(r, path) for r in stable_at],
+            window_s=window_s,
+            max_window_s=max(float(slo.max_window_seconds), window_s),
+            say=self.say,
+        )
+        final = analysis.final
+        if final.outcome == "pass":
+            return analysis.summary()
+        # Traffic off the candidate at once; the abort that follows removes the canary.
+        with contextlib.suppress(TfstackError):
+            set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
+        verdict = "rolled back" if final.outcome == "breach" else "stopped"
+        raise RolloutError(
+            f"version {step.version} at {step.percent}% {verdict}: {final.message}",
+            model=context.model,
+            version=step.version,
+            step=step.name,
+            evidence=[line.strip() for line in final.report()[1:]],
+            hint="the measured figures are next to each gate above; the journal keeps them",
+        )
+
+    def canary_stop(self, step: Step, journal: Journal) -> str:
+        context = self.context
+        spec = context.load_spec(check_disk=False)
+        client = context.docker()
+        try:
+            door = door_container(client, self._compose_name(spec))
+            set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
+        except TfstackError as exc:
+            # A door that is down sends nothing anywhere; one that restarted has no share.
+            self.say(f"      door: share not reset ({exc.message}); removing the canary anyway")
+        time.sleep(CANARY_DRAIN_S)  # requests the door sent before the reset finish
+        detail = remove_canary(client, spec.project)
+        (context.root / CANARY_CONFIG).unlink(missing_ok=True)
+        return f"door share 0; {detail}"

@@ -1,0 +1,508 @@
+"""Weighted canaries (``rollout --traffic``): the canary replica, the door's share, the windows.
+
+Design (docs/rollout.md): the candidate version N is served by one extra *canary replica*, a
+clone of a running serving replica (same image, flags, mounts, limits, hardening and network)
+whose models.config serves the rolled-out model at version N only and every other model as the
+replicas do. The front door sends a share of that model's unversioned inference requests to it
+(HAProxy runtime API, no reload); requests naming a version or a label go to the replicas as
+always. Because the canary serves nothing else of that model, its own metrics page measures the
+candidate and the replicas' pages measure stable over the same window: the servers' metrics need
+no version label, and REST and gRPC are judged alike.
+
+Pure parts (:func:`plan_canary`, :func:`share_command`, :func:`parse_map`) are unit-tested; the
+rest talks to the engine and the door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from tfstack import render
+from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
+from tfstack.core.progress import Say
+from tfstack.docker.compose import Replica
+from tfstack.errors import RolloutError, StackError, TfstackError, UsageError
+from tfstack.render.frontdoor import DOOR_ADMIN_PORT, FRONTEND_SERVICE, canary_host
+from tfstack.rollout.gates import Decision, evaluate
+from tfstack.serving.client import RestClient
+from tfstack.serving.metrics import Scrape, Window, merge, scrape, window
+from tfstack.serving.waiting import ModelExpectation, ModelsReady, Poll
+from tfstack.spec import StackSpec
+from tfstack.spec.model import SpecificPolicy
+from tfstack.spec.slo import SloSpec
+
+ROLE_CANARY = "canary"
+LABEL_CANARY_VERSION = "org.tfstack.canary-version"
+CANARY_CONFIG = f"{render.CONFIG_DIR}/canary/models.config"
+"""The canary's models.config, under the config directory every replica mounts at /config."""
+CONTAINER_CANARY_CONFIG = "/config/canary/models.config"
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+CANARY_READY_TIMEOUT_S = 180.0
+CANARY_STOP_GRACE_S = 10
+CANARY_DRAIN_S = 1.0  # after the share is 0: requests the door already sent finish
+CANARY_BACKENDS = ("rest_canary", "grpc_canary")
+ADMIN_TIMEOUT_S = 10
+
+
+# --------------------------------------------------------------------------------------------
+# Pure: the canary's config and container, the door's commands
+
+
+def canary_spec(spec: StackSpec, model: str, version: int) -> StackSpec:
+    """The spec as the canary replica serves it: ``model`` at ``version`` only, no labels."""
+    models = [
+        m.model_copy(update={"policy": SpecificPolicy(specific=[version]), "labels": {}})
+        if m.name == model
+        else m
+        for m in spec.models
+    ]
+    return spec.model_copy(update={"models": models})
+
+
+def canary_config_text(
+    spec: StackSpec, spec_path: Path, root: Path, model: str, version: int
+) -> str:
+    """The canary's models.config, rendered like the replicas' own."""
+    files = render.render_stack(canary_spec(spec, model, version), spec_path, root)
+    return files[render.MODELS_CONFIG]
+
+
+@dataclass(frozen=True)
+class CanaryContainer:
+    """The canary replica as ``docker create`` arguments (pure data, shown by ``--dry-run``)."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    entrypoint: tuple[str, ...] | None
+    user: str
+    environment: tuple[str, ...]
+    network: str
+    labels: Mapping[str, str]
+    host_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"canary replica {self.name} ({self.image}) on network {self.network}"
+
+
+_HOST_CONFIG_KEYS = (
+    "Binds",
+    "Mounts",
+    "ReadonlyRootfs",
+    "Tmpfs",
+    "SecurityOpt",
+    "CapDrop",
+    "CapAdd",
+    "NanoCpus",
+    "CpuShares",
+    "CpusetCpus",
+    "Memory",
+    "MemorySwap",
+    "PidsLimit",
+    "Ulimits",
+    "ShmSize",
+)
+
+
+def plan_canary(
+    replica: Mapping[str, Any], *, project: str, model: str, version: int
+) -> CanaryContainer:
+    """A clone of a running serving replica (``replica``: its ``docker inspect``) whose
+    ``--model_config_file`` is the canary's config."""
+    config = replica.get("Config") or {}
+    host = replica.get("HostConfig") or {}
+    networks = list(((replica.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    if not networks:
+        raise RolloutError(
+            f"serving replica {replica.get('Name', '?')} is on no network",
+            model=model,
+            version=version,
+            step="canary_start",
+            hint="start the stack with `invoke up` first",
+        )
+    flag = "--model_config_file="
+    command = tuple(
+        f"{flag}{CONTAINER_CANARY_CONFIG}" if str(word).startswith(flag) else str(word)
+        for word in config.get("Cmd") or ()
+    )
+    if not any(word.startswith(flag) for word in command):
+        command += (f"{flag}{CONTAINER_CANARY_CONFIG}",)
+    entrypoint = config.get("Entrypoint")
+    return CanaryContainer(
+        name=canary_host(project),
+        image=str(config.get("Image", "")),
+        command=command,
+        entrypoint=tuple(entrypoint) if entrypoint else None,
+        user=str(config.get("User", "")),
+        environment=tuple(config.get("Env") or ()),
+        network=networks[0],
+        labels={
+            LABEL_PROJECT: project,
+            LABEL_MANAGED: "true",
+            LABEL_ROLE: ROLE_CANARY,
+            LABEL_MODEL: model,
+            LABEL_CANARY_VERSION: str(version),
+        },
+        host_config={k: host[k] for k in _HOST_CONFIG_KEYS if host.get(k) not in (None, "", 0)},
+    )
+
+
+def share_commands(map_file: str, model: str, percent: int) -> str:
+    """The runtime-API line that sets ``model``'s canary share (0 removes it)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"share {percent} is outside 0..100")
+    line = f"del map {map_file} {model}"
+    if percent > 0:
+        line += f"; add map {map_file} {model} {percent}"
+    return f"{line}; show map {map_file}"
+
+
+def parse_map(text: str) -> dict[str, int]:
+    """``show map`` output (``<id> <key> <value>`` lines) as key -> int value."""
+    shares: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0].startswith("0x"):
+            with contextlib.suppress(ValueError):
+                shares[words[1]] = int(words[2])
+    return shares
+
+
+# --------------------------------------------------------------------------------------------
+# Effects: the canary container
+
+
+def serving_containers(client: Any, compose_project: str) -> list[Any]:
+    selector = [f"{COMPOSE_PROJECT_LABEL}={compose_project}", f"{COMPOSE_SERVICE_LABEL}=serving"]
+    return [
+        c
+        for c in client.containers.list(filters={"label": selector})
+        if c.attrs.get("State", {}).get("Running")
+    ]
+
+
+def existing_canary(client: Any, project: str) -> Any | None:
+    """The project's canary container (any state), or None."""
+    selector = [f"{LABEL_PROJECT}={project}", f"{LABEL_ROLE}={ROLE_CANARY}"]
+    found = client.containers.list(all=True, filters={"label": selector})
+    return found[0] if found else None
+
+
+def container_replica(container: Any, network: str, rest_port: int, grpc_port: int) -> Replica:
+    """The container at its own address on ``network``."""
+    container.reload()
+    networks = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+    address = (networks.get(network) or {}).get("IPAddress") or ""
+    if not address:
+        raise StackError(f"container {container.name} has no address on network {network}")
+    return Replica(container.name, f"http://{address}:{rest_port}", f"{address}:{grpc_port}")
+
+
+def _logs_tail(container: Any, lines: int = 15) -> list[str]:
+    with contextlib.suppress(docker.errors.APIError):
+        text = str(container.logs(tail=lines).decode(errors="replace"))
+        return text.splitlines()
+    return []
+
+
+def start_canary(
+    client: Any,
+    plan: CanaryContainer,
+    *,
+    model: str,
+    version: int,
+    rest_port: int,
+    grpc_port: int,
+    timeout: float = CANARY_READY_TIMEOUT_S,
+    say: Say = lambda text: None,
+) -> Replica:
+    """Create and start the canary replica (or keep a running one of the same version) and wait
+    until it serves ``model`` at ``version`` AVAILABLE. Raises RolloutError with its log tail."""
+    current = existing_canary(client, plan.labels[LABEL_PROJECT])
+    if current is not None:
+        same = current.labels.get(LABEL_CANARY_VERSION) == str(version)
+        if same and current.status == "running" and current.labels.get(LABEL_MODEL) == model:
+            say(f"      {current.name}: already running version {version}")
+        else:
+            current.remove(force=True)
+            current = None
+    if current is None:
+        api = client.api
+        created = api.create_container(
+            plan.image,
+            command=list(plan.command),
+            entrypoint=list(plan.entrypoint) if plan.entrypoint else None,
+            user=plan.user or None,
+            environment=list(plan.environment),
+            labels=dict(plan.labels),
+            name=plan.name,
+            host_config=api.create_host_config(
+                restart_policy={"Name": "unless-stopped"},
+                network_mode=plan.network,
+                **_host_config_kwargs(plan.host_config),
+            ),
+            networking_config=api.create_networking_config(
+                {plan.network: api.create_endpoint_config()}
+            ),
+        )
+        api.start(created["Id"])
+        current = client.containers.get(created["Id"])
+        say(f"      started {plan.describe()}")
+    replica = container_replica(current, plan.network, rest_port, grpc_port)
+    expectation = ModelExpectation(model, (version,), {})
+    try:
+        with RestClient(replica.rest_url, timeout=10) as rest:
+            ModelsReady(rest, [expectation], Poll(timeout=timeout, interval=0.5)).wait()
+    except TfstackError as exc:
+        raise RolloutError(
+            f"the canary replica {plan.name} did not serve version {version} AVAILABLE",
+            model=model,
+            version=version,
+            step="canary_start",
+            evidence=[*str(exc).splitlines()[:6], *_logs_tail(current)],
+            hint=f"see `docker logs {plan.name}`",
+        ) from exc
+    return replica
+
+
+def _host_config_kwargs(host: Mapping[str, Any]) -> dict[str, Any]:
+    """docker-py's create_host_config keyword names for the cloned HostConfig keys."""
+    names = {
+        "Binds": "binds",
+        "ReadonlyRootfs": "read_only",
+        "Tmpfs": "tmpfs",
+        "SecurityOpt": "security_opt",
+        "CapDrop": "cap_drop",
+        "CapAdd": "cap_add",
+        "NanoCpus": "nano_cpus",
+        "CpuShares": "cpu_shares",
+        "CpusetCpus": "cpuset_cpus",
+        "Memory": "mem_limit",
+        "MemorySwap": "memswap_limit",
+        "PidsLimit": "pids_limit",
+        "ShmSize": "shm_size",
+    }
+    kwargs: dict[str, Any] = {names[k]: v for k, v in host.items() if k in names}
+    if host.get("Mounts"):
+        kwargs["mounts"] = [_mount(m) for m in host["Mounts"]]
+    return kwargs
+
+
+def _mount(spec: Mapping[str, Any]) -> Any:
+    from docker.types import Mount  # noqa: PLC0415  # docker-py's type, only for cloned mounts
+
+    bind = spec.get("BindOptions") or {}
+    return Mount(
+        target=spec["Target"],
+        source=spec.get("Source", ""),
+        type=spec.get("Type", "bind"),
+        read_only=bool(spec.get("ReadOnly", False)),
+        propagation=bind.get("Propagation"),
+    )
+
+
+def remove_canary(client: Any, project: str, *, grace_s: int = CANARY_STOP_GRACE_S) -> str:
+    """Stop (with the drain grace) and remove the project's canary replica; what was done."""
+    current = existing_canary(client, project)
+    if current is None:
+        return "no canary replica left"
+    name = current.name
+    with contextlib.suppress(docker.errors.APIError):
+        current.stop(timeout=grace_s)
+    with contextlib.suppress(docker.errors.NotFound):
+        current.remove(force=True)
+    return f"canary replica {name} stopped and removed"
+
+
+# --------------------------------------------------------------------------------------------
+# Effects: the door's share
+
+
+def door_container(client: Any, compose_project: str) -> Any:
+    selector = [
+        f"{COMPOSE_PROJECT_LABEL}={compose_project}",
+        f"{COMPOSE_SERVICE_LABEL}={FRONTEND_SERVICE}",
+    ]
+    found = client.containers.list(filters={"label": selector})
+    if not found:
+        raise StackError(
+            f"the front door of project {compose_project} is not running",
+            hint="`invoke up` starts it; `invoke status` shows the stack",
+        )
+    return found[0]
+
+
+def door_admin(door: Any, line: str) -> str:
+    """One runtime-API line inside the door's container (its API listens on its loopback)."""
+    script = f'exec 3<>/dev/tcp/127.0.0.1/{DOOR_ADMIN_PORT} && printf "%s\\n" "$1" >&3 && cat <&3'
+    try:
+        result = door.exec_run(["bash", "-c", script, "door-admin", line], demux=False)
+    except docker.errors.APIError as exc:
+        raise StackError(f"cannot reach the door's runtime API in {door.name}: {exc}") from exc
+    output = (result.output or b"").decode(errors="replace")
+    if result.exit_code != 0:
+        raise StackError(
+            f"the door's runtime API in {door.name} failed (exit {result.exit_code}): "
+            f"{output.strip()[:300]}",
+            hint="re-render and restart the door (`invoke up`) if it predates weighted canaries",
+        )
+    return output
+
+
+def set_share(door: Any, map_file: str, model: str, percent: int) -> dict[str, int]:
+    """Set ``model``'s canary share at the door and read it back; RolloutError if it did not
+    take."""
+    shares = parse_map(door_admin(door, share_commands(map_file, model, percent)))
+    if shares.get(model, 0) != percent:
+        raise RolloutError(
+            f"the door did not take canary share {percent}% (it reports {shares})",
+            model=model,
+            step="traffic",
+        )
+    return shares
+
+
+def canary_rotation(stat_csv: str) -> dict[str, str]:
+    """``show stat`` CSV: the canary server's status per canary backend (e.g. ``UP``)."""
+    lines = [line for line in stat_csv.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    header = lines[0][2:].split(",")
+    try:
+        name, server = header.index("pxname"), header.index("svname")
+        status = header.index("status")
+    except ValueError:
+        return {}
+    found: dict[str, str] = {}
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) > status and cells[name] in CANARY_BACKENDS and cells[server] == "canary1":
+            found[cells[name]] = cells[status]
+    return found
+
+
+def wait_canary_in_rotation(
+    door: Any, *, timeout: float, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Until the door's REST and gRPC canary backends both have the canary UP."""
+    deadline = clock() + timeout
+    seen: dict[str, str] = {}
+    while clock() < deadline:
+        seen = canary_rotation(door_admin(door, "show stat"))
+        if all(seen.get(b, "").startswith("UP") for b in CANARY_BACKENDS):
+            return
+        time.sleep(0.5)
+    raise StackError(
+        f"the door did not put the canary replica in rotation within {timeout:.0f}s "
+        f"(its health: {seen or 'not listed'})",
+        hint="check the canary's /readyz (`docker logs <project>-canary`) and the door's logs",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis windows
+
+
+@dataclass
+class Analysis:
+    """How one traffic step was judged: every window's decision, the last one final."""
+
+    percent: int
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def final(self) -> Decision:
+        return self.decisions[-1]
+
+    def summary(self) -> str:
+        final = self.final
+        gates = "; ".join(g.line() for g in final.gates) or "no gates"
+        return f"{self.percent}%: {final.outcome} after {final.window_seconds:.0f}s ({gates})"
+
+
+def _scrape_all(urls: Sequence[str], at: float) -> list[Scrape]:
+    return [scrape(url, at=at) for url in urls]
+
+
+def analyze(
+    slo: SloSpec,
+    model: str,
+    percent: int,
+    *,
+    candidate_urls: Sequence[str],
+    stable_urls: Sequence[str],
+    window_s: float,
+    max_window_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    read: Callable[[Sequence[str], float], list[Scrape]] = _scrape_all,
+    say: Say = lambda text: None,
+) -> Analysis:
+    """Measure candidate and stable over windows of ``window_s`` until the gates pass, breach or
+    stop (too little traffic by ``max_window_s``)."""
+    analysis = Analysis(percent)
+    limits = slo.model_copy(
+        update={"window_seconds": max(1, round(window_s)), "max_window_seconds": max_window_s}
+    )
+    started = clock()
+    first_candidate = read(candidate_urls, started)
+    first_stable = read(stable_urls, started)
+    wait = window_s
+    while True:
+        sleep(max(0.0, started + wait - clock()))
+        now = clock()
+        candidate = _window(first_candidate, read(candidate_urls, now), model)
+        stable = _window(first_stable, read(stable_urls, now), model)
+        decision = evaluate(limits, candidate, stable, elapsed_seconds=now - started)
+        analysis.decisions.append(decision)
+        say(f"      {percent}% window {now - started:.0f}s: {decision.message}")
+        if decision.outcome != "extend":
+            return analysis
+        wait = decision.next_window_seconds or (wait + window_s)
+
+
+def _window(before: Sequence[Scrape], after: Sequence[Scrape], model: str) -> Window:
+    return merge(window(b, a, model) for b, a in zip(before, after, strict=True))
+
+
+def metrics_url(replica: Replica, path: str) -> str:
+    return f"{replica.rest_url}{path}"
+
+
+def describe_container(plan: CanaryContainer) -> str:
+    """A one-line shell-ish view of the canary for ``--dry-run`` output."""
+    return f"{plan.describe()}: {shlex.join(plan.command)}"
+
+
+def check_traffic_prerequisites(spec: StackSpec, model: str, *, door_on: bool) -> SloSpec:
+    """What ``--traffic`` needs before anything changes: the model's gates, the front door and
+    the replicas' metrics. Returns the gates; UsageError (exit 2) naming what is missing."""
+    found = next((m for m in spec.models if m.name == model), None)
+    if found is None:
+        raise UsageError(f"the spec has no model {model!r}")
+    if found.slo is None:
+        raise UsageError(
+            f"model {model} has no slo: --traffic needs gates to judge the candidate by",
+            hint=f"add models[{model}].slo (error_rate, p99_ms, max_latency_ratio, min_requests; "
+            "docs/spec.md), or roll out without --traffic",
+        )
+    if not door_on:
+        raise UsageError(
+            "--traffic needs the front door: it splits the traffic",
+            hint="set frontend.enabled: true (or serving.replicas > 1) and run `invoke up`",
+        )
+    if not spec.monitoring.enabled:
+        raise UsageError(
+            "--traffic needs monitoring.enabled: true: the gates read the servers' metrics",
+            hint="set monitoring.enabled: true and run `invoke up`",
+        )
+    return found.slo

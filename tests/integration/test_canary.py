@@ -1,0 +1,261 @@
+"""Weighted canaries (``rollout --traffic``) on real containers: two replicas behind the door.
+
+One throw-away stack (``tfstack.bench.canary.CanaryScenario``: half_plus_two v1, ``stable: 1``,
+``models[].slo`` sized for seconds-long windows) serves the three tests in order; each leaves v1
+stable. Steady bounded load runs through the door (REST and gRPC, unversioned and ``stable``);
+x = 1 answers 2.5 from v1 and 3.5 from every candidate.
+
+* a slow candidate is rolled back at its first step by the latency gates, 0 failed requests;
+* a candidate failing for x >= 10 is rolled back by the error gate; the failed requests are
+  bounded by the first step's share of one window;
+* a good candidate walks 10 -> 50 -> 100 and is promoted with 0 failed requests, and the split
+  the clients observe is within 3 points of the asked share at 10 % and 50 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+from tests.integration.test_rollout import Marks, say, serving_image
+from tfstack.bench.canary import CanaryScenario, write_canary_candidates
+from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
+from tfstack.bench.rollout import MODEL, V1_VALUE, V2_VALUE
+from tfstack.errors import RolloutError
+from tfstack.rollout.journal import read_journal
+from tfstack.rollout.plan import RolloutRequest
+from tfstack.rollout.run import run_rollout
+
+__all__ = ["serving_image"]  # the module-scoped image fixture, shared with test_rollout
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 5.0
+SPLIT_WINDOW_S = 15.0
+SETTLE_S = 1.5  # the share is set at the start of a step; count from a little later
+SPLIT_TOLERANCE = 3.0  # percentage points
+BAD_X = 20.0
+
+
+@pytest.fixture(scope="module")
+def canary_candidates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_canary_candidates(tmp_path_factory.mktemp("canary-candidates"))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_client: docker.DockerClient,
+    serving_image: tuple[str, bool],
+    canary_candidates: dict[str, Path],
+) -> Iterator[CanaryScenario]:
+    image, healthcheck = serving_image
+    if not healthcheck:
+        pytest.skip("the door's health checks need the runtime image's /readyz")
+    made = CanaryScenario(
+        docker_client,
+        image,
+        canary_candidates,
+        healthcheck=healthcheck,
+    )
+    try:
+        made.up()
+        yield made
+    finally:
+        made.down()
+
+
+def spec_model(stack: CanaryScenario) -> dict:  # type: ignore[type-arg]
+    spec = yaml.safe_load(stack.spec_path.read_text())
+    return next(m for m in spec["models"] if m["name"] == MODEL)
+
+
+def canaries(client: docker.DockerClient, stack: CanaryScenario) -> list[object]:
+    selector = [f"org.tfstack.project={stack.project}", "org.tfstack.role=canary"]
+    return list(client.containers.list(all=True, filters={"label": selector}))
+
+
+def assert_rolled_back(
+    stack: CanaryScenario, client: docker.DockerClient, original_spec: str, gate: str
+) -> None:
+    assert stack.spec_path.read_text() == original_spec
+    assert sorted(p.name for p in stack.model_dir.iterdir()) == ["1"]
+    assert canaries(client, stack) == []
+    journal = read_journal(stack.root, stack.project, MODEL)
+    assert journal is not None and journal.status == "failed"
+    assert journal.error is not None and gate in journal.error, journal.error
+    assert journal.record("traffic_10") is not None
+    assert journal.record("traffic_10").status == "failed"  # type: ignore[union-attr]
+
+
+def test_slow_candidate_is_rolled_back_at_the_first_step_without_failed_requests(
+    stack: CanaryScenario, canary_candidates: dict[str, Path], docker_client: docker.DockerClient
+) -> None:
+    original = stack.spec_path.read_text()
+    marks = Marks()
+    with stack.load_with({"instances": [1.0]}, max_seconds=120, rate=40) as generator:
+        time.sleep(1.0)
+        with pytest.raises(RolloutError) as caught:
+            run_rollout(
+                stack.context(say),
+                RolloutRequest(
+                    MODEL,
+                    version=2,
+                    source=str(canary_candidates["slow"]),
+                    traffic=(10, 50, 100),
+                    analysis_s=WINDOW_S,
+                    latency_factor=1000.0,  # let it past the side instance: the gates judge it
+                ),
+                on_step=marks,
+            )
+        time.sleep(1.0)
+    report = generator.report
+    print(report.summary(), file=sys.stderr)
+    message = str(caught.value)
+    print(message, file=sys.stderr)
+    assert "p99" in message or "latency" in message, message
+    assert "traffic_50:start" not in marks.times
+    assert not report.failures, report.summary()
+    slow_answers = [s for s in report.samples if s.value == V2_VALUE]
+    assert slow_answers, "the canary never took traffic"
+    assert all(s.sent_at >= marks.times["traffic_10:start"] for s in slow_answers)
+    assert_rolled_back(stack, docker_client, original, "p99")
+    settled = report.window(marks.times.get("canary_stop:done", time.monotonic()) + 0.5)
+    assert all(s.value == V1_VALUE for s in settled)
+
+
+def test_faulty_candidate_is_rolled_back_with_failures_bounded_by_the_first_step(
+    stack: CanaryScenario, canary_candidates: dict[str, Path], docker_client: docker.DockerClient
+) -> None:
+    original = stack.spec_path.read_text()
+    marks = Marks()
+    good = stack.load_with({"instances": [1.0]}, max_seconds=120, rate=30)
+    bad = stack.load_with({"instances": [BAD_X]}, max_seconds=120, rate=20)
+    with good, bad:
+        time.sleep(1.0)
+        with pytest.raises(RolloutError) as caught:
+            run_rollout(
+                stack.context(say),
+                RolloutRequest(
+                    MODEL,
+                    version=2,
+                    source=str(canary_candidates["faulty"]),
+                    traffic=(10, 50, 100),
+                    analysis_s=WINDOW_S,
+                ),
+                on_step=marks,
+            )
+        rolled_back_at = time.monotonic()
+        time.sleep(1.0)
+    message = str(caught.value)
+    print(message, file=sys.stderr)
+    print(good.report.summary(), bad.report.summary(), sep="\n", file=sys.stderr)
+    assert "error_rate" in message, message
+    assert not good.report.failures, good.report.summary()
+    failed = bad.report.failures
+    start, stop = marks.times["traffic_10:start"], rolled_back_at
+    step_s = stop - start
+    # Half of the bad load names no version (the other half asks `stable`); 10 % of that goes
+    # to the candidate for at most one window: the bound, with room for chance.
+    expected = 0.10 * (bad.rate / 2) * step_s
+    print(
+        f"failed requests while the faulty candidate had 10 %: {len(failed)} "
+        f"(expected ~{expected:.1f} over {step_s:.1f} s)",
+        file=sys.stderr,
+    )
+    assert len(failed) <= 3 * expected + 5, [f.error for f in failed[:3]]
+    assert all(start <= f.sent_at < stop for f in failed)
+    assert all(f.target.endswith("/default") for f in failed)
+    assert_rolled_back(stack, docker_client, original, "error_rate")
+
+
+def share(samples: list[Sample]) -> tuple[float, int]:
+    """Percent of samples answered by the candidate, and how many were counted."""
+    answered = [s for s in samples if s.ok and s.value in (V1_VALUE, V2_VALUE)]
+    if not answered:
+        return 0.0, 0
+    return 100.0 * sum(s.value == V2_VALUE for s in answered) / len(answered), len(answered)
+
+
+def test_good_candidate_walks_the_steps_is_promoted_and_the_split_is_accurate(
+    stack: CanaryScenario, canary_candidates: dict[str, Path], docker_client: docker.DockerClient
+) -> None:
+    marks = Marks()
+    steady = stack.load_with({"instances": [1.0]}, max_seconds=150, rate=30)
+    counter = LoadGenerator(
+        stack_senders(
+            MODEL,
+            rest_url=stack.rest_url,
+            grpc_target=stack.grpc_target,
+            body={"instances": [1.0]},
+            labels=(),
+        ),
+        rate=150,
+        max_seconds=150,
+    )
+    with steady, counter:
+        time.sleep(1.0)
+        outcome = run_rollout(
+            stack.context(say),
+            RolloutRequest(
+                MODEL,
+                version=2,
+                source=str(canary_candidates["good"]),
+                traffic=(10, 50, 100),
+                analysis_s=SPLIT_WINDOW_S,
+            ),
+            on_step=marks,
+        )
+        time.sleep(2.0)
+    report: LoadReport = steady.report
+    print(report.summary(), counter.report.summary(), sep="\n", file=sys.stderr)
+    assert not report.failures, report.summary()
+    assert not counter.report.failures, counter.report.summary()
+    names = [r.step.name for r in outcome.journal.steps]
+    assert names[names.index("verify") :] == [
+        "verify",
+        "canary_start",
+        "traffic_10",
+        "traffic_50",
+        "traffic_100",
+        "load",
+        "promote",
+        "canary_stop",
+    ]
+    for percent in (10, 50):
+        begin = marks.times[f"traffic_{percent}:start"] + SETTLE_S
+        end = marks.times[f"traffic_{percent}:done"]
+        for transport in ("rest", "grpc"):
+            window = [
+                s for s in counter.report.window(begin, end) if s.target.startswith(transport)
+            ]
+            observed, counted = share(window)
+            print(
+                f"split at {percent} %, {transport}: {observed:.1f} % of {counted} requests",
+                file=sys.stderr,
+            )
+            assert counted >= 300, counted
+            assert abs(observed - percent) <= SPLIT_TOLERANCE, (percent, transport, observed)
+    # `stable` clients move only when the label does; nobody sees v2 before the canary took it.
+    first_new = report.first_with(lambda s: s.value == V2_VALUE)
+    assert first_new is not None and first_new.sent_at >= marks.times["traffic_10:start"]
+    stable_new = report.first_with(lambda s: s.target.endswith("/stable") and s.value == V2_VALUE)
+    assert stable_new is not None and stable_new.sent_at >= marks.times["promote:start"]
+    settled = report.window(marks.times["canary_stop:done"] + 0.5)
+    assert settled and all(s.value == V2_VALUE for s in settled)
+    model = spec_model(stack)
+    assert model["labels"] == {"stable": 2}
+    assert canaries(docker_client, stack) == []
+    journal = read_journal(stack.root, stack.project, MODEL)
+    assert journal is not None and journal.status == "done"
+    traffic = journal.record("traffic_50")
+    assert traffic is not None and "pass" in traffic.detail, traffic.detail if traffic else None
+    with contextlib.suppress(docker.errors.APIError):
+        docker_client.containers.prune(filters={"label": f"org.tfstack.project={stack.project}"})
