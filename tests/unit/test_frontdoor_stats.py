@@ -51,6 +51,21 @@ def test_every_replica_slot_of_both_backends_is_read_and_named() -> None:
     assert all(s.in_rotation and s.check == "L7OK" and s.errors == 0 for s in servers)
 
 
+def test_spare_slots_without_a_replica_are_not_listed() -> None:
+    """A slot no replica holds (no address, MAINT by resolution: a spare slot, or one whose
+    replica left the DNS answer) is left out; the rest stay. The replica itself still shows in
+    status' services (exited, restarting)."""
+    text = edited(CSV, "grpc_replicas", "replica2", addr="", status="MAINT (resolution)")
+    servers = parse_stats_csv(text, NAMES)
+    assert [(s.backend, s.slot) for s in servers] == [
+        ("rest", "replica1"),
+        ("rest", "replica2"),
+        ("grpc", "replica1"),
+    ]
+    down = edited(CSV, "grpc_replicas", "replica2", status="DOWN")
+    assert len(parse_stats_csv(down, NAMES)) == 4  # with an address: listed, out of rotation
+
+
 def test_a_down_replica_leaves_rotation_with_its_errors_and_retries() -> None:
     """DOWN (SOCKERR) is out of rotation; econ+eresp are errors, wretr+wredis retries."""
     text = edited(
@@ -81,14 +96,6 @@ def test_a_down_replica_leaves_rotation_with_its_errors_and_retries() -> None:
         "retries": 4,
         "active": 0,
     }
-
-
-def test_a_slot_without_an_address_has_no_container() -> None:
-    """A slot whose replica is gone (MAINT by DNS) shows no address and no container."""
-    text = edited(CSV, "rest_replicas", "replica2", status="MAINT (resolution)", addr="")
-    server = parse_stats_csv(text, NAMES)[1]
-    assert (server.address, server.container, server.in_rotation) == ("", "", False)
-    assert server.to_json()["address"] is None and server.to_json()["container"] is None
 
 
 class Response:

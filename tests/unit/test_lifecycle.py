@@ -138,6 +138,18 @@ def test_door_config_change_recreates() -> None:
     assert plan.reasons == ("demo-frontend-1: compose configuration changed (its configuration)",)
 
 
+def test_a_changed_replica_count_is_applied() -> None:
+    """Compose's hash leaves the replica count out: 2 running with 1 wanted (or 1 with 2) makes
+    compose up scale; the same count is a noop."""
+    two = (serving(), serving(id="c2", name="demo-serving-2"))
+    assert plan_up(observed(containers=two, desired_replicas=2)).action is UpAction.NOOP
+    down = plan_up(observed(containers=two, desired_replicas=1))
+    assert down.action is UpAction.RECREATE
+    assert down.reasons == ("serving.replicas: 2 running, 1 wanted",)
+    up = plan_up(observed(desired_replicas=3))
+    assert up.reasons == ("serving.replicas: 1 running, 3 wanted",)
+
+
 def test_image_change_recreates() -> None:
     """A rebuilt or different image recreates the container even when the config is unchanged."""
     plan = plan_up(observed(desired_image_id="sha256:new"))

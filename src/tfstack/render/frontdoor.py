@@ -53,6 +53,21 @@ STOP_GRACE_S = 10
 HAPROXY_CHECK_TIMEOUT_S = 60
 
 
+DOOR_SLOTS = 4
+"""Server slots per door backend, at least: replicas take and leave them by Docker's DNS."""
+
+
+def door_slots(replicas: int) -> int:
+    """The door's server slots per backend for ``replicas`` serving replicas.
+
+    At least :data:`DOOR_SLOTS`, so scaling ``serving.replicas`` within them leaves the door's
+    config as it is: the door keeps running (a config change recreates it, cutting open
+    connections) and a leaving replica's slot empties when its address leaves the DNS answer.
+    Slots without a replica have no address and no health check; status does not list them.
+    """
+    return max(replicas, DOOR_SLOTS)
+
+
 def door_is_on(spec: StackSpec) -> bool:
     """Whether this spec renders a front door."""
     return frontend_enabled(spec.frontend, spec.serving.replicas)
@@ -101,7 +116,8 @@ def frontdoor_values(spec: StackSpec, *, canary: bool = True) -> dict[str, Any]:
     request_ms = serving.rest_api_timeout_ms
     health_ms = frontend.health_interval_ms
     return {
-        "replicas": serving.replicas,
+        # Server slots per backend, not the replica count: see door_slots.
+        "replicas": door_slots(serving.replicas),
         "max_connections": frontend.max_connections,
         "max_connections_per_replica": frontend.max_connections_per_replica,
         "threads": frontend.threads,

@@ -409,7 +409,9 @@ def _serving_block(spec: StackSpec, spec_path: Path, root: Path, digest: str) ->
         # Behind the door the replicas publish nothing (the door reaches them on the network).
         "ports": [] if door_is_on(spec) else published_ports(spec),
         "mounts": serving_mounts(spec, spec_path, root),
-        "replicas": serving.replicas if serving.replicas > 1 else None,
+        # Behind the door always written, even 1: Compose's config hash ignores the count but
+        # not whether a deploy block exists, so 2 -> 1 would otherwise recreate every replica.
+        "replicas": serving.replicas if serving.replicas > 1 or door_is_on(spec) else None,
         "limits": limits,
         "labels": {**project_labels(spec), LABEL_SPEC_DIGEST: digest},
         "healthcheck": healthcheck,

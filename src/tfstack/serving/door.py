@@ -117,13 +117,16 @@ def parse_stats_csv(text: str, names_by_ip: Mapping[str, str] | None = None) -> 
         if backend is None or name in ("FRONTEND", "BACKEND"):
             continue
         address = row.get("addr", "") or ""
+        status = row.get("status", "") or ""
+        if not address and status.startswith("MAINT"):
+            continue  # a spare slot: no replica has it (render.frontdoor.door_slots)
         ip = address.rsplit(":", 1)[0] if address else ""
         servers.append(
             DoorServer(
                 backend=backend,
                 slot=name,
                 address=address,
-                status=row.get("status", "") or "",
+                status=status,
                 check=row.get("check_status", "") or "",
                 requests=_int(row.get("stot")),
                 errors=_int(row.get("econ")) + _int(row.get("eresp")),

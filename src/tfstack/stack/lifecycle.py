@@ -363,6 +363,7 @@ class Lifecycle:
             applied_models_config=read_applied(self.root),
             desired_models_config=files[render_module.MODELS_CONFIG],
             models_ready=ready,
+            desired_replicas=loaded.spec.serving.replicas,
         )
 
     @staticmethod

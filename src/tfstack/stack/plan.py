@@ -77,6 +77,7 @@ class Observed:
     applied_models_config: str | None  # what the server last accepted (None: unknown)
     desired_models_config: str
     models_ready: bool | None = None  # every declared version and label AVAILABLE (None: unknown)
+    desired_replicas: int | None = None  # serving.replicas (None: not compared)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ def plan_up(observed: Observed) -> UpPlan:
     stopped = [c.name for c in serving if c.state != "running"]
     if stopped:
         return UpPlan(UpAction.START, (f"not running: {', '.join(stopped)}",))
+    if observed.desired_replicas is not None and len(serving) != observed.desired_replicas:
+        # Compose's config hash leaves the replica count out: scaling is seen here. Compose
+        # stops the leaving replicas (they drain) or starts the new ones; the rest stay as they are.
+        return UpPlan(
+            UpAction.RECREATE,
+            (f"serving.replicas: {len(serving)} running, {observed.desired_replicas} wanted",),
+        )
     reasons: list[str] = []
     if observed.applied_models_config is None:
         reasons.append("the model config the server holds is unknown")
