@@ -308,3 +308,20 @@ def test_errors_breach_before_min_requests() -> None:
 
 def test_the_canary_config_path_sits_under_the_mounted_config_dir() -> None:
     assert Path(CONTAINER_CANARY_CONFIG).parent.as_posix() == "/config/canary"
+
+
+def test_the_journal_tells_status_and_top_the_current_split() -> None:
+    request = RolloutRequest(MODEL, version=2, source="/tmp/v2", traffic=(10, 50))
+    steps = plan(request, observed())
+    journal = Journal("p", MODEL, "rollout", 2, observed().spec_state, "s", (1,), 1, [])
+    journal.steps = [StepRecord(s) for s in steps]
+    assert journal.summary()["traffic"] is None
+    for record in journal.steps[:5]:
+        record.status = "done"  # ... canary_start, traffic_10
+    journal.steps[5].status = "running"  # traffic_50
+    assert journal.summary()["traffic"] == {"version": 2, "percent": 50}
+    journal.record("canary_stop").status = "running"  # type: ignore[union-attr]
+    assert journal.summary()["traffic"] is None
+    journal.record("canary_stop").status = "pending"  # type: ignore[union-attr]
+    journal.status = "failed"
+    assert journal.summary()["traffic"] is None

@@ -117,3 +117,19 @@ def test_json_document_matches_the_docs() -> None:
     document = snapshot().to_json()
     assert document["schema"] == SCHEMA == "tfstack.top/v1"
     assert emitted(document) == documented(SCHEMA)
+
+
+def test_view_shows_a_weighted_canarys_split() -> None:
+    """A rollout with --traffic shows its step and the share of unversioned requests."""
+    view = snapshot()
+    rollouts = {"half_plus_two": {"step": "traffic_50", "traffic": {"version": 2, "percent": 50}}}
+    view = TopSnapshot(
+        view.project, view.at, view.window_seconds, view.models, view.replicas, None, rollouts
+    )
+    console = Console(record=True, width=140)
+    console.print(render_snapshot(view))
+    text = console.export_text()
+    assert (
+        "rollout of half_plus_two: step traffic_50 (50% of unversioned requests -> version 2)"
+        in (text)
+    )

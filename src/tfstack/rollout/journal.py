@@ -232,11 +232,25 @@ class Journal:
             "version": self.version,
             "state": state,
             "step": current.step.name if current is not None else None,
+            "traffic": self.traffic_share(),
             "started_at": self.started_at,
             "updated_at": self.updated_at,
             "error": self.error,
             "next": hint,
         }
+
+    def traffic_share(self) -> dict[str, int] | None:
+        """A weighted canary's current split (``{"version": N, "percent": p}``), or None when
+        the rollout has none running (never started, stopped, failed or finished)."""
+        if self.status not in ("running",) or self.started("canary_stop"):
+            return None
+        percent = None
+        for record in self.steps:
+            if record.step.kind == "traffic" and record.status in ("running", "done"):
+                percent = record.step.percent
+        if percent is None or self.version is None:
+            return None
+        return {"version": self.version, "percent": percent}
 
     # -- serialization -----------------------------------------------------------------------
 

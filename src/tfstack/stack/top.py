@@ -187,7 +187,13 @@ def render_snapshot(snapshot: TopSnapshot) -> RenderableType:
         parts.append(Text(f"door {snapshot.door.get('container')}: {text or 'no stats'}"))
     for model, info in sorted((snapshot.rollouts or {}).items()):
         step = info.get("step") if isinstance(info, Mapping) else info
-        parts.append(Text(f"rollout of {model}: step {step}", style="yellow"))
+        traffic = info.get("traffic") if isinstance(info, Mapping) else None
+        split = (
+            f" ({traffic['percent']}% of unversioned requests -> version {traffic['version']})"
+            if traffic
+            else ""
+        )
+        parts.append(Text(f"rollout of {model}: step {step}{split}", style="yellow"))
     return Group(*parts)
 
 
