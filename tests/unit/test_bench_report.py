@@ -12,10 +12,16 @@ from tfstack.bench.loadgen import LoadReport, Sample
 from tfstack.bench.report import (
     chart_path,
     latency_distribution,
+    load_latencies,
+    load_rates,
+    load_span,
+    per_second,
+    rates_over_time,
     rollout_timeline,
     throughput,
 )
 from tfstack.bench.rollout import write_charts
+from tfstack.bench.serve_load import LoadResult
 from tfstack.errors import WriteError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,3 +90,34 @@ def test_bench_rollout_writes_timeline_and_latency(tmp_path: Path) -> None:
     paths = write_charts(report, {**marks, "promote:done": 112.5}, tmp_path)
     assert [p.name for p in paths] == ["rollout-timeline.png", "rollout-latency.png"]
     assert all(png_size(p)[0] > 0 for p in paths)
+
+
+def test_per_second_counts_events_per_bin_and_clamps_the_edges() -> None:
+    """Events per one-second bin over [start, end); early and late events land in the edge bins."""
+    assert per_second([0.1, 0.2, 1.5, 2.99, 3.0, -1.0, 9.0], 0.0, 3.0) == [3, 1, 3]
+    assert per_second([], 0.0, 0.2) == [0]
+
+
+def test_load_results_become_latency_and_rate_series() -> None:
+    """Latencies in seconds per run; completion times per run, failures as their own series only
+    when there are some; the span is the longest window."""
+    ok = LoadResult(3, 0, 2.0, [1.0, 2.0, 4.0], 0.3, done_s=[0.1, 0.5, 1.9])
+    bad = LoadResult(1, 2, 3.0, [5.0], 0.3, done_s=[0.2], failed_s=[1.0, 2.5])
+    assert load_latencies({"ok": ok}) == {"ok": [0.001, 0.002, 0.004]}
+    assert load_rates({"ok": ok, "bad": bad}) == {
+        "ok": [0.1, 0.5, 1.9],
+        "bad": [0.2],
+        "bad failed": [1.0, 2.5],
+    }
+    assert load_span({"ok": ok, "bad": bad}) == (0.0, 3.0)
+    assert load_span({}) == (0.0, 1.0)
+
+
+def test_rates_over_time_draws_named_series(tmp_path: Path) -> None:
+    """A rate chart of several series (an empty one skipped, log scale allowed) is a PNG; the
+    rollout's throughput chart is drawn by the same function."""
+    series = {"a": [i / 100 for i in range(500)], "b": [i / 10 for i in range(50)], "c": []}
+    path = rates_over_time(series, tmp_path / "rates.png", "rates", span=(0, 5), log_scale=True)
+    assert png_size(path) == (825, 374)
+    empty = rates_over_time({"none": []}, tmp_path / "empty.png", "nothing")
+    assert png_size(empty) == (825, 374)

@@ -13,6 +13,7 @@ import pytest
 
 from tfstack.bench import serve_servers
 from tfstack.bench.loadgen import format_ms
+from tfstack.bench.serve import chart_runs, write_charts
 from tfstack.bench.serve_load import LoadResult, LoadSpec, _drive
 from tfstack.bench.serve_measure import Figures
 from tfstack.bench.serve_reference import Reference
@@ -134,6 +135,10 @@ def test_refused_connections_are_counted_as_errors_with_the_first_one() -> None:
     assert outcome.requests == 0
     assert 20 <= outcome.errors <= 21
     assert outcome.first_error.startswith("ConnectionRefusedError")
+    # Every failure has its time for the charts, in order, inside the window.
+    assert len(outcome.failed_s) == outcome.errors and outcome.done_s == []
+    assert outcome.failed_s == sorted(outcome.failed_s) and 0 <= outcome.failed_s[0] < 2.0
+    assert outcome.sent == outcome.errors
 
 
 def test_the_container_server_is_a_labelled_serving_container(
@@ -163,3 +168,27 @@ def test_the_container_server_is_a_labelled_serving_container(
     assert container._kwargs["cpuset_cpus"] == "0"
     assert container._kwargs["security_opt"] == ["no-new-privileges"]
     assert serve_servers.BENCH_LABELS == {"org.tfstack.bench": "serve"}
+
+
+def test_serve_charts_draw_each_servers_runs(tmp_path: Path) -> None:
+    """The latency chart draws half_plus_two's four runs, the ResNet chart the four ResNet runs,
+    the throughput chart the loaded runs; with two servers each name carries its server."""
+    one = good_figures()
+    assert list(chart_runs([one], "latency")) == [
+        "REST one client",
+        "gRPC one client",
+        "REST 16 connections",
+        "gRPC 32 calls",
+    ]
+    assert chart_runs([one], "throughput")["ResNet-50 batching on"] is one.loads["resnet_batch_on"]
+    other = good_figures()
+    other.name = "img:2"
+    del other.loads["resnet_batch_on"]
+    both = chart_runs([one, other], "resnet-latency")
+    assert len(both) == 7 and "img:2: REST one client" in both
+    paths = write_charts([one], tmp_path)
+    assert [p.name for p in paths] == [
+        "serve-latency.png",
+        "serve-resnet-latency.png",
+        "serve-throughput.png",
+    ]

@@ -1,15 +1,19 @@
 """Pictures of a benchmark run: PNG charts beside its table (matplotlib's Agg canvas, no display).
 
-Charts are drawn from the load generator's samples (:class:`tfstack.bench.loadgen.LoadReport`),
-so they show what the table summarises: the latency distribution, throughput and errors over time
-and, for rollouts, a timeline of which version answered, errors and p99 per version, with the
-rollout's phases shaded. File names are fixed per benchmark (``<dir>/<bench>-<chart>.png``), so a
-new run replaces the previous run's pictures.
+Charts are drawn from the load generators' own records (the rollout generator's samples,
+:class:`tfstack.bench.loadgen.LoadReport`, and the bench load client's latencies and completion
+times, :class:`tfstack.bench.serve_load.LoadResult`), so they show what the table summarises: the
+latency distribution, throughput and errors over time and, for rollouts, a timeline of which
+version answered, errors and p99 per version, with the rollout's phases shaded. The data each
+chart draws comes from small pure functions (:func:`per_second`, :func:`load_latencies`,
+:func:`load_rates`), tested without drawing. File names are fixed per benchmark
+(``<dir>/<bench>-<chart>.png``), so a new run replaces the previous run's pictures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -21,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from tfstack.bench.loadgen import LoadReport, Sample, percentile
+from tfstack.bench.serve_load import LoadResult
 from tfstack.errors import WriteError
 
 REPORT_DIR = Path("state") / "bench"
@@ -148,22 +153,92 @@ def rollout_timeline(
     return _save(figure, path)
 
 
+def per_second(times: Sequence[float], start: float, end: float) -> list[int]:
+    """Events per :data:`BIN_S` bin from ``start`` to ``end`` (pure; the charts' data). Events
+    outside the span count in the first or last bin."""
+    count = max(1, math.ceil((end - start) / BIN_S))
+    counts = [0] * count
+    for at in times:
+        counts[min(count - 1, max(0, int((at - start) / BIN_S)))] += 1
+    return counts
+
+
+def rates_over_time(
+    series: Mapping[str, Sequence[float]],
+    path: Path,
+    title: str,
+    *,
+    span: tuple[float, float] | None = None,
+    colors: Mapping[str, str] | None = None,
+    log_scale: bool = False,
+) -> Path:
+    """Events per second of named series of event times (seconds), one line each, over ``span``
+    (default: the first to the last event). Empty series are skipped."""
+    events = [at for times in series.values() for at in times]
+    start, end = span if span is not None else (min(events, default=0.0), max(events, default=1.0))
+    figure = _figure((7.5, 3.4))
+    axes = figure.subplots()
+    for name, times in series.items():
+        if not times:
+            continue
+        counts = per_second(times, start, end)
+        # The last bin may be shorter than BIN_S: rates divide by each bin's real width.
+        edges = [min(i * BIN_S, end - start) for i in range(len(counts))] + [end - start]
+        widths = [max(b - a, 1e-9) for a, b in itertools.pairwise(edges)]
+        axes.stairs(
+            [count / width for count, width in zip(counts, widths, strict=True)],
+            edges,
+            baseline=None,
+            label=f"{name} (mean {len(times) / max(end - start, 1e-9):,.0f}/s)",
+            color=(colors or {}).get(name),
+        )
+    if log_scale:
+        axes.set_yscale("log")
+    else:
+        axes.set_ylim(bottom=0)
+    axes.set_xlabel("seconds since the load started")
+    axes.set_ylabel("requests / s")
+    axes.grid(True, alpha=0.3)
+    if axes.patches:
+        axes.legend(loc="lower right", fontsize=8)
+    axes.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def throughput(report: LoadReport, path: Path, title: str) -> Path:
     """Requests and failures per second over the run."""
     start = report.started_at or min((s.sent_at for s in report.samples), default=0.0)
     end = report.stopped_at or max((s.sent_at for s in report.samples), default=start + 1)
-    bins = _bins(report.samples, start, end)
-    times = [i * BIN_S for i in range(len(bins))]
-    figure = _figure((7.5, 3.4))
-    axes = figure.subplots()
-    axes.plot(times, [sum(1 for s in b if s.ok) for b in bins], label="answered / s")
-    axes.plot(
-        times, [sum(1 for s in b if not s.ok) for b in bins], color="#dc2626", label="failed / s"
+    return rates_over_time(
+        {
+            "answered / s": [s.sent_at for s in report.samples if s.ok],
+            "failed / s": [s.sent_at for s in report.samples if not s.ok],
+        },
+        path,
+        title,
+        span=(start, end),
+        colors={"failed / s": "#dc2626"},
     )
-    axes.set_xlabel("seconds since the load started")
-    axes.set_ylabel("requests / s")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    axes.set_title(title)
-    figure.tight_layout()
-    return _save(figure, path)
+
+
+def load_latencies(results: Mapping[str, LoadResult]) -> dict[str, list[float]]:
+    """The answered requests' latencies (seconds) of named load runs, for
+    :func:`latency_distribution` (pure)."""
+    return {name: [ms / 1000 for ms in result.latencies_ms] for name, result in results.items()}
+
+
+def load_rates(results: Mapping[str, LoadResult]) -> dict[str, list[float]]:
+    """Completion times of named load runs for :func:`rates_over_time` (pure): answered requests
+    under the run's name, failed ones (when there are any) under ``"<name> failed"``."""
+    series: dict[str, list[float]] = {}
+    for name, result in results.items():
+        series[name] = list(result.done_s)
+        if result.failed_s:
+            series[f"{name} failed"] = list(result.failed_s)
+    return series
+
+
+def load_span(results: Mapping[str, LoadResult]) -> tuple[float, float]:
+    """0 to the longest measuring window of the runs (their times start at their window)."""
+    return 0.0, max((result.seconds for result in results.values()), default=1.0) or 1.0

@@ -32,8 +32,17 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from tfstack.bench.report import (
+    REPORT_DIR,
+    chart_path,
+    latency_distribution,
+    load_latencies,
+    load_rates,
+    load_span,
+    rates_over_time,
+)
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
-from tfstack.bench.serve_load import HARD_MAX_SECONDS
+from tfstack.bench.serve_load import HARD_MAX_SECONDS, LoadResult
 from tfstack.bench.serve_measure import (
     GRPC_CONCURRENCY,
     SEQUENTIAL_RESNET,
@@ -56,6 +65,67 @@ from tfstack.bench.serve_targets import build_rows, print_table
 from tfstack.core.progress import Say
 from tfstack.errors import UsageError
 from tfstack.models.demo import sample_jpeg, write_demo_models
+
+CHART_RUNS: dict[str, dict[str, str]] = {
+    "latency": {
+        "small_rest_seq": "REST one client",
+        "small_grpc_seq": "gRPC one client",
+        "small_rest_load": f"REST {THROUGHPUT_CONNECTIONS} connections",
+        "small_grpc_load": f"gRPC {GRPC_CONCURRENCY} calls",
+    },
+    "resnet-latency": {
+        "resnet_rest_seq": "REST one client",
+        "resnet_grpc_seq": "gRPC one client",
+        "resnet_batch_off": f"gRPC {BATCH_CLIENTS} clients, batching off",
+        "resnet_batch_on": f"gRPC {BATCH_CLIENTS} clients, batching on",
+    },
+    "throughput": {
+        "small_rest_load": "half_plus_two REST",
+        "small_grpc_load": "half_plus_two gRPC",
+        "resnet_batch_off": "ResNet-50 batching off",
+        "resnet_batch_on": "ResNet-50 batching on",
+    },
+}
+"""Chart -> the load runs it draws (keys of :attr:`Figures.loads`) and their legend names."""
+
+
+def chart_runs(all_figures: Sequence[Figures], chart: str) -> dict[str, LoadResult]:
+    """The named load runs one chart draws (pure): every server's runs, the server's name in
+    front when there are two."""
+    runs: dict[str, LoadResult] = {}
+    for figures in all_figures:
+        prefix = f"{figures.name}: " if len(all_figures) > 1 else ""
+        for key, name in CHART_RUNS[chart].items():
+            if key in figures.loads:
+                runs[prefix + name] = figures.loads[key]
+    return runs
+
+
+def write_charts(all_figures: Sequence[Figures], directory: Path) -> list[Path]:
+    """``serve-latency.png`` (half_plus_two), ``serve-resnet-latency.png`` and
+    ``serve-throughput.png`` (requests per second over each loaded run, log scale)."""
+    small = chart_runs(all_figures, "latency")
+    resnet = chart_runs(all_figures, "resnet-latency")
+    loads = chart_runs(all_figures, "throughput")
+    return [
+        latency_distribution(
+            load_latencies(small),
+            chart_path(directory, "serve", "latency"),
+            "bench serve: half_plus_two latency, server on one core",
+        ),
+        latency_distribution(
+            load_latencies(resnet),
+            chart_path(directory, "serve", "resnet-latency"),
+            "bench serve: ResNet-50 latency",
+        ),
+        rates_over_time(
+            load_rates(loads),
+            chart_path(directory, "serve", "throughput"),
+            "bench serve: requests per second during the loaded runs",
+            span=load_span(loads),
+            log_scale=True,
+        ),
+    ]
 
 
 def _models_root(source_root: Path, say: Say) -> Path:
@@ -147,6 +217,7 @@ def bench_serve(context: BenchContext) -> BenchResult:
             verdict = "" if ok is None else f" -> {'met' if ok else 'MISSED'}"
             result_rows.append((label, f"{value}{verdict}"))
     measured = [ok for row in rows for ok in row.met if ok is not None]
+    charts = write_charts(all_figures, context.root / REPORT_DIR)
     notes = [
         "absolute times drift between runs and machines; compare with the references measured "
         "in the same run",
@@ -155,6 +226,7 @@ def bench_serve(context: BenchContext) -> BenchResult:
         f"{GRPC_CONCURRENCY} concurrent gRPC calls, {window:.0f} s windows after 1 s warm-up",
         f"batching: max_batch_size {BATCH_CLIENTS}, batch_timeout_micros {BATCH_TIMEOUT_MICROS},"
         f" num_batch_threads {BATCH_THREADS}",
+        "charts: " + ", ".join(str(path) for path in charts),
     ]
     return BenchResult(
         name="serve",

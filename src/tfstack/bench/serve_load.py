@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,12 @@ class LoadResult:
     latencies_ms: list[float]
     client_cpu: float  # cores the client process used during the window
     first_error: str = ""
+    done_s: list[float] = field(default_factory=list)
+    """When each answered request finished, in seconds since the window opened (for charts)."""
+    failed_s: list[float] = field(default_factory=list)
+    """When each failed request finished, in seconds since the window opened."""
+    sent: int = 0
+    """Every request the client finished, warm-up included (to share a server's CPU out)."""
 
     @property
     def rps(self) -> float:
@@ -124,14 +130,18 @@ async def _drive(spec: LoadSpec) -> LoadResult:
     calls = await _callers(spec)
     latencies: list[float] = []
     errors: list[str] = []
+    done_s: list[float] = []
+    failed_s: list[float] = []
     loop = asyncio.get_running_loop()
     begin = loop.time()
     window_start = begin + spec.warmup_s
     window_end = window_start + seconds
     cpu_at_window: list[float] = []
     done = asyncio.Event()
+    sent = 0
 
     async def client(call: Callable[[], Any]) -> None:
+        nonlocal sent
         clock = time.perf_counter
         while not done.is_set():
             started = clock()
@@ -140,6 +150,7 @@ async def _drive(spec: LoadSpec) -> LoadResult:
                 failure = "" if ok is True else str(ok)
             except (OSError, grpc.RpcError) as exc:  # refused, reset, timed out, RPC status
                 failure = f"{type(exc).__name__}: {exc}"[:300]
+            sent += 1
             now = loop.time()
             if now >= window_end:
                 done.set()
@@ -151,8 +162,10 @@ async def _drive(spec: LoadSpec) -> LoadResult:
                 cpu_at_window.append(now)
             if failure:
                 errors.append(failure)
+                failed_s.append(round(now - window_start, 4))
             else:
                 latencies.append((clock() - started) * 1000)
+                done_s.append(round(now - window_start, 4))
             if len(latencies) + len(errors) >= limit:
                 done.set()
                 return
@@ -178,6 +191,9 @@ async def _drive(spec: LoadSpec) -> LoadResult:
         latencies_ms=latencies,
         client_cpu=cpu,
         first_error=errors[0] if errors else "",
+        done_s=done_s,
+        failed_s=failed_s,
+        sent=sent,
     )
 
 
