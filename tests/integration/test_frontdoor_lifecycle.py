@@ -12,7 +12,10 @@ unlabelled and via ``stable``) and counts failed requests:
 - a replica that has not got every declared version AVAILABLE leaves the rotation (the door
   skips it, ``status`` shows it) and rejoins once it has them; 0 failed;
 - scaling down (``up`` with ``replicas: 2`` -> 1): the door keeps running (same container), the
-  leaving replica drains; 0 failed.
+  leaving replica drains; 0 failed;
+- degraded start (after ``down``, a model whose version cannot load): ``up`` fails naming it,
+  both replicas serve the other model through the door (in rotation, every try answers) and
+  ``status`` shows the failed model next to a healthy door.
 
 The models: half_plus_two version 1 (x = 1 -> 2.5) and candidates written with TensorFlow
 (``tfstack.bench.rollout``); version 2 and 3 are the ``good`` candidate (x = 1 -> 3.5).
@@ -39,8 +42,9 @@ from tfstack.core import textproto
 from tfstack.docker.compose import Replica
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.run import run_rollback, run_rollout
-from tfstack.serving.client import GrpcClient, ModelRef, RestClient
+from tfstack.serving.client import GrpcClient, ModelRef, RestClient, ServingRequestError
 from tfstack.serving.door import DoorStatus, wait_in_rotation, wait_replica_in_rotation
+from tfstack.serving.waiting import LoadFailed
 from tfstack.stack.plan import load
 
 pytestmark = pytest.mark.integration
@@ -303,3 +307,39 @@ def test_scaling_down_under_load_drains_the_leaving_replica(door: DoorScenario) 
     assert_clean(generator.report, values={V1_VALUE})
     status = door.door()
     assert len(status.in_rotation("rest")) == 1 == len(status.in_rotation("grpc")), status
+
+
+def test_degraded_start_behind_the_door_serves_the_rest_through_it(
+    door: DoorScenario, candidates: dict[str, Path]
+) -> None:
+    """`down`, then `up` with a second model whose only version is corrupt: `up` raises LoadFailed
+    naming it; both replicas are in the door's rotation serving half_plus_two (every try through
+    the door answers, from both); the broken model is not served; status shows it failed and the
+    door healthy."""
+    door.lifecycle().down()
+    broken = door.scenario.root / "models" / "broken"
+    shutil.copytree(candidates["corrupt"], broken / "1")
+    for path in [broken, *broken.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    spec = door.spec()
+    spec["serving"]["replicas"] = 2
+    spec["models"].append({"name": "broken"})
+    door.write_spec(spec)
+    with pytest.raises(LoadFailed, match="broken") as raised:
+        door.up()
+    assert [f[0] for f in raised.value.failures] == ["broken"]
+    wait_in_rotation(door.door, 2, timeout=30)
+    ask_through_door(door, ModelRef(MODEL, label="stable"), V1_VALUE)
+    with (
+        RestClient(door.scenario.rest_url, timeout=10) as rest,
+        pytest.raises(ServingRequestError) as missing,
+    ):
+        rest.predict(ModelRef("broken"), BODY)
+    assert missing.value.status == 404
+    status = door.lifecycle().status()
+    document = status.to_json()
+    assert document["frontend"]["ok"], document["frontend"]
+    assert len(document["frontend"]["in_rotation"]["rest"]) == 2
+    models = {m["name"]: m for m in document["models"]}
+    assert models[MODEL]["ok"] and not models["broken"]["ok"], models
+    assert not status.ok

@@ -518,6 +518,9 @@ class Lifecycle:
         for replica in self.replicas(reduced, stack):
             with RestClient(replica.rest_url) as rest:
                 results += smoke(reduced, rest, replica=replica.name)
+        if door_is_on(loaded.spec):
+            # Every replica in the door's rotation, serving the other models through it.
+            results += self._smoke_through_door(reduced, stack, timeout=timeout)
         raise_for_smoke(results)
         serving = ", ".join(e.name for e in remaining)
         raise LoadFailed(
