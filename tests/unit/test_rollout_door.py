@@ -105,7 +105,7 @@ def server(backend: str, container: str, status: str) -> DoorServer:
 def test_waiting_for_one_replica_needs_it_in_both_backends() -> None:
     views = iter(
         [
-            None,  # the door container is being recreated
+            DoorStatus("door", "running", error="stats unreadable"),  # just started
             DoorStatus(
                 "door", "running", (server("rest", "p-2", "UP"), server("grpc", "p-2", "DOWN"))
             ),
@@ -115,7 +115,14 @@ def test_waiting_for_one_replica_needs_it_in_both_backends() -> None:
         ]
     )
     status = wait_replica_in_rotation(lambda: next(views), "p-2", timeout=5, interval=0)
-    assert status.in_rotation("grpc") == ["p-2"]
+    assert status is not None and status.in_rotation("grpc") == ["p-2"]
+
+
+def test_without_a_running_door_there_is_nothing_to_wait_for() -> None:
+    """No door container, or one that is stopped: nothing routes requests; no wait."""
+    assert wait_replica_in_rotation(lambda: None, "p-2", timeout=60) is None
+    stopped = DoorStatus("door", "exited", error="the door is not running")
+    assert wait_replica_in_rotation(lambda: stopped, "p-2", timeout=60) is stopped
 
 
 def test_a_replica_that_stays_out_times_out_naming_it() -> None:

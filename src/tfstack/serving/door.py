@@ -246,30 +246,28 @@ def door_view(
 
 def wait_replica_in_rotation(
     read: Callable[[], DoorStatus | None], replica: str, *, timeout: float, interval: float = 0.1
-) -> DoorStatus:
+) -> DoorStatus | None:
     """Until the door has the container ``replica`` in rotation for REST and for gRPC.
 
     A hot reload or a rollout step that reloads one replica after another waits for this before
     it touches the next one: a replica that left the rotation while it loaded a version must be
-    back before another may leave, or for a moment no replica would take requests.
+    back before another may leave, or for a moment no replica would take requests. Without a
+    running door (``read`` gives None, or a door container that is not running) nothing routes
+    requests, so there is nothing to wait for.
     """
     deadline = time.monotonic() + timeout
     while True:
         status = read()
-        if status is not None and all(
-            replica in status.in_rotation(backend) for backend in ("rest", "grpc")
-        ):
+        if status is None or status.state != "running":
+            return status
+        if all(replica in status.in_rotation(backend) for backend in ("rest", "grpc")):
             return status
         if time.monotonic() >= deadline:
-            seen = (
-                "; ".join(
-                    f"{s.backend} {s.slot} {s.container or s.address or 'no address'} "
-                    f"{s.status} ({s.check})"
-                    for s in status.servers
-                )
-                if status is not None
-                else "the door container is missing"
-            )
+            seen = "; ".join(
+                f"{s.backend} {s.slot} {s.container or s.address or 'no address'} "
+                f"{s.status} ({s.check})"
+                for s in status.servers
+            ) or (status.error or "no replica slot")
             raise StackError(
                 f"the front door has not put {replica} back in rotation {timeout:.0f} s after "
                 f"its reload: {seen}",
