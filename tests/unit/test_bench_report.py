@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tfstack.bench.canary import write_charts as canary_charts
 from tfstack.bench.loadgen import LoadReport, Sample
 from tfstack.bench.report import (
     chart_path,
@@ -121,3 +122,12 @@ def test_rates_over_time_draws_named_series(tmp_path: Path) -> None:
     assert png_size(path) == (825, 374)
     empty = rates_over_time({"none": []}, tmp_path / "empty.png", "nothing")
     assert png_size(empty) == (825, 374)
+
+
+def test_bench_canary_writes_its_timeline_with_the_traffic_steps(tmp_path: Path) -> None:
+    """bench canary's chart: one timeline, the traffic steps that ran shaded."""
+    report, _ = rollout_load()
+    marks = {"traffic_10:start": 104.0, "traffic_10:done": 108.0, "traffic_50:start": 108.0}
+    (path,) = canary_charts(report, marks, tmp_path)
+    assert path.name == "canary-timeline.png"
+    assert png_size(path)[0] > 0

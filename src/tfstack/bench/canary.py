@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, format_ms, stack_senders
+from tfstack.bench.report import REPORT_DIR, chart_path, rollout_timeline
 from tfstack.bench.rollout import MODEL, RolloutScenario, _open_up, write_candidates
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
 from tfstack.build.images import ensure_image
@@ -186,7 +187,28 @@ def bench_canary(context: BenchContext) -> BenchResult:
             report: LoadReport = generator.stop()
         finally:
             scenario.down()
-    return _result(report, marks)
+    result = _result(report, marks)
+    charts = write_charts(report, marks, context.root / REPORT_DIR)
+    result.notes.append("charts: " + ", ".join(str(p) for p in charts))
+    return result
+
+
+def write_charts(report: LoadReport, marks: dict[str, float], directory: Path) -> list[Path]:
+    """The canary's timeline: answers by version, failures and p99 per version, each traffic
+    step shaded."""
+    phases = {
+        f"{percent} %": (marks[f"traffic_{percent}:start"], marks[f"traffic_{percent}:done"])
+        for percent in TRAFFIC
+        if f"traffic_{percent}:start" in marks and f"traffic_{percent}:done" in marks
+    }
+    return [
+        rollout_timeline(
+            report,
+            phases,
+            chart_path(directory, "canary", "timeline"),
+            "bench canary: answers by version under a 10 -> 50 -> 100 % weighted canary",
+        )
+    ]
 
 
 def _result(report: LoadReport, marks: dict[str, float]) -> BenchResult:
