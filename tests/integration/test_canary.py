@@ -15,6 +15,8 @@ x = 1 answers 2.5 from v1 and 3.5 from every candidate.
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,12 +27,12 @@ import docker.errors
 import pytest
 import yaml
 
-from tests.integration.test_rollout import Marks, say, serving_image
+from tests.integration.test_rollout import ROOT, Marks, say, serving_image
 from tfstack.bench.canary import CanaryScenario, write_canary_candidates
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import MODEL, V1_VALUE, V2_VALUE
 from tfstack.errors import RolloutError
-from tfstack.rollout.journal import read_journal
+from tfstack.rollout.journal import read_journal, status_summary
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.run import run_rollout
 
@@ -176,6 +178,72 @@ def test_faulty_candidate_is_rolled_back_with_failures_bounded_by_the_first_step
     assert all(start <= f.sent_at < stop for f in failed)
     assert all(f.target.endswith("/default") for f in failed)
     assert_rolled_back(stack, docker_client, original, "error_rate")
+
+
+def test_a_rollout_killed_during_a_traffic_step_is_aborted_share_and_canary_first(
+    stack: CanaryScenario, canary_candidates: dict[str, Path], docker_client: docker.DockerClient
+) -> None:
+    """SIGKILL of `invoke rollout --traffic` while 10 % goes to the candidate: the share stays in
+    the door (status shows it), `--abort` sets it to 0 and removes the canary before anything
+    else; no client request fails and no v2 answer comes after the abort."""
+    original = stack.spec_path.read_text()
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "rollout",
+        "--spec",
+        str(stack.spec_path),
+        "--model",
+        MODEL,
+        "--version",
+        "2",
+        "--source",
+        str(canary_candidates["good"]),
+        "--traffic",
+        "10,100",
+        "--analysis-seconds",
+        "60",
+    ]
+    output = stack.root / "rollout-killed.log"
+    with stack.load_with({"instances": [1.0]}, max_seconds=150, rate=40) as generator:
+        with output.open("wb") as log:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    journal = read_journal(stack.root, stack.project, MODEL)
+                    record = journal.record("traffic_10") if journal is not None else None
+                    if record is not None and record.status == "running":
+                        break
+                    assert process.poll() is None, output.read_text(errors="replace")
+                    time.sleep(0.2)
+                else:
+                    pytest.fail("traffic_10 never started:\n" + output.read_text(errors="replace"))
+                time.sleep(4.0)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=10)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        summary = status_summary(stack.root, stack.project)
+        assert summary is not None and summary[MODEL]["state"] == "interrupted"
+        assert summary[MODEL]["step"] == "traffic_10"
+        assert summary[MODEL]["traffic"] == {"version": 2, "percent": 10}
+        time.sleep(2.0)
+        # The dead process's share is still in the door: the candidate keeps answering.
+        assert any(s.value == V2_VALUE for s in list(generator.report.samples))
+        run_rollout(stack.context(say), RolloutRequest(MODEL), abort=True)
+        aborted_at = time.monotonic()
+        time.sleep(3.0)
+    report = generator.report
+    print(report.summary(), file=sys.stderr)
+    assert not report.failures, report.summary()
+    assert not [s for s in report.window(aborted_at) if s.value == V2_VALUE]
+    assert stack.spec_path.read_text() == original
+    assert sorted(p.name for p in stack.model_dir.iterdir()) == ["1"]
+    assert canaries(docker_client, stack) == []
+    assert status_summary(stack.root, stack.project) is None
 
 
 def share(samples: list[Sample]) -> tuple[float, int]:
