@@ -51,6 +51,7 @@ BENCHMARK_MODULES: tuple[str, ...] = (
     "tfstack.bench.canary",
     "tfstack.bench.soak",
     "tfstack.bench.frontdoor",
+    "tfstack.bench.swarm",
 )
 """Extra modules defining benchmarks with :func:`benchmark`; imported before any lookup."""
 
