@@ -15,19 +15,18 @@ x = 1 answers 2.5 from v1 and 3.5 from every candidate.
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
 import yaml
 
-from tests.integration.test_rollout import ROOT, Marks, say, serving_image
+from tests.integration.test_rollout import Marks, kill_during, say, serving_image
 from tfstack.bench.canary import CanaryScenario, write_canary_candidates
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import MODEL, V1_VALUE, V2_VALUE
@@ -99,6 +98,27 @@ def assert_rolled_back(
     assert journal.record("traffic_10").status == "failed"  # type: ignore[union-attr]
 
 
+def rejected(stack: CanaryScenario, source: Path, marks: Marks, **request: Any) -> str:
+    """Roll ``source`` out as version 2 with --traffic 10,50,100; it must be rolled back: the
+    error's text (printed)."""
+    with pytest.raises(RolloutError) as caught:
+        run_rollout(
+            stack.context(say),
+            RolloutRequest(
+                MODEL,
+                version=2,
+                source=str(source),
+                traffic=(10, 50, 100),
+                analysis_s=WINDOW_S,
+                **request,
+            ),
+            on_step=marks,
+        )
+    message = str(caught.value)
+    print(message, file=sys.stderr)
+    return message
+
+
 def test_slow_candidate_is_rolled_back_at_the_first_step_without_failed_requests(
     stack: CanaryScenario, canary_candidates: dict[str, Path], docker_client: docker.DockerClient
 ) -> None:
@@ -106,24 +126,11 @@ def test_slow_candidate_is_rolled_back_at_the_first_step_without_failed_requests
     marks = Marks()
     with stack.load_with({"instances": [1.0]}, max_seconds=120, rate=40) as generator:
         time.sleep(1.0)
-        with pytest.raises(RolloutError) as caught:
-            run_rollout(
-                stack.context(say),
-                RolloutRequest(
-                    MODEL,
-                    version=2,
-                    source=str(canary_candidates["slow"]),
-                    traffic=(10, 50, 100),
-                    analysis_s=WINDOW_S,
-                    latency_factor=1000.0,  # let it past the side instance: the gates judge it
-                ),
-                on_step=marks,
-            )
+        # A latency factor that lets it past the side instance: the gates must judge it.
+        message = rejected(stack, canary_candidates["slow"], marks, latency_factor=1000.0)
         time.sleep(1.0)
     report = generator.report
     print(report.summary(), file=sys.stderr)
-    message = str(caught.value)
-    print(message, file=sys.stderr)
     assert "p99" in message or "latency" in message, message
     assert "traffic_50:start" not in marks.times
     assert not report.failures, report.summary()
@@ -144,22 +151,9 @@ def test_faulty_candidate_is_rolled_back_with_failures_bounded_by_the_first_step
     bad = stack.load_with({"instances": [BAD_X]}, max_seconds=120, rate=20)
     with good, bad:
         time.sleep(1.0)
-        with pytest.raises(RolloutError) as caught:
-            run_rollout(
-                stack.context(say),
-                RolloutRequest(
-                    MODEL,
-                    version=2,
-                    source=str(canary_candidates["faulty"]),
-                    traffic=(10, 50, 100),
-                    analysis_s=WINDOW_S,
-                ),
-                on_step=marks,
-            )
+        message = rejected(stack, canary_candidates["faulty"], marks)
         rolled_back_at = time.monotonic()
         time.sleep(1.0)
-    message = str(caught.value)
-    print(message, file=sys.stderr)
     print(good.report.summary(), bad.report.summary(), sep="\n", file=sys.stderr)
     assert "error_rate" in message, message
     assert not good.report.failures, good.report.summary()
@@ -205,27 +199,8 @@ def test_a_rollout_killed_during_a_traffic_step_is_aborted_share_and_canary_firs
         "--analysis-seconds",
         "60",
     ]
-    output = stack.root / "rollout-killed.log"
     with stack.load_with({"instances": [1.0]}, max_seconds=150, rate=40) as generator:
-        with output.open("wb") as log:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    journal = read_journal(stack.root, stack.project, MODEL)
-                    record = journal.record("traffic_10") if journal is not None else None
-                    if record is not None and record.status == "running":
-                        break
-                    assert process.poll() is None, output.read_text(errors="replace")
-                    time.sleep(0.2)
-                else:
-                    pytest.fail("traffic_10 never started:\n" + output.read_text(errors="replace"))
-                time.sleep(4.0)
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=10)
-            finally:
-                if process.poll() is None:
-                    process.kill()
+        kill_during(command, stack.root, stack.project, "traffic_10", after_s=4.0)
         summary = status_summary(stack.root, stack.project)
         assert summary is not None and summary[MODEL]["state"] == "interrupted"
         assert summary[MODEL]["step"] == "traffic_10"

@@ -245,6 +245,35 @@ def test_incompatible_signature_is_refused_before_anything_loads(
     _assert_rejected(scenario, docker_client, report, original)
 
 
+def kill_during(
+    command: list[str], root: Path, project: str, step: str, *, after_s: float, timeout: float = 120
+) -> None:
+    """Run ``invoke rollout`` (``command``) and SIGKILL it ``after_s`` seconds into ``step``
+    (read from its journal); its output is kept beside the project as rollout-killed.log."""
+    output = root / "rollout-killed.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                journal = read_journal(root, project, MODEL)
+                record = journal.record(step) if journal is not None else None
+                if record is not None and record.status == "running":
+                    break
+                assert process.poll() is None, (
+                    f"the rollout ended before {step}:\n" + output.read_text(errors="replace")
+                )
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"{step} never started:\n" + output.read_text(errors="replace"))
+            time.sleep(after_s)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 def test_rollout_killed_half_way_is_resumed(
     scenario: RolloutScenario, candidates: dict[str, Path], docker_client: docker.DockerClient
 ) -> None:
@@ -266,28 +295,8 @@ def test_rollout_killed_half_way_is_resumed(
         "--source",
         str(candidates["good"]),
     ]
-    output = scenario.root / "rollout-killed.log"
-    with scenario.load(max_seconds=75) as generator, output.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                journal = read_journal(scenario.root, scenario.project, MODEL)
-                record = journal.record("verify") if journal is not None else None
-                if record is not None and record.status == "running":
-                    break
-                assert process.poll() is None, (
-                    "the rollout ended before verification:\n" + output.read_text(errors="replace")
-                )
-                time.sleep(0.1)
-            else:
-                pytest.fail("verification never started")
-            time.sleep(1.0)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with scenario.load(max_seconds=75) as generator:
+        kill_during(command, scenario.root, scenario.project, "verify", after_s=1.0)
         killed_at = time.monotonic()
         summary = status_summary(scenario.root, scenario.project)
         assert summary is not None and summary[MODEL]["state"] == "interrupted"

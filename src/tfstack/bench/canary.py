@@ -15,7 +15,6 @@ before it.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,10 +23,14 @@ from typing import Any
 
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, format_ms, stack_senders
 from tfstack.bench.report import REPORT_DIR, chart_path, rollout_timeline
-from tfstack.bench.rollout import MODEL, RolloutScenario, _open_up, write_candidates
+from tfstack.bench.rollout import (
+    MODEL,
+    RolloutScenario,
+    _open_up,
+    scenario_run,
+    write_candidates,
+)
 from tfstack.bench.runner import BenchContext, BenchResult, benchmark
-from tfstack.build.images import ensure_image
-from tfstack.docker.engine import ensure_engine
 from tfstack.models.demo import write_half_plus
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.run import run_rollout
@@ -152,41 +155,31 @@ class CanaryScenario(RolloutScenario):
 def bench_canary(context: BenchContext) -> BenchResult:
     """Time per traffic step, failed requests, stable's p99 during the canary vs before."""
     say = context.say
-    client = ensure_engine(say=say)
-    image = "tfstack/serving-runtime:latest"
-    ensure_image(client, image, source_root=context.root, say=say)
-    with tempfile.TemporaryDirectory(prefix="tfstack-bench-canary-") as tmp:
-        say("writing half_plus_two v1 and the candidates with TensorFlow")
-        candidates = write_canary_candidates(Path(tmp))
-        scenario = CanaryScenario(client, image, candidates)
-        marks: dict[str, float] = {}
-        try:
-            say(f"starting the stack {scenario.project} (2 replicas behind the door)")
-            scenario.up()
 
-            def mark(name: str, event: str, at: float) -> None:
-                marks[f"{name}:{event}"] = at
+    def steady(scenario: RolloutScenario) -> LoadGenerator:
+        assert isinstance(scenario, CanaryScenario)
+        return scenario.load_with({"instances": [1.0]}, max_seconds=150)
 
-            generator = scenario.load_with({"instances": [1.0]}, max_seconds=150).start()
-            time.sleep(12.0)
-            marks["rollout:start"] = time.monotonic()
-            say("rolling out version 2 with --traffic 10,50,100 under load")
-            run_rollout(
-                scenario.context(say),
-                RolloutRequest(
-                    MODEL,
-                    version=2,
-                    source=str(candidates["good"]),
-                    traffic=TRAFFIC,
-                    analysis_s=8.0,
-                ),
-                on_step=mark,
-            )
-            marks["rollout:done"] = time.monotonic()
-            time.sleep(3.0)
-            report: LoadReport = generator.stop()
-        finally:
-            scenario.down()
+    with scenario_run(
+        context, write=write_canary_candidates, make=CanaryScenario, load=steady
+    ) as run:
+        marks = run.marks
+        marks["rollout:start"] = time.monotonic()
+        say("rolling out version 2 with --traffic 10,50,100 under load")
+        run_rollout(
+            run.scenario.context(say),
+            RolloutRequest(
+                MODEL,
+                version=2,
+                source=str(run.candidates["good"]),
+                traffic=TRAFFIC,
+                analysis_s=8.0,
+            ),
+            on_step=run.mark,
+        )
+        marks["rollout:done"] = time.monotonic()
+        time.sleep(3.0)
+        report = run.generator.stop()
     result = _result(report, marks)
     charts = write_charts(report, marks, context.root / REPORT_DIR)
     result.notes.append("charts: " + ", ".join(str(p) for p in charts))

@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,44 +191,75 @@ def bench_rollout(context: BenchContext) -> BenchResult:
     land, rollback <= 5 s."""
 
     say = context.say
-    client = ensure_engine(say=say)
-    image = "tfstack/serving-runtime:latest"
-    ensure_image(client, image, source_root=context.root, say=say)
-    with tempfile.TemporaryDirectory(prefix="tfstack-bench-models-") as tmp:
-        say("writing half_plus_two v1 and the v2 candidate with TensorFlow")
-        candidates = write_candidates(Path(tmp))
-        scenario = RolloutScenario(client, image, candidates)
-        try:
-            say(f"starting the stack {scenario.project} on {scenario.rest_url}")
-            scenario.up()
-            marks: dict[str, float] = {}
-
-            def mark(name: str, event: str, at: float) -> None:
-                marks[f"{name}:{event}"] = at
-
-            generator = scenario.load(max_seconds=90).start()
-            time.sleep(12.0)
-            marks["rollout:start"] = time.monotonic()
-            say("rolling out version 2 under load")
-            run_rollout(
-                scenario.context(say),
-                RolloutRequest(MODEL, version=2, source=str(candidates["good"])),
-                on_step=mark,
-            )
-            marks["rollout:done"] = time.monotonic()
-            time.sleep(3.0)
-            marks["rollback_cmd:start"] = time.monotonic()
-            say("rolling back under load")
-            run_rollback(scenario.context(say), on_step=mark)
-            marks["rollback_cmd:done"] = time.monotonic()
-            time.sleep(3.0)
-            report: LoadReport = generator.stop()
-        finally:
-            scenario.down()
+    with scenario_run(
+        context, write=write_candidates, make=RolloutScenario, load=lambda s: s.load(max_seconds=90)
+    ) as run:
+        marks = run.marks
+        marks["rollout:start"] = time.monotonic()
+        say("rolling out version 2 under load")
+        run_rollout(
+            run.scenario.context(say),
+            RolloutRequest(MODEL, version=2, source=str(run.candidates["good"])),
+            on_step=run.mark,
+        )
+        marks["rollout:done"] = time.monotonic()
+        time.sleep(3.0)
+        marks["rollback_cmd:start"] = time.monotonic()
+        say("rolling back under load")
+        run_rollback(run.scenario.context(say), on_step=run.mark)
+        marks["rollback_cmd:done"] = time.monotonic()
+        time.sleep(3.0)
+        report = run.generator.stop()
     result = _result(report, marks)
     charts = write_charts(report, marks, context.root / REPORT_DIR)
     result.notes.append("charts: " + ", ".join(str(p) for p in charts))
     return result
+
+
+@dataclass
+class ScenarioRun:
+    """A scenario stack under load, its candidates and the step marks of what runs on it."""
+
+    scenario: RolloutScenario
+    candidates: dict[str, Path]
+    generator: LoadGenerator
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, event: str, at: float) -> None:
+        """``apply``'s ``on_step``: ``<step>:start`` / ``<step>:done`` monotonic times."""
+        self.marks[f"{name}:{event}"] = at
+
+
+@contextlib.contextmanager
+def scenario_run(
+    context: BenchContext,
+    *,
+    write: Callable[[Path], dict[str, Path]],
+    make: Callable[[Any, str, dict[str, Path]], RolloutScenario],
+    load: Callable[[RolloutScenario], LoadGenerator],
+    warmup_s: float = 12.0,
+) -> Iterator[ScenarioRun]:
+    """Candidates written, the stack started, ``warmup_s`` of steady load measured; everything
+    removed afterwards (the load stopped if the body did not stop it)."""
+    say = context.say
+    client = ensure_engine(say=say)
+    image = "tfstack/serving-runtime:latest"
+    ensure_image(client, image, source_root=context.root, say=say)
+    with tempfile.TemporaryDirectory(prefix="tfstack-bench-models-") as tmp:
+        say("writing half_plus_two v1 and the candidates with TensorFlow")
+        candidates = write(Path(tmp))
+        scenario = make(client, image, candidates)
+        generator: LoadGenerator | None = None
+        try:
+            say(f"starting the stack {scenario.project} on {scenario.rest_url}")
+            scenario.up()
+            generator = load(scenario).start()
+            time.sleep(warmup_s)
+            yield ScenarioRun(scenario, candidates, generator)
+        finally:
+            if generator is not None:
+                generator.stop()
+            scenario.down()
 
 
 def write_charts(report: LoadReport, marks: dict[str, float], directory: Path) -> list[Path]:
