@@ -11,8 +11,8 @@ unlabelled and via ``stable``) and counts failed requests:
   replicas;
 - a replica that has not got every declared version AVAILABLE leaves the rotation (the door
   skips it, ``status`` shows it) and rejoins once it has them; 0 failed;
-- scaling down (``up`` with ``replicas: 2`` -> 1): the door keeps running (same container), the
-  leaving replica drains; 0 failed;
+- scaling down and up again (``up`` with ``replicas: 2`` -> 1 -> 2): the door keeps running
+  (same container), the leaving replica drains, the new one joins the rotation; 0 failed;
 - degraded start (after ``down``, a model whose version cannot load): ``up`` fails naming it,
   both replicas serve the other model through the door (in rotation, every try answers) and
   ``status`` shows the failed model next to a healthy door.
@@ -291,22 +291,30 @@ def ask_through_door_one(door: DoorScenario, only: str) -> None:
     assert grew == {only}, (before, after)
 
 
-def test_scaling_down_under_load_drains_the_leaving_replica(door: DoorScenario) -> None:
+def test_scaling_down_and_up_under_load_keeps_the_door(door: DoorScenario) -> None:
     """`up` with replicas 2 -> 1 under load: the door is not recreated, the leaving replica
-    drains, 0 failed; one replica stays in rotation."""
+    drains, 0 failed; one replica stays in rotation. Then 1 -> 2: the new replica joins the
+    rotation, the door still the same container, 0 failed."""
     door_before = door.frontend_id()
-    with door.load(seconds=60) as generator:
+    with door.load(seconds=90) as generator:
         time.sleep(1.5)
         spec = door.spec()
         spec["serving"]["replicas"] = 1
         door.write_spec(spec)
-        report = door.up()
+        down = door.up()
         time.sleep(2.0)
-    assert report.plan.reasons == ("serving.replicas: 2 running, 1 wanted",), report.plan
+        single = door.door()
+        spec["serving"]["replicas"] = 2
+        door.write_spec(spec)
+        up = door.up()
+        wait_in_rotation(door.door, 2, timeout=30)
+        time.sleep(1.0)
+    assert down.plan.reasons == ("serving.replicas: 2 running, 1 wanted",), down.plan
+    assert up.plan.reasons == ("serving.replicas: 1 running, 2 wanted",), up.plan
+    assert len(single.in_rotation("rest")) == 1 == len(single.in_rotation("grpc")), single
     assert door.frontend_id() == door_before
     assert_clean(generator.report, values={V1_VALUE})
-    status = door.door()
-    assert len(status.in_rotation("rest")) == 1 == len(status.in_rotation("grpc")), status
+    ask_through_door(door, ModelRef(MODEL, label="stable"), V1_VALUE)
 
 
 def test_degraded_start_behind_the_door_serves_the_rest_through_it(
