@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,14 +44,19 @@ from tests.integration.test_contract import (
 )
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
 from tfstack.bench.rollout import free_port
+from tfstack.bench.swarm import replacements
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import BuiltImage
+from tfstack.build.modelimage import model_image_tag, model_repository_name
 from tfstack.cluster import cluster_down, cluster_status, cluster_up
 from tfstack.cluster.plan import CLUSTER_LABEL, CLUSTER_NAME
 from tfstack.models.demo import write_demo_models, write_half_plus
 from tfstack.render.frontdoor import SERVING_SERVICE
+from tfstack.render.swarm import LABEL_REVISION
+from tfstack.rollout.journal import read_journal, status_summary
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.runner import Context
+from tfstack.spec.deploy import LOCAL_PUSH_REGISTRY
 from tfstack.spec.load import load_spec
 from tfstack.stack.swarm import (
     STACK_LABEL,
@@ -70,14 +77,17 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "tfstack-swarm-it"
+MODEL = "half_plus_two"
 REPLICAS = 3
 PER_NODE = 2  # room for a killed node's task on the two others
 UP_TIMEOUT_S = 420.0
 RECOVERY_LIMIT_S = 150.0
-# A killed node drops packets: requests already sent to its task (or sent over a kept-alive
-# connection before the door's health check marks it down: fall 2 x inter 1 s) get no answer. After
-# this many seconds every request must be answered by the tasks left.
-DOOR_DETECT_S = 4.0
+REPLACEMENT_LIMIT_S = 45.0  # node killed -> task healthy elsewhere (goal 30 s; margin for noise)
+# A killed node drops packets without a reset. The Swarm door opens a connection per request
+# (a dead task is a connect timeout after 1 s, retried on another task, and marks the task down)
+# and retries a request left unanswered after rest_api_timeout_ms + 1 s: no request may fail.
+REST_TIMEOUT_MS = 5000
+SLOW_S = 0.5  # an answer this slow after the kill met the dead node and was retried
 KILLED_NODE = f"{CLUSTER_NAME}-node-3"  # a worker (node 1 is the manager and runs the door)
 
 # The contract cases, collected here with this module's `target` (the door). Imported names are
@@ -115,6 +125,9 @@ def spec_data(*, project: str, image: str, grpc_port: int, rest_port: int) -> di
             "rest_port": rest_port,
             "replicas": REPLICAS,
             "max_load_retries": 0,
+            # The door retries a request left unanswered by a vanished node after
+            # rest_api_timeout_ms + 1 s: below the load generator's 10 s client timeout.
+            "rest_api_timeout_ms": REST_TIMEOUT_MS,
         },
         "deploy": {"target": "swarm", "swarm": {"max_replicas_per_node": PER_NODE}},
     }
@@ -373,6 +386,147 @@ def test_rollout_then_rollback_under_load_fail_no_request(
     assert {s.value for s in rollback_load.window(start=marks["rollback:done"])} == {2.5}
 
 
+# ----------------------------------------------------------------------------- model images
+
+
+def _tags(repository: str) -> set[str]:
+    return {
+        line.split(":")[-1]
+        for line in _docker_lines("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository)
+    }
+
+
+def test_up_prunes_older_model_images_and_nothing_else(swarm: SwarmStack) -> None:
+    """The rollout and rollback above deployed at least 3 model images; after each up only the
+    current tag and one previous remain, under the local and the pushed name. A noop up keeps an
+    unlabelled image in the project's repository and another project's model image."""
+    repository = model_repository_name(PROJECT)
+    pushed = f"{LOCAL_PUSH_REGISTRY}/{repository}"
+    revision = swarm.manager.run(
+        "service",
+        "inspect",
+        "--format",
+        f'{{{{index .Spec.Labels "{LABEL_REVISION}"}}}}',
+        f"{swarm.stack}_models",
+    )
+    current = model_image_tag(revision)
+    other = f"{model_repository_name(PROJECT + '-other')}:{current}"
+    unlabelled = f"{repository}:not-a-model-image"
+    subprocess.run(["docker", "tag", f"{repository}:{current}", other], check=True)
+    subprocess.run(["docker", "tag", "tfstack/frontend:latest", unlabelled], check=True)
+    try:
+        assert swarm_up(swarm.spec_path, swarm.root, timeout=120).action == "noop"
+        local, remote = _tags(repository), _tags(pushed)
+        print(f"\nswarm: model image tags after the rollout: {sorted(local)}", flush=True)
+        assert current in local and current in remote
+        assert len(local - {"not-a-model-image"}) <= 2, local
+        assert len(remote) <= 2, remote
+        assert "not-a-model-image" in local
+        assert _docker_lines("image", "ls", "--quiet", other)
+    finally:
+        subprocess.run(
+            ["docker", "image", "rm", other, unlabelled], check=False, capture_output=True
+        )
+
+
+# ----------------------------------------------------------------------------- interrupted rollout
+
+
+def _rollout_killed_in(swarm: SwarmStack, step: str, version: int, source: Path) -> None:
+    """``invoke rollout --target swarm`` in its own process, killed (SIGKILL) half way into
+    ``step``; the journal then says interrupted at that step."""
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "rollout",
+        "--target",
+        "swarm",
+        "--spec",
+        str(swarm.spec_path),
+        "--model",
+        MODEL,
+        "--version",
+        str(version),
+        "--source",
+        str(source),
+    ]
+    log = swarm.root / f"rollout-killed-{step}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline:
+                journal = read_journal(swarm.root, PROJECT, MODEL)
+                # This process's journal (an earlier one may have stopped in the same step).
+                ours = journal is not None and journal.pid == process.pid
+                record = journal.record(step) if ours and journal is not None else None
+                if record is not None and record.status == "running":
+                    break
+                assert process.poll() is None, log.read_text(errors="replace")
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"step {step} never started:\n{log.read_text(errors='replace')}")
+            time.sleep(2.0)  # inside the step's deploy and wait
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    summary = status_summary(swarm.root, PROJECT)
+    assert summary is not None, "no rollout journal"
+    assert (summary[MODEL]["state"], summary[MODEL]["step"]) == ("interrupted", step)
+
+
+def test_rollout_interrupted_half_way_is_aborted_then_resumed(
+    swarm: SwarmStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A `rollout --target swarm` killed in its load step: `--abort` puts the spec and the Swarm
+    back (a following up is a noop); killed again, `--resume` finishes it (stable -> 3), and a
+    rollback returns to version 1. 50 req/s REST+gRPC through the door: 0 failed."""
+    candidate = tmp_path_factory.mktemp("swarm-interrupted") / "v3"
+    write_half_plus(candidate, offset=3.0, offset2=4.0, model_name=MODEL)
+    for path in [candidate, *candidate.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    context = Context(swarm.spec_path, swarm.root, MODEL, say=say)
+    original = swarm.spec_path.read_text(encoding="utf-8")
+    started = time.monotonic()
+    load = _stack_load(swarm, 115).start()
+    try:
+        _rollout_killed_in(swarm, "load", 3, candidate)
+        aborted = swarm_rollout(context, RolloutRequest(MODEL), abort=True)
+        assert aborted.journal.status == "aborted"
+        assert swarm.spec_path.read_text(encoding="utf-8") == original
+        assert swarm_up(swarm.spec_path, swarm.root, timeout=120).action == "noop"
+    finally:
+        abort_load = load.stop()
+    abort_s = time.monotonic() - started
+    started = time.monotonic()
+    load = _stack_load(swarm, 115).start()
+    try:
+        _rollout_killed_in(swarm, "load", 3, candidate)
+        resumed = swarm_rollout(context, RolloutRequest(MODEL), resume=True)
+        assert resumed.journal.status == "done"
+        spec = load_spec(swarm.spec_path)
+        assert next(m for m in spec.models if m.name == MODEL).labels == {"stable": 3}
+        time.sleep(2)
+        assert 3.5 in load.report.values("rest/stable")
+        swarm_rollback(context)
+    finally:
+        resume_load = load.stop()
+    resume_s = time.monotonic() - started
+    print(
+        f"\nswarm interrupted rollout: abort {abort_s:.1f}s ({abort_load.summary()}); resume and "
+        f"rollback {resume_s:.1f}s ({resume_load.summary()})",
+        flush=True,
+    )
+    assert abort_load.failures == [], abort_load.summary()
+    assert resume_load.failures == [], resume_load.summary()
+    assert 3.5 not in abort_load.values("rest/stable")
+    spec = load_spec(swarm.spec_path)
+    assert next(m for m in spec.models if m.name == MODEL).labels == {"stable": 1}
+
+
 # ----------------------------------------------------------------------------- failover
 
 
@@ -387,8 +541,9 @@ def _serving_running(swarm: SwarmStack, names: dict[str, str]) -> list[str]:
 
 
 def test_worker_node_killed_under_load_fails_over(swarm: SwarmStack) -> None:
-    """Kill a worker's container under 50 req/s REST: its task runs elsewhere, the door routes
-    around it (no failure once its health check saw the node go); failures are reported."""
+    """Kill a worker's container under 50 req/s REST: its task runs elsewhere within 30 s, the
+    door routes around it and no request fails (the ones that met the dead node are retried:
+    counted as slow); where the replacement's time went is printed."""
     names = {n.id: n.hostname for n in nodes(swarm.manager)}
     assert KILLED_NODE in _serving_running(swarm, names)
     senders = stack_senders(
@@ -403,9 +558,10 @@ def test_worker_node_killed_under_load_fails_over(swarm: SwarmStack) -> None:
     load.start()
     recovered_s: float | None = None
     down_s: float | None = None
+    killed_wall = time.time()
     try:
         time.sleep(5)
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         subprocess.run(["docker", "kill", KILLED_NODE], check=True, capture_output=True)
         while time.monotonic() - killed_at < RECOVERY_LIMIT_S - 20:
             if down_s is None and KILLED_NODE in {
@@ -420,21 +576,22 @@ def test_worker_node_killed_under_load_fails_over(swarm: SwarmStack) -> None:
         time.sleep(5)  # load on the recovered layout
     finally:
         report: LoadReport = load.stop()
+    timeline = replacements(swarm.manager, swarm.stack, names, killed_wall) if recovered_s else []
     after_kill = report.window(start=killed_at)
-    in_flight = report.window(start=killed_at, end=killed_at + DOOR_DETECT_S)
-    lost = len([s for s in in_flight if not s.ok])
+    slow = [s.sent_at - killed_at for s in after_kill if s.latency_s > SLOW_S]
     print(
-        f"\nswarm failover: {len(report.failures)} failed of {report.total} (goal 0; sent in the "
-        f"{DOOR_DETECT_S:g} s after the kill: {lost}); node down "
-        f"after {down_s}s; {REPLICAS} tasks running again after {recovered_s}s; "
-        f"load: {report.summary()}",
+        f"\nswarm failover: {len(report.failures)} failed of {report.total}; "
+        f"{len(slow)} slower than {SLOW_S:g} s, sent at +{', +'.join(f'{x:.1f}' for x in slow)} s "
+        f"after the kill; node down after {down_s}s; {REPLICAS} tasks running again after "
+        f"{recovered_s}s; "
+        f"load: {report.summary()}\n" + "\n".join(r.describe() for r in timeline),
         flush=True,
     )
     assert recovered_s is not None, f"no replacement task within {RECOVERY_LIMIT_S - 20:.0f} s"
     assert len(after_kill) > 100
     assert all(s.ok for s in report.window(end=killed_at)), report.summary()
-    late = [s for s in report.window(start=killed_at + DOOR_DETECT_S) if not s.ok]
-    assert late == [], report.summary()
+    assert report.failures == [], report.summary()
+    assert recovered_s <= REPLACEMENT_LIMIT_S, "\n".join(r.describe() for r in timeline)
     assert {s.value for s in report.samples if s.ok} == {2.5}
 
 
