@@ -19,6 +19,7 @@ from tfstack.bench.report import (
     per_second,
     rates_over_time,
     rollout_timeline,
+    series_rates,
     throughput,
 )
 from tfstack.bench.rollout import write_charts
@@ -131,3 +132,10 @@ def test_bench_canary_writes_its_timeline_with_the_traffic_steps(tmp_path: Path)
     (path,) = canary_charts(report, marks, tmp_path)
     assert path.name == "canary-timeline.png"
     assert png_size(path)[0] > 0
+
+
+def test_series_rates_stop_at_the_last_event_and_scale_a_short_last_bin() -> None:
+    """A series ends with its last event's bin; a half-second last bin counts double per second."""
+    assert series_rates([0.1, 0.2, 1.5], 0.0, 10.0) == ([0, 1, 2], [2.0, 1.0])
+    edges, rates = series_rates([0.1, 1.2, 2.4], 0.0, 2.5)
+    assert edges == [0, 1, 2, 2.5] and rates == [1.0, 1.0, 2.0]

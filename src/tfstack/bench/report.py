@@ -163,6 +163,21 @@ def per_second(times: Sequence[float], start: float, end: float) -> list[int]:
     return counts
 
 
+def series_rates(
+    times: Sequence[float], start: float, end: float
+) -> tuple[list[float], list[float]]:
+    """Bin edges (seconds from ``start``) and events per second of one non-empty series (pure).
+
+    The series ends with the bin of its last event (a run shorter than the chart stops there
+    instead of dropping to zero); a last bin shorter than :data:`BIN_S` is divided by its width.
+    """
+    last = min(end, start + math.ceil(max(max(times) - start, 1e-9) / BIN_S) * BIN_S)
+    counts = per_second(times, start, last)
+    edges = [min(i * BIN_S, last - start) for i in range(len(counts))] + [last - start]
+    widths = [max(b - a, 1e-9) for a, b in itertools.pairwise(edges)]
+    return edges, [count / width for count, width in zip(counts, widths, strict=True)]
+
+
 def rates_over_time(
     series: Mapping[str, Sequence[float]],
     path: Path,
@@ -178,19 +193,17 @@ def rates_over_time(
     start, end = span if span is not None else (min(events, default=0.0), max(events, default=1.0))
     figure = _figure((7.5, 3.4))
     axes = figure.subplots()
-    for name, times in series.items():
+    for index, (name, times) in enumerate(series.items()):
         if not times:
             continue
-        counts = per_second(times, start, end)
-        # The last bin may be shorter than BIN_S: rates divide by each bin's real width.
-        edges = [min(i * BIN_S, end - start) for i in range(len(counts))] + [end - start]
-        widths = [max(b - a, 1e-9) for a, b in itertools.pairwise(edges)]
+        edges, rates = series_rates(times, start, end)
+        mean = len(times) / max(edges[-1], 1e-9)
         axes.stairs(
-            [count / width for count, width in zip(counts, widths, strict=True)],
+            rates,
             edges,
             baseline=None,
-            label=f"{name} (mean {len(times) / max(end - start, 1e-9):,.0f}/s)",
-            color=(colors or {}).get(name),
+            label=f"{name} (mean {mean:,.0f}/s)" if mean >= 10 else f"{name} (mean {mean:.1f}/s)",
+            color=(colors or {}).get(name, f"C{index % 10}"),
         )
     if log_scale:
         axes.set_yscale("log")
