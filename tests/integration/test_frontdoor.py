@@ -436,3 +436,17 @@ def test_predict_through_a_tls_door_sends_the_files_key(
         assert answer["predictions"] == [2.5, 3.0], grpc_call
     with pytest.raises(ServingRequestError, match="refused the API key"):
         predict(project.spec_path, ModelRef("half_plus_two"), body, api_key="wrong-key-1234")
+
+
+def test_status_through_a_tls_door_with_keys_sees_the_models(
+    secure_stack: tuple[DoorProject, Path], docker_client: docker.DockerClient
+) -> None:
+    """status asks the models through the door over TLS with the keys file's key: every model ok,
+    the door ok, the stack ok (a plain, keyless client would get no answer / 401)."""
+    project, _ = secure_stack
+    status = project.lifecycle(docker_client).status()
+    document = status.to_json()
+    assert document["server_error"] is None, document
+    assert all(m["ok"] for m in document["models"]), document["models"]
+    assert document["frontend"]["ok"], document["frontend"]
+    assert status.ok

@@ -1,5 +1,7 @@
 """The stack's lifecycle behind the front door (#11), on one real ``replicas: 2`` stack.
 
+The door checks API keys (``frontend.auth``): every client here sends one, and so must what
+tfstack itself sends through the door (``up``'s samples, a rollout's label checks, ``status``).
 Every test runs bounded REST + gRPC load through the door (``tfstack.bench.loadgen``, loopback,
 unlabelled and via ``stable``) and counts failed requests:
 
@@ -23,8 +25,10 @@ The models: half_plus_two version 1 (x = 1 -> 2.5) and candidates written with T
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +39,7 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
-from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.loadgen import Answer, LoadGenerator, LoadReport, Sender
 from tfstack.bench.rollout import BODY, MODEL, V1_VALUE, V2_VALUE, RolloutScenario, write_candidates
 from tfstack.build.images import BuiltImage
 from tfstack.core import textproto
@@ -44,6 +48,7 @@ from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.run import run_rollback, run_rollout
 from tfstack.serving.client import GrpcClient, ModelRef, RestClient, ServingRequestError
 from tfstack.serving.door import DoorStatus, wait_in_rotation, wait_replica_in_rotation
+from tfstack.serving.tensors import rest_body_to_grpc, signature_inputs
 from tfstack.serving.waiting import LoadFailed
 from tfstack.stack.plan import load
 
@@ -51,6 +56,17 @@ pytestmark = pytest.mark.integration
 
 RATE = 60.0  # requests per second through the door, REST and gRPC together
 ASKS = 20  # consecutive requests that must all succeed right after a change
+KEY = "lifecycle-key-" + "c3" * 12
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+METADATA = [("authorization", f"Bearer {KEY}")]
+
+
+def rest_client(url: str) -> RestClient:
+    return RestClient(url, timeout=10, headers=HEADERS)
+
+
+def grpc_client(target: str) -> GrpcClient:
+    return GrpcClient(target, timeout=10, metadata=METADATA)
 
 
 def say(text: str) -> None:
@@ -65,9 +81,19 @@ class DoorScenario:
         self.client = client
         spec = yaml.safe_load(scenario.spec_path.read_text())
         spec["serving"]["replicas"] = 2
+        # The door runs as 1000:1000 and reads the keys file as that user.
+        keys = scenario.root / "secrets" / "api_keys"
+        keys.parent.mkdir(mode=0o755)
+        keys.write_text(f"# lifecycle test key\n{KEY}\n")
+        keys.chmod(0o600)
+        os.chown(keys, 1000, 1000)
         # Short health checks: a replica leaves and rejoins the rotation within a second. On
         # explicitly, so the door stays when the replicas scale down to one.
-        spec["frontend"] = {"enabled": True, "health_interval_ms": 500}
+        spec["frontend"] = {
+            "enabled": True,
+            "health_interval_ms": 500,
+            "auth": {"api_keys_file": str(keys)},
+        }
         # Pinned, so a version directory written for a test is not picked up by polling.
         model = self.model_entry(spec)
         model["policy"] = {"specific": [1]}
@@ -105,7 +131,7 @@ class DoorScenario:
     def door(self) -> DoorStatus:
         lifecycle = self.lifecycle()
         loaded = load(self.scenario.spec_path, self.scenario.root)
-        status = lifecycle.door_status(loaded, lifecycle.stack(loaded.spec))
+        status: DoorStatus | None = lifecycle.door_status(loaded, lifecycle.stack(loaded.spec))
         assert status is not None
         return status
 
@@ -127,13 +153,33 @@ class DoorScenario:
         return str(door.id)
 
     def load(self, seconds: float = 90.0) -> LoadGenerator:
-        senders = stack_senders(
-            MODEL,
-            rest_url=self.scenario.rest_url,
-            grpc_target=self.scenario.grpc_target,
-            body=BODY,
-        )
-        return LoadGenerator(senders, rate=RATE, max_seconds=seconds)
+        return LoadGenerator(self.senders(), rate=RATE, max_seconds=seconds)
+
+    def senders(self) -> dict[str, Sender]:
+        """REST and gRPC, unlabelled and via ``stable``, each request with the API key (like
+        ``tfstack.bench.loadgen.stack_senders``, which sends none)."""
+        local = threading.local()
+        channel = grpc_client(self.scenario.grpc_target)
+        request = rest_body_to_grpc(BODY, signature_inputs(channel.metadata(ModelRef(MODEL)), None))
+        senders: dict[str, Sender] = {}
+        for name, ref in (
+            ("default", ModelRef(MODEL)),
+            ("stable", ModelRef(MODEL, label="stable")),
+        ):
+
+            def send_rest(ref: ModelRef = ref) -> Answer:
+                if getattr(local, "rest", None) is None:
+                    local.rest = rest_client(self.scenario.rest_url)
+                return float(local.rest.predict(ref, BODY)["predictions"][0]), None
+
+            def send_grpc(ref: ModelRef = ref) -> Answer:
+                answer = channel.predict(ref, request.tensors, signature=request.signature)
+                values = [t.values[0] for _, t in sorted(answer.outputs.items()) if t.values]
+                return (float(values[0]) if values else None), answer.version
+
+            senders[f"rest/{name}"] = send_rest
+            senders[f"grpc/{name}"] = send_grpc
+        return senders
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +217,14 @@ def ask_through_door(door: DoorScenario, ref: ModelRef, want: float) -> None:
     """ASKS consecutive REST predicts of ``ref`` through the door, each answering ``want``; every
     replica served some of them (the door's own counters)."""
     before = rest_requests(door.door())
-    with RestClient(door.scenario.rest_url, timeout=10) as rest:
+    with rest_client(door.scenario.rest_url) as rest:
         answers = [rest.predict(ref, BODY)["predictions"][0] for _ in range(ASKS)]
     assert answers == [want] * ASKS, answers
     after = rest_requests(door.door())
     assert len(after) == 2 and all(after[c] > before.get(c, 0) for c in after), (before, after)
-    with GrpcClient(door.scenario.grpc_target, timeout=10) as grpc_client:
+    with grpc_client(door.scenario.grpc_target) as channel:
         for _ in range(ASKS // 2):
-            assert grpc_client.predict_json(ref, BODY) == {"predictions": [want]}
+            assert channel.predict_json(ref, BODY) == {"predictions": [want]}
 
 
 def labels_on(replica: Replica, label: str) -> list[float]:
@@ -195,6 +241,12 @@ def test_hot_reload_reaches_every_replica_and_loses_no_request(
     """Version 3 and label `next` added, then taken away, by `up` under load: 0 failed; right
     after the first `up` every request for `next` and for version 3 through the door answers
     with version 3's math, and each replica asked directly has the label."""
+    with (
+        RestClient(door.scenario.rest_url, timeout=10) as keyless,
+        pytest.raises(ServingRequestError) as refused,
+    ):
+        keyless.predict(ModelRef(MODEL), BODY)
+    assert refused.value.status == 401  # the door checks keys: what passes below sent one
     version_dir = door.scenario.model_dir / "3"
     shutil.copytree(candidates["good"], version_dir)
     version_dir.chmod(0o755)
@@ -260,8 +312,8 @@ def test_a_replica_missing_a_declared_version_is_out_of_rotation(door: DoorScena
     applied = (door.scenario.root / "config" / "models.config").read_text()
     with door.load(seconds=60) as generator:
         time.sleep(1.5)
-        with GrpcClient(second.grpc_target, timeout=30) as grpc_client:
-            grpc_client.reload_config(_with_missing_version(applied, 7), timeout=30)
+        with GrpcClient(second.grpc_target, timeout=30) as direct:
+            direct.reload_config(_with_missing_version(applied, 7), timeout=30)
         deadline = time.monotonic() + 20
         while second.name in door.door().in_rotation("rest") and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -272,8 +324,8 @@ def test_a_replica_missing_a_declared_version_is_out_of_rotation(door: DoorScena
         assert out and all(not s["in_rotation"] for s in out), out
         assert not document["ok"] and not status.ok
         ask_through_door_one(door, first.name)
-        with GrpcClient(second.grpc_target, timeout=30) as grpc_client:
-            grpc_client.reload_config(applied, timeout=30)
+        with GrpcClient(second.grpc_target, timeout=30) as direct:
+            direct.reload_config(applied, timeout=30)
         wait_replica_in_rotation(door.door, second.name, timeout=20)
         time.sleep(1.0)
     assert_clean(generator.report, values={V1_VALUE})
@@ -283,7 +335,7 @@ def test_a_replica_missing_a_declared_version_is_out_of_rotation(door: DoorScena
 def ask_through_door_one(door: DoorScenario, only: str) -> None:
     """While one replica is out, every request through the door goes to the other."""
     before = rest_requests(door.door())
-    with RestClient(door.scenario.rest_url, timeout=10) as rest:
+    with rest_client(door.scenario.rest_url) as rest:
         for _ in range(ASKS):
             assert rest.predict(ModelRef(MODEL, label="stable"), BODY) == {"predictions": [2.5]}
     after = rest_requests(door.door())
@@ -339,7 +391,7 @@ def test_degraded_start_behind_the_door_serves_the_rest_through_it(
     wait_in_rotation(door.door, 2, timeout=30)
     ask_through_door(door, ModelRef(MODEL, label="stable"), V1_VALUE)
     with (
-        RestClient(door.scenario.rest_url, timeout=10) as rest,
+        rest_client(door.scenario.rest_url) as rest,
         pytest.raises(ServingRequestError) as missing,
     ):
         rest.predict(ModelRef("broken"), BODY)

@@ -298,9 +298,9 @@ class DoorAccess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def rest(self) -> RestClient:
+    def rest(self, timeout: float = 30.0) -> RestClient:
         verify: str | bool = str(self.ca_file) if self.ca_file is not None else True
-        return RestClient(self.rest_url, headers=self.headers(), verify=verify)
+        return RestClient(self.rest_url, timeout=timeout, headers=self.headers(), verify=verify)
 
     def grpc(self) -> GrpcClient:
         root = _read_file(self.ca_file, "--ca-file") if self.ca_file is not None else None

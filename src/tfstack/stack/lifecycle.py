@@ -683,7 +683,7 @@ class Lifecycle:
         stack = stack or self.stack(loaded.spec)
         endpoints = endpoints_for(loaded.spec)
         direct = self.replicas(loaded, stack) if door_is_on(loaded.spec) else []
-        with RestClient(endpoints.rest_url, timeout=5) as rest:
+        with self._status_client(loaded, direct) as rest:
             status = observe(
                 project=loaded.spec.project,
                 spec_path=str(self.spec_path),
@@ -700,6 +700,19 @@ class Lifecycle:
             )
         status = replace(status, frontend=self.door_status(loaded, stack))
         return with_start_failures(status, read_start_failures(self.root))
+
+    @staticmethod
+    def _status_client(loaded: Loaded, direct: Sequence[Replica]) -> RestClient:
+        """Where status asks for the models: the stack's REST endpoint, through a door over TLS
+        and with its API key when it has them; a door whose keys file holds only hashes is
+        passed by (the first replica directly): status needs no key from the command line."""
+        try:
+            access = door_access(loaded.spec, loaded.spec_path)
+        except UsageError:
+            if direct:
+                return RestClient(direct[0].rest_url, timeout=5)
+            return RestClient(endpoints_for(loaded.spec).rest_url, timeout=5)
+        return access.rest(timeout=5)
 
     def logs(self, *, follow: bool = False, tail: int | None = None) -> str:
         """The server log (printed by Compose itself when following)."""
