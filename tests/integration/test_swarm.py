@@ -5,8 +5,10 @@ half_plus_two (label ``stable`` -> 1), half_plus_three and upstream's zero-padde
 upstream_half_plus_two, 3 replicas with at most 2 per node, the door on loopback ports chosen at
 random. The TF Serving contract cases of ``test_contract`` (REST and gRPC) run through the door:
 they are imported here and take this module's ``target`` fixture. Then: the tasks' spread, a
-no-change ``up``, bad input (no manager, too many replicas for the placement), a worker node killed
-under ~50 req/s REST load, and ``down`` + ``cluster.down`` leaving nothing labelled behind.
+no-change ``up``, bad input (no manager, too many replicas for the placement), a rollout and its
+rollback under load, the model images those deploys left, a rollout process killed half way then
+aborted or resumed, a worker node killed under ~50 req/s REST load, and ``down`` +
+``cluster.down`` leaving nothing labelled behind.
 
 Tests run in file order and share the cluster; the module's finalizer removes the stack and the
 cluster whatever happened. Budget: the whole module in under 10 minutes on 2 shared cores (most of
