@@ -41,6 +41,7 @@ def phase(
         {"rest": result(p50[0], rps[0], errors, cpu), "grpc": result(p50[1], rps[1], 0, cpu)},
         {"rest": 40.0, "grpc": 55.0},
         None if capped is None else result(p50[0], capped),
+        {"rest": 300.0, "grpc": 350.0},
     )
 
 
@@ -83,6 +84,13 @@ def test_verdict_needs_small_added_p50_throughput_ratio_scaling_and_no_errors() 
     assert text["door CPU per REST request (1 / 2 replicas)"] == "40 / 40 us"
     assert text["REST 2 replicas / 1, each capped at 0.5 core (diagnostic)"].startswith("1.90x")
     assert verdict(DIRECT, DOOR1, DOOR2).capped_scale == 1.9
+    # CPU per request through the door: replica 300 + door 40 + client 0.5 core * 10 s / 9,500.
+    assert text["REST CPU per request via the door: replica + door + client"].startswith(
+        "300 + 40 + 526 = 866 us"
+    )
+    ceiling = verdict(DIRECT, DOOR1, DOOR2).ceiling["rest"]
+    assert math.isclose(ceiling, 2e6 / (300 + 40 + 0.5 * 10 * 1e6 / 9_500) / 950)
+    assert text["#12 REST ceiling on 2 cores from that CPU"].startswith(f"{ceiling:.2f}x")
     slow = phase("door, 1 replica", (1.2, 2.0), (9_500, 7_600))
     assert not frontdoor_rows(DIRECT, slow, DOOR2)[1], "gRPC 0.5 ms added"
     flat = phase("door, 2 replicas", (1.2, 1.7), (12_000, 13_000))
@@ -127,3 +135,13 @@ def test_write_charts_names_two_pngs(tmp_path: Path) -> None:
 def test_frontdoor_is_a_registered_benchmark() -> None:
     """`invoke bench` lists frontdoor."""
     assert "frontdoor" in tfstack.bench.runner.describe_benchmarks()
+
+
+def test_no_cpu_figures_means_no_ceiling() -> None:
+    """Without the engine's CPU counters the ceiling is NaN, not a made-up number."""
+    bare = Phase("door, 1 replica", DOOR1.sequential, DOOR1.loaded)
+    assert math.isnan(verdict(DIRECT, bare, DOOR2).ceiling["grpc"])
+    assert (
+        "nan"
+        in dict(frontdoor_rows(DIRECT, bare, DOOR2)[0])["#12 gRPC ceiling on 2 cores from that CPU"]
+    )

@@ -16,16 +16,19 @@ replica has its own core and the client and the door run wherever there is room.
 HAProxy thread in both door phases.
 
 Per phase and transport: sequential p50 (one client, one connection) and closed-loop throughput;
-the door's CPU per request (from the engine's counters). #11: added p50 and door/direct throughput
-with one replica; #12: door throughput with 2 replicas / with 1 as asked (replicas pinned, whole
-cores) and, as a diagnostic beside it, with each replica capped at :data:`CAPPED_CPUS` of its core
-(the replicas then limit the figure, not the client and the door that share their cores).
+the door's and the replicas' CPU per request (the engine's counters) and the client's (its own).
+#11: added p50 and door/direct throughput with one replica; #12: door throughput with 2 replicas /
+with 1 as asked (replicas pinned, whole cores) and, as a diagnostic beside it, with each replica
+capped at :data:`CAPPED_CPUS` of its core (the replicas then limit the figure, not the client and
+the door that share their cores); and #12's ceiling on this machine: 2 cores over the CPU one
+request costs through the door (replica + door + client), against one replica's throughput.
 Everything is torn down at the end (``down``, label sweep), even on failure. Charts (latency
 distributions, throughput over time) are written to ``state/bench/frontdoor-*.png``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -104,13 +107,21 @@ LAYOUTS: dict[str, Layout] = {
 @dataclass(frozen=True)
 class Phase:
     """Figures of one configuration, per transport: sequential latency and closed-loop
-    throughput; the door's CPU per loaded request (µs); REST throughput with capped replicas."""
+    throughput; the door's and the replicas' CPU per loaded request (µs, the engine's counters);
+    REST throughput with capped replicas."""
 
     name: str
     sequential: Mapping[str, LoadResult]
     loaded: Mapping[str, LoadResult]
     door_us: Mapping[str, float] = field(default_factory=dict)
     capped: LoadResult | None = None
+    replica_us: Mapping[str, float] = field(default_factory=dict)
+
+    def client_us(self, transport: str) -> float:
+        """The load client's CPU per loaded request (µs; measured over the window)."""
+        run = self.loaded[transport]
+        answered = run.requests + run.errors
+        return run.client_cpu * run.seconds * 1e6 / answered if answered else math.nan
 
     def p50(self, transport: str) -> float:
         return self.sequential[transport].percentile(0.50)
@@ -154,6 +165,9 @@ class Verdict:
     capped_scale: float | None
     errors: int
     client_bound: bool
+    ceiling: dict[str, float]
+    """#12's bound on this machine: CPUs / (replica + door + client CPU per request), over the
+    throughput of one replica through the door (NaN without the CPU figures)."""
 
     @property
     def met(self) -> bool:
@@ -178,7 +192,26 @@ def verdict(direct: Phase, door1: Phase, door2: Phase) -> Verdict:
         capped_scale=capped,
         errors=direct.errors + door1.errors + door2.errors,
         client_bound=any(p.client_cpu > CLIENT_BOUND_CORES for p in (direct, door1, door2)),
+        ceiling={
+            t: _ceiling(door1, t, len(LAYOUTS["door, 2 replicas"].replicas)) for t in TRANSPORTS
+        },
     )
+
+
+def _cost_us(phase: Phase, transport: str) -> float:
+    """CPU per request through the door (µs): replica + door + load client."""
+    return (
+        phase.replica_us.get(transport, math.nan)
+        + phase.door_us.get(transport, math.nan)
+        + phase.client_us(transport)
+    )
+
+
+def _ceiling(door1: Phase, transport: str, cpus: int) -> float:
+    cost = _cost_us(door1, transport)
+    if math.isnan(cost) or cost <= 0 or not door1.rps(transport):
+        return math.nan
+    return cpus * 1e6 / cost / door1.rps(transport)
 
 
 def _judged(value: str, ok: bool) -> str:
@@ -223,8 +256,18 @@ def frontdoor_rows(direct: Phase, door1: Phase, door2: Phase) -> tuple[list[tupl
             ),
             (
                 f"door CPU per {name} request (1 / 2 replicas)",
-                f"{door1.door_us.get(t, float('nan')):.0f} / "
-                f"{door2.door_us.get(t, float('nan')):.0f} us",
+                f"{door1.door_us.get(t, math.nan):.0f} / {door2.door_us.get(t, math.nan):.0f} us",
+            ),
+            (
+                f"{name} CPU per request via the door: replica + door + client",
+                f"{door1.replica_us.get(t, math.nan):.0f} + {door1.door_us.get(t, math.nan):.0f}"
+                f" + {door1.client_us(t):.0f} = {_cost_us(door1, t):.0f} us (1 replica; "
+                f"direct: replica {direct.replica_us.get(t, math.nan):.0f} us)",
+            ),
+            (
+                f"#12 {name} ceiling on 2 cores from that CPU",
+                f"{v.ceiling[t]:.2f}x (2 cores / CPU per request / 1-replica throughput; "
+                "docker-proxy and kernel not counted)",
             ),
         ]
     if door1.capped is not None and door2.capped is not None and v.capped_scale is not None:
@@ -385,21 +428,26 @@ def _measure(
     sequential: dict[str, LoadResult] = {}
     loaded: dict[str, LoadResult] = {}
     door_us: dict[str, float] = {}
+    replica_us: dict[str, float] = {}
     for kind, transport, spec in _specs(*ports, layout.client):
-        before = placement.cpu_ns("frontend") if door else 0
+        before_door = placement.cpu_ns("frontend") if door else 0
+        before_replicas = placement.cpu_ns("serving")
         result = run_load(spec)
         if kind == "sequential":
             sequential[transport] = result
             continue
         loaded[transport] = result
+        if result.sent:
+            used = placement.cpu_ns("serving") - before_replicas
+            replica_us[transport] = used / 1000 / result.sent
         if door and result.sent:
-            door_us[transport] = (placement.cpu_ns("frontend") - before) / 1000 / result.sent
+            door_us[transport] = (placement.cpu_ns("frontend") - before_door) / 1000 / result.sent
     capped = None
     if door:
         placement.place(layout, replica_cpus=CAPPED_CPUS)
         rest = next(spec for kind, t, spec in _specs(*ports, layout.client) if kind == "loaded")
         capped = run_load(rest)
-    phase = Phase(name, sequential, loaded, door_us, capped)
+    phase = Phase(name, sequential, loaded, door_us, capped, replica_us)
     context.say(
         f"{name} ({layout.describe()}): p50 REST {format_ms(phase.p50('rest'), 3)}, "
         f"gRPC {format_ms(phase.p50('grpc'), 3)}; {phase.rps('rest'):,.0f} REST and "
@@ -466,6 +514,9 @@ def bench_frontdoor(context: BenchContext) -> BenchResult:
             f"{CAPPED_CPUS} of its core so the replicas, not the machine, limit the figure",
             "every path crosses the engine's published port (docker-proxy) on 127.0.0.1, "
             "direct and through the door alike",
+            "the ceiling row: the most 2 replicas could give on 2 cores if every request costs "
+            "the CPU measured with 1 replica (docker-proxy and the kernel's share not counted, "
+            "so the true ceiling is lower); a ceiling under 1.6x means #12 cannot be met here",
             "charts: " + ", ".join(str(p) for p in charts),
         ],
     )
