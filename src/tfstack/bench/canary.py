@@ -117,20 +117,8 @@ class CanaryScenario(RolloutScenario):
         }
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.spec_path.write_text(
-            CANARY_SPEC.format(
-                project=self.project,
-                model=MODEL,
-                image=self.image,
-                grpc_port=self.grpc_port,
-                rest_port=self.rest_port,
-                healthcheck="true" if self.healthcheck else "false",
-                **self.slo,
-            ),
-            encoding="utf-8",
-        )
+    def spec_text(self, template: str = CANARY_SPEC, **extra: Any) -> str:
+        return super().spec_text(template, **{**self.slo, **extra})
 
     def load_with(
         self, body: Mapping[str, Any], *, max_seconds: float = 120.0, rate: float = 40.0

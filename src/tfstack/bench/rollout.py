@@ -124,16 +124,18 @@ class RolloutScenario:
         self.model_dir.chmod(0o755)
         (self.root / "models").chmod(0o755)
         shutil.copytree(self.candidates["v1"], self.model_dir / "1")
-        self.spec_path.write_text(
-            SPEC_TEMPLATE.format(
-                project=self.project,
-                model=MODEL,
-                image=self.image,
-                grpc_port=self.grpc_port,
-                rest_port=self.rest_port,
-                healthcheck="true" if self.healthcheck else "false",
-            ),
-            encoding="utf-8",
+        self.spec_path.write_text(self.spec_text(), encoding="utf-8")
+
+    def spec_text(self, template: str = SPEC_TEMPLATE, **extra: Any) -> str:
+        """The project's spec: ``template`` filled with its ports, image and ``extra``."""
+        return template.format(
+            project=self.project,
+            model=MODEL,
+            image=self.image,
+            grpc_port=self.grpc_port,
+            rest_port=self.rest_port,
+            healthcheck="true" if self.healthcheck else "false",
+            **extra,
         )
 
     @property
