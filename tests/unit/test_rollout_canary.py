@@ -14,7 +14,6 @@ from tfstack.rollout.canary import (
     CONTAINER_CANARY_CONFIG,
     LABEL_CANARY_VERSION,
     analyze,
-    canary_rotation,
     canary_spec,
     check_traffic_prerequisites,
     parse_map,
@@ -219,17 +218,9 @@ def test_share_lines_replace_the_entry_and_read_the_map_back() -> None:
         share_commands("/m", MODEL, 101)
 
 
-def test_the_map_and_stat_answers_parse() -> None:
+def test_the_map_answer_parses() -> None:
     answer = "\n\n0x55d0c8a0 half_plus_two 50\n0x55d0c8b0 other 5\n\n"
     assert parse_map(answer) == {MODEL: 50, "other": 5}
-    stat = (
-        "# pxname,svname,qcur,status,weight\n"
-        "rest_canary,canary1,0,UP,1\n"
-        "grpc_canary,canary1,0,DOWN,1\n"
-        "rest_replicas,replica1,0,UP,1\n"
-    )
-    assert canary_rotation(stat) == {"rest_canary": "UP", "grpc_canary": "DOWN"}
-    assert canary_rotation("garbage") == {}
 
 
 # --------------------------------------------------------------------------- analysis

@@ -16,23 +16,24 @@ rest talks to the engine and the door.
 from __future__ import annotations
 
 import contextlib
-import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+from docker.types import Mount
 
 from tfstack import render
 from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
 from tfstack.core.progress import Say
-from tfstack.docker.compose import Replica
+from tfstack.docker.compose import ContainerInfo, Replica, container_info
 from tfstack.errors import RolloutError, StackError, TfstackError, UsageError
-from tfstack.render.frontdoor import DOOR_ADMIN_PORT, FRONTEND_SERVICE, canary_host
+from tfstack.render.frontdoor import DOOR_ADMIN_PORT, canary_host
 from tfstack.rollout.gates import Decision, evaluate
 from tfstack.serving.client import RestClient
+from tfstack.serving.door import direct_replicas, frontend_container
 from tfstack.serving.metrics import Scrape, Window, merge, scrape, window
 from tfstack.serving.waiting import ModelExpectation, ModelsReady, Poll
 from tfstack.spec import StackSpec
@@ -44,12 +45,9 @@ LABEL_CANARY_VERSION = "org.tfstack.canary-version"
 CANARY_CONFIG = f"{render.CONFIG_DIR}/canary/models.config"
 """The canary's models.config, under the config directory every replica mounts at /config."""
 CONTAINER_CANARY_CONFIG = "/config/canary/models.config"
-COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
-COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 CANARY_READY_TIMEOUT_S = 180.0
 CANARY_STOP_GRACE_S = 10
 CANARY_DRAIN_S = 1.0  # after the share is 0: requests the door already sent finish
-CANARY_BACKENDS = ("rest_canary", "grpc_canary")
 ADMIN_TIMEOUT_S = 10
 
 
@@ -181,15 +179,6 @@ def parse_map(text: str) -> dict[str, int]:
 # Effects: the canary container
 
 
-def serving_containers(client: Any, compose_project: str) -> list[Any]:
-    selector = [f"{COMPOSE_PROJECT_LABEL}={compose_project}", f"{COMPOSE_SERVICE_LABEL}=serving"]
-    return [
-        c
-        for c in client.containers.list(filters={"label": selector})
-        if c.attrs.get("State", {}).get("Running")
-    ]
-
-
 def existing_canary(client: Any, project: str) -> Any | None:
     """The project's canary container (any state), or None."""
     selector = [f"{LABEL_PROJECT}={project}", f"{LABEL_ROLE}={ROLE_CANARY}"]
@@ -197,14 +186,14 @@ def existing_canary(client: Any, project: str) -> Any | None:
     return found[0] if found else None
 
 
-def container_replica(container: Any, network: str, rest_port: int, grpc_port: int) -> Replica:
-    """The container at its own address on ``network``."""
-    container.reload()
-    networks = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
-    address = (networks.get(network) or {}).get("IPAddress") or ""
-    if not address:
-        raise StackError(f"container {container.name} has no address on network {network}")
-    return Replica(container.name, f"http://{address}:{rest_port}", f"{address}:{grpc_port}")
+def canary_replica(client: Any, canary: Any, *, rest_port: int, grpc_port: int) -> Replica:
+    """The canary container at its own network address, as the replicas are reached."""
+    found = direct_replicas(
+        client, [container_info(canary)], rest_port=rest_port, grpc_port=grpc_port
+    )
+    if not found:
+        raise StackError(f"the canary replica {canary.name} is not running or has no address")
+    return found[0]
 
 
 def _logs_tail(container: Any, lines: int = 15) -> list[str]:
@@ -257,7 +246,7 @@ def start_canary(
         api.start(created["Id"])
         current = client.containers.get(created["Id"])
         say(f"      started {plan.describe()}")
-    replica = container_replica(current, plan.network, rest_port, grpc_port)
+    replica = canary_replica(client, current, rest_port=rest_port, grpc_port=grpc_port)
     expectation = ModelExpectation(model, (version,), {})
     try:
         with RestClient(replica.rest_url, timeout=10) as rest:
@@ -297,9 +286,7 @@ def _host_config_kwargs(host: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _mount(spec: Mapping[str, Any]) -> Any:
-    from docker.types import Mount  # noqa: PLC0415  # docker-py's type, only for cloned mounts
-
+def _mount(spec: Mapping[str, Any]) -> Mount:
     bind = spec.get("BindOptions") or {}
     return Mount(
         target=spec["Target"],
@@ -327,18 +314,15 @@ def remove_canary(client: Any, project: str, *, grace_s: int = CANARY_STOP_GRACE
 # Effects: the door's share
 
 
-def door_container(client: Any, compose_project: str) -> Any:
-    selector = [
-        f"{COMPOSE_PROJECT_LABEL}={compose_project}",
-        f"{COMPOSE_SERVICE_LABEL}={FRONTEND_SERVICE}",
-    ]
-    found = client.containers.list(filters={"label": selector})
-    if not found:
+def door_container(client: Any, containers: Iterable[ContainerInfo]) -> Any:
+    """The running door among the project's containers, as a docker SDK container."""
+    door = frontend_container(containers)
+    if door is None or door.state != "running":
         raise StackError(
-            f"the front door of project {compose_project} is not running",
+            "the stack's front door is not running",
             hint="`invoke up` starts it; `invoke status` shows the stack",
         )
-    return found[0]
+    return client.containers.get(door.id)
 
 
 def door_admin(door: Any, line: str) -> str:
@@ -369,43 +353,6 @@ def set_share(door: Any, map_file: str, model: str, percent: int) -> dict[str, i
             step="traffic",
         )
     return shares
-
-
-def canary_rotation(stat_csv: str) -> dict[str, str]:
-    """``show stat`` CSV: the canary server's status per canary backend (e.g. ``UP``)."""
-    lines = [line for line in stat_csv.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("# "):
-        return {}
-    header = lines[0][2:].split(",")
-    try:
-        name, server = header.index("pxname"), header.index("svname")
-        status = header.index("status")
-    except ValueError:
-        return {}
-    found: dict[str, str] = {}
-    for line in lines[1:]:
-        cells = line.split(",")
-        if len(cells) > status and cells[name] in CANARY_BACKENDS and cells[server] == "canary1":
-            found[cells[name]] = cells[status]
-    return found
-
-
-def wait_canary_in_rotation(
-    door: Any, *, timeout: float, clock: Callable[[], float] = time.monotonic
-) -> None:
-    """Until the door's REST and gRPC canary backends both have the canary UP."""
-    deadline = clock() + timeout
-    seen: dict[str, str] = {}
-    while clock() < deadline:
-        seen = canary_rotation(door_admin(door, "show stat"))
-        if all(seen.get(b, "").startswith("UP") for b in CANARY_BACKENDS):
-            return
-        time.sleep(0.5)
-    raise StackError(
-        f"the door did not put the canary replica in rotation within {timeout:.0f}s "
-        f"(its health: {seen or 'not listed'})",
-        hint="check the canary's /readyz (`docker logs <project>-canary`) and the door's logs",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,11 +423,6 @@ def _window(before: Sequence[Scrape], after: Sequence[Scrape], model: str) -> Wi
 
 def metrics_url(replica: Replica, path: str) -> str:
     return f"{replica.rest_url}{path}"
-
-
-def describe_container(plan: CanaryContainer) -> str:
-    """A one-line shell-ish view of the canary for ``--dry-run`` output."""
-    return f"{plan.describe()}: {shlex.join(plan.command)}"
 
 
 def check_traffic_prerequisites(spec: StackSpec, model: str, *, door_on: bool) -> SloSpec:

@@ -17,27 +17,25 @@ from tfstack.core.files import write_files_atomically
 from tfstack.core.labels import LABEL_MODEL
 from tfstack.core.progress import Say
 from tfstack.core.versions import version_dirs
-from tfstack.docker.compose import ComposeProject, Replica, Stack, replicas
+from tfstack.docker.compose import ComposeProject, Replica, Stack, container_info, replicas
 from tfstack.docker.engine import ensure_engine
 from tfstack.errors import RolloutError, SpecError, TfstackError, UsageError
 from tfstack.render.applied import record_applied
-from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, door_is_on
+from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, SERVING_SERVICE, door_is_on
 from tfstack.rollout.canary import (
     CANARY_CONFIG,
     CANARY_DRAIN_S,
     analyze,
     canary_config_text,
+    canary_replica,
     check_traffic_prerequisites,
-    container_replica,
     door_container,
     existing_canary,
     metrics_url,
     plan_canary,
     remove_canary,
-    serving_containers,
     set_share,
     start_canary,
-    wait_canary_in_rotation,
 )
 from tfstack.rollout.door import ask_labels_through_door, await_rotation, replicas_behind_door
 from tfstack.rollout.journal import (
@@ -54,6 +52,12 @@ from tfstack.rollout.staging import (
 )
 from tfstack.rollout.verify import plan_side_instance, remove_verifiers, verify_candidate
 from tfstack.serving.client import GrpcClient, RestClient, ServingRequestError
+from tfstack.serving.door import (
+    CANARY_BACKENDS,
+    frontend_container,
+    read_door_stats,
+    wait_replica_in_rotation,
+)
 from tfstack.serving.endpoints import endpoints_for
 from tfstack.serving.waiting import ModelExpectation, ModelsReady, Poll
 from tfstack.spec import load_spec, model_host_dir
@@ -320,10 +324,7 @@ class StackRunner:
 
     # -- weighted canary (rollout --traffic) -----------------------------------------------------
 
-    def _compose_name(self, spec: Any) -> str:
-        return ComposeProject.for_root(spec.project, self.context.root).name
-
-    def _canary_replica(self, spec: Any, step: Step) -> tuple[Any, Replica]:
+    def _canary(self, spec: Any, step: Step) -> Replica:
         client = self.context.docker()
         canary = existing_canary(client, spec.project)
         if canary is None or canary.status != "running":
@@ -335,9 +336,10 @@ class StackRunner:
                 hint=f"`invoke rollout --model {self.context.model} --resume` starts it again; "
                 "`--abort` undoes the rollout",
             )
-        network = next(iter(canary.attrs["NetworkSettings"]["Networks"]))
         serving = spec.serving
-        return canary, container_replica(canary, network, serving.rest_port, serving.grpc_port)
+        return canary_replica(
+            client, canary, rest_port=serving.rest_port, grpc_port=serving.grpc_port
+        )
 
     def canary_start(self, step: Step, journal: Journal) -> str:
         assert step.version is not None
@@ -345,7 +347,7 @@ class StackRunner:
         spec = context.load_spec(check_disk=False)
         check_traffic_prerequisites(spec, context.model, door_on=door_is_on(spec))
         client = context.docker()
-        compose = self._compose_name(spec)
+        containers = self._containers(spec)
         other = existing_canary(client, spec.project)
         if other is not None and other.labels.get(LABEL_MODEL) != context.model:
             raise RolloutError(
@@ -355,7 +357,7 @@ class StackRunner:
                 step=step.name,
                 hint="let that rollout finish, or abort it first",
             )
-        running = serving_containers(client, compose)
+        running = [c for c in containers if c.service == SERVING_SERVICE and c.state == "running"]
         if not running:
             raise RolloutError(
                 "no serving replica is running to clone the canary from",
@@ -368,9 +370,12 @@ class StackRunner:
         )
         write_files_atomically(context.root, {CANARY_CONFIG: text})
         plan = plan_canary(
-            running[0].attrs, project=spec.project, model=context.model, version=step.version
+            client.containers.get(running[0].id).attrs,
+            project=spec.project,
+            model=context.model,
+            version=step.version,
         )
-        door = door_container(client, compose)
+        door = door_container(client, containers)
         # The runtime API answers before anything starts (an old door without it fails here).
         set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
         replica = start_canary(
@@ -383,7 +388,17 @@ class StackRunner:
             timeout=context.reload_timeout,
             say=self.say,
         )
-        wait_canary_in_rotation(door, timeout=context.reload_timeout)
+        canary = existing_canary(client, spec.project)
+        door_info = frontend_container(containers)
+        assert canary is not None and door_info is not None  # both just answered
+        wait_replica_in_rotation(
+            lambda: read_door_stats(
+                client, door_info, [container_info(canary)], stats_port=spec.frontend.stats_port
+            ),
+            canary.name,
+            timeout=context.reload_timeout,
+            backends=CANARY_BACKENDS,
+        )
         where = replica.rest_url
         return f"{plan.name} serves version {step.version} at {where}; in the door's rotation"
 
@@ -392,16 +407,9 @@ class StackRunner:
         context = self.context
         spec = context.load_spec(check_disk=False)
         slo = check_traffic_prerequisites(spec, context.model, door_on=door_is_on(spec))
-        client = context.docker()
-        compose = self._compose_name(spec)
-        canary, canary_at = self._canary_replica(spec, step)
-        network = next(iter(canary.attrs["NetworkSettings"]["Networks"]))
-        serving = spec.serving
-        stable_at = [
-            container_replica(c, network, serving.rest_port, serving.grpc_port)
-            for c in serving_containers(client, compose)
-        ]
-        door = door_container(client, compose)
+        canary_at = self._canary(spec, step)
+        stable_at = self.replicas(spec)
+        door = door_container(context.docker(), self._containers(spec))
         set_share(door, CONTAINER_CANARY_MAP, context.model, step.percent)
         self.say(
             f"      door: {step.percent}% of unversioned {context.model} requests -> version "
@@ -440,7 +448,7 @@ class StackRunner:
         spec = context.load_spec(check_disk=False)
         client = context.docker()
         try:
-            door = door_container(client, self._compose_name(spec))
+            door = door_container(client, self._containers(spec))
             set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
         except TfstackError as exc:
             # A door that is down sends nothing anywhere; one that restarted has no share.

@@ -33,7 +33,15 @@ from tfstack.spec import StackSpec
 from tfstack.spec.frontend import frontend_enabled, frontend_file
 from tfstack.spec.frontend_rules import api_key_lines
 
-DOOR_BACKENDS = {"rest_replicas": "rest", "grpc_replicas": "grpc"}
+DOOR_BACKENDS = {
+    "rest_replicas": "rest",
+    "grpc_replicas": "grpc",
+    # A weighted canary's replica (tfstack.rollout.canary), while a rollout --traffic runs.
+    "rest_canary": "rest_canary",
+    "grpc_canary": "grpc_canary",
+}
+REPLICA_BACKENDS = ("rest", "grpc")
+CANARY_BACKENDS = ("rest_canary", "grpc_canary")
 STATS_PATH = "/stats;csv;norefresh"
 
 
@@ -245,7 +253,12 @@ def door_view(
 
 
 def wait_replica_in_rotation(
-    read: Callable[[], DoorStatus | None], replica: str, *, timeout: float, interval: float = 0.1
+    read: Callable[[], DoorStatus | None],
+    replica: str,
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    backends: Sequence[str] = REPLICA_BACKENDS,
 ) -> DoorStatus | None:
     """Until the door has the container ``replica`` in rotation for REST and for gRPC.
 
@@ -260,7 +273,7 @@ def wait_replica_in_rotation(
         status = read()
         if status is None or status.state != "running":
             return status
-        if all(replica in status.in_rotation(backend) for backend in ("rest", "grpc")):
+        if all(replica in status.in_rotation(backend) for backend in backends):
             return status
         if time.monotonic() >= deadline:
             seen = "; ".join(
