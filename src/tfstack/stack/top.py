@@ -266,7 +266,11 @@ def snapshot_once(source: TopSource, *, interval: float) -> TopSnapshot:
         )
     earlier = collect(targets)
     time.sleep(max(MIN_INTERVAL_S, interval))
-    later = collect(targets)
+    return _snapshot(source, earlier, collect(targets))
+
+
+def _snapshot(source: TopSource, earlier: Scrapes, later: Scrapes) -> TopSnapshot:
+    """The snapshot of two rounds of scrapes, with the door and rollouts as they are now."""
     return build_snapshot(
         source.spec,
         earlier,
@@ -293,15 +297,7 @@ def run_top(
         while iterations is None or done < iterations:
             time.sleep(interval)
             later = collect(targets)
-            view = build_snapshot(
-                source.spec,
-                earlier,
-                later,
-                at=now_iso(),
-                door=source.door(),
-                rollouts=source.rollouts(),
-            )
-            live.update(render_snapshot(view), refresh=True)
+            live.update(render_snapshot(_snapshot(source, earlier, later)), refresh=True)
             earlier = later
             done += 1
             if done % 10 == 0:  # replicas come and go (scaling, recreates)
