@@ -20,13 +20,17 @@ import yaml
 
 from tests.unit.specfixtures import valid_spec
 from tests.unit.test_render import parsed
+from tfstack.render.frontdoor import CONTAINER_CANARY_MAP
 from tfstack.render.swarm import (
+    CANARY_MAP_FILE,
     HAPROXY_FILE,
     STACK_FILE,
     SWARM_DIR,
     SwarmImages,
+    canary_service_name,
     parse_stack_file,
     render_swarm,
+    stack_name,
 )
 from tfstack.spec import StackSpec
 
@@ -110,8 +114,9 @@ def test_swarm_render_matches_golden_files(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_door_finds_every_task_by_swarm_dns(case: str) -> None:
-    """Every HAProxy server of the door names tasks.serving on the serving ports, none the bare
-    service, and the stack file mounts that config under its content-versioned name."""
+    """Every HAProxy server of the door names tasks.serving (or, for the weighted canary's two
+    backends, the canary service's tasks) on the serving ports, none a bare service, and the stack
+    file mounts that config and the empty canary map under content-versioned names."""
     spec, _, _ = CASES[case]()
     files = _render(case)
     servers = [
@@ -120,13 +125,21 @@ def test_the_door_finds_every_task_by_swarm_dns(case: str) -> None:
         if line.strip().startswith(("server ", "server-template "))
     ]
     assert servers
-    ports = {f"tasks.serving:{spec.serving.rest_port}", f"tasks.serving:{spec.serving.grpc_port}"}
+    canary = f"tasks.{canary_service_name(stack_name(spec))}"
+    ports = {
+        f"{host}:{port}"
+        for host in ("tasks.serving", canary)
+        for port in (spec.serving.rest_port, spec.serving.grpc_port)
+    }
     for words in servers:
         address = next(w for w in words if ":" in w and not w.startswith(":"))
         assert address in ports, words
+        assert address.startswith(canary) == (words[1] == "canary1"), words
     stack = parse_stack_file(files[STACK_FILE])
-    door = stack["services"]["frontend"]["configs"][0]
+    door, canary_map = stack["services"]["frontend"]["configs"]
     assert stack["configs"][door["source"]]["file"] == f"swarm/{HAPROXY_FILE}"
+    assert stack["configs"][canary_map["source"]]["file"] == f"swarm/{CANARY_MAP_FILE}"
+    assert canary_map["target"] == CONTAINER_CANARY_MAP
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

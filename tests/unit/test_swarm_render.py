@@ -94,13 +94,18 @@ def test_swarm_door_never_reuses_server_connections_and_drops_a_dead_task_at_onc
     assert _default_server(door).endswith(" observe layer4 error-limit 1 on-error mark-down")
     assert "server replica3 tasks.serving:" in door
 
-    compose = frontdoor_values(spec, canary=False)
+    compose = frontdoor_values(spec)
     assert compose["connections"] == {"server_close": False, "observe_errors": 0}
     assert compose["timeouts"]["connect"] == "2000ms"
     swarm = swarm_door_values(spec)
-    assert {k: v for k, v in swarm.items() if k not in ("connections", "timeouts", "replica")} == {
-        k: v for k, v in compose.items() if k not in ("connections", "timeouts", "replica")
+    differ = ("connections", "timeouts", "replica", "canary")
+    assert {k: v for k, v in swarm.items() if k not in differ} == {
+        k: v for k, v in compose.items() if k not in differ
     }
+    # The weighted canary's backends find the canary service's task (docs/swarm.md).
+    assert swarm["canary"] == {**compose["canary"], "host": "tasks.demo_canary"}
+    assert "server canary1 tasks.demo_canary:" in door
+    assert "stats socket ipv4@127.0.0.1:" in door
 
 
 def test_placement_refuses_more_replicas_than_places() -> None:

@@ -26,7 +26,13 @@ from typing import Any
 
 import yaml
 
-from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE, frontdoor_values
+from tfstack.render.frontdoor import (
+    CANARY_MAP_TEXT,
+    CONTAINER_CANARY_MAP,
+    FRONTEND_SERVICE,
+    SERVING_SERVICE,
+    frontdoor_values,
+)
 from tfstack.render.renderer import (
     BATCHING_CONFIG,
     COMPOSE_DIR,
@@ -59,6 +65,9 @@ DEFAULT_RELOAD_POLL_S = 2
 STACK_FORMAT = "3.8"
 LABEL_REVISION = "org.tfstack.models-revision"
 HAPROXY_FILE = "haproxy.cfg"
+CANARY_MAP_FILE = "canary.map"
+CANARY_SERVICE = "canary"
+"""A weighted canary's service (``rollout --traffic``), created beside the stack, not in it."""
 SWARM_CONNECT_TIMEOUT_MS = 1000
 SWARM_OBSERVE_ERRORS = 1  # consecutive connection errors that take a task out of the door
 
@@ -129,9 +138,14 @@ def _wait_then_serve() -> list[str]:
     ]
 
 
+def canary_service_name(stack: str) -> str:
+    """The canary's service: outside the stack file, so ``stack deploy --prune`` keeps it."""
+    return f"{stack}_{CANARY_SERVICE}"
+
+
 def swarm_door_values(spec: StackSpec) -> dict[str, Any]:
-    """The door's template values on a Swarm: every task by DNS, and no request lost to a node
-    that vanished.
+    """The door's template values on a Swarm: every task by DNS, no request lost to a node
+    that vanished, and the weighted canary's backends (the canary service's task by DNS).
 
     A killed or partitioned node sends no RST: a request written on a kept-alive connection to
     one of its tasks waits for ``timeout server`` (longer than clients wait), and a new
@@ -141,8 +155,9 @@ def swarm_door_values(spec: StackSpec) -> dict[str, Any]:
     overlay hop away) and marks a task down on its first connection error (``observe layer4``)
     instead of waiting for ``fall`` failed health checks.
     """
-    door = frontdoor_values(spec, canary=False)
+    door = frontdoor_values(spec)
     door["replica"] = {**door["replica"], "host": f"tasks.{SERVING_SERVICE}"}
+    door["canary"] = {**door["canary"], "host": f"tasks.{canary_service_name(stack_name(spec))}"}
     door["timeouts"] = {**door["timeouts"], "connect": f"{SWARM_CONNECT_TIMEOUT_MS}ms"}
     door["connections"] = {"server_close": True, "observe_errors": SWARM_OBSERVE_ERRORS}
     return door
@@ -196,6 +211,11 @@ def render_swarm(
     files[f"{SWARM_DIR}/{HAPROXY_FILE}"] = haproxy
     haproxy_name = _config_name(stack, "haproxy", haproxy)
     configs[haproxy_name] = {"name": haproxy_name, "file": f"swarm/{HAPROXY_FILE}"}
+    # The canary shares live in the door's memory (runtime API); the file stays empty, so a
+    # restarted door sends nothing to a canary.
+    files[f"{SWARM_DIR}/{CANARY_MAP_FILE}"] = CANARY_MAP_TEXT
+    canary_map_name = _config_name(stack, "canary-map", CANARY_MAP_TEXT)
+    configs[canary_map_name] = {"name": canary_map_name, "file": f"swarm/{CANARY_MAP_FILE}"}
 
     window = health_window_s()
     monitor = max(swarm.monitor_seconds or window, window)
@@ -280,7 +300,8 @@ def render_swarm(
                 "source": haproxy_name,
                 "target": "/usr/local/etc/haproxy/haproxy.cfg",
                 "mode": 0o444,
-            }
+            },
+            {"source": canary_map_name, "target": CONTAINER_CANARY_MAP, "mode": 0o444},
         ],
         "networks": [NETWORK],
         "ports": [

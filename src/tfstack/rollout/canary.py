@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker.errors
 from docker.types import Mount
@@ -30,7 +30,7 @@ from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_PROJECT, LABEL
 from tfstack.core.progress import Say
 from tfstack.docker.compose import ContainerInfo, Replica, container_info
 from tfstack.errors import RolloutError, StackError, TfstackError, UsageError
-from tfstack.render.frontdoor import DOOR_ADMIN_PORT, canary_host
+from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, DOOR_ADMIN_PORT, canary_host
 from tfstack.rollout.gates import Decision, evaluate
 from tfstack.serving.client import RestClient
 from tfstack.serving.door import direct_replicas, frontend_container
@@ -314,35 +314,65 @@ def remove_canary(client: Any, project: str, *, grace_s: int = CANARY_STOP_GRACE
 # Effects: the door's share
 
 
-def door_container(client: Any, containers: Iterable[ContainerInfo]) -> Any:
-    """The running door among the project's containers, as a docker SDK container."""
+class DoorShell(Protocol):
+    """Where the door's runtime API is reached: a command run inside the door's container."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, argv: Sequence[str]) -> tuple[int, str]:
+        """Run ``argv`` in the door's container: exit code and output."""
+        ...
+
+
+@dataclass(frozen=True)
+class ContainerShell:
+    """The compose door: ``docker exec`` through the SDK on this host's engine."""
+
+    container: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.container.name)
+
+    def run(self, argv: Sequence[str]) -> tuple[int, str]:
+        try:
+            result = self.container.exec_run(list(argv), demux=False)
+        except docker.errors.APIError as exc:
+            raise StackError(f"cannot reach the door's runtime API in {self.name}: {exc}") from exc
+        return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
+
+
+def door_container(client: Any, containers: Iterable[ContainerInfo]) -> ContainerShell:
+    """The running door among the project's containers, as a shell into it."""
     door = frontend_container(containers)
     if door is None or door.state != "running":
         raise StackError(
             "the stack's front door is not running",
             hint="`invoke up` starts it; `invoke status` shows the stack",
         )
-    return client.containers.get(door.id)
+    return ContainerShell(client.containers.get(door.id))
 
 
-def door_admin(door: Any, line: str) -> str:
-    """One runtime-API line inside the door's container (its API listens on its loopback)."""
+def admin_argv(line: str) -> list[str]:
+    """The command that sends one runtime-API line to the door on its container's loopback."""
     script = f'exec 3<>/dev/tcp/127.0.0.1/{DOOR_ADMIN_PORT} && printf "%s\\n" "$1" >&3 && cat <&3'
-    try:
-        result = door.exec_run(["bash", "-c", script, "door-admin", line], demux=False)
-    except docker.errors.APIError as exc:
-        raise StackError(f"cannot reach the door's runtime API in {door.name}: {exc}") from exc
-    output = (result.output or b"").decode(errors="replace")
-    if result.exit_code != 0:
+    return ["bash", "-c", script, "door-admin", line]
+
+
+def door_admin(door: DoorShell, line: str) -> str:
+    """One runtime-API line inside the door's container (its API listens on its loopback)."""
+    exit_code, output = door.run(admin_argv(line))
+    if exit_code != 0:
         raise StackError(
-            f"the door's runtime API in {door.name} failed (exit {result.exit_code}): "
+            f"the door's runtime API in {door.name} failed (exit {exit_code}): "
             f"{output.strip()[:300]}",
             hint="re-render and restart the door (`invoke up`) if it predates weighted canaries",
         )
     return output
 
 
-def set_share(door: Any, map_file: str, model: str, percent: int) -> dict[str, int]:
+def set_share(door: DoorShell, map_file: str, model: str, percent: int) -> dict[str, int]:
     """Set ``model``'s canary share at the door and read it back; RolloutError if it did not
     take."""
     shares = parse_map(door_admin(door, share_commands(map_file, model, percent)))
@@ -376,6 +406,10 @@ class Analysis:
         return f"{self.percent}%: {final.outcome} after {final.window_seconds:.0f}s ({gates})"
 
 
+MetricsReader = Callable[[Sequence[str], float], list[Scrape]]
+"""Reads metrics pages (URLs) at a moment: this host's HTTP client, or a probe on an overlay."""
+
+
 def _scrape_all(urls: Sequence[str], at: float) -> list[Scrape]:
     return [scrape(url, at=at) for url in urls]
 
@@ -391,7 +425,7 @@ def analyze(
     max_window_s: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    read: Callable[[Sequence[str], float], list[Scrape]] = _scrape_all,
+    read: MetricsReader = _scrape_all,
     say: Say = lambda text: None,
 ) -> Analysis:
     """Measure candidate and stable over windows of ``window_s`` until the gates pass, breach or
@@ -415,6 +449,53 @@ def analyze(
         if decision.outcome != "extend":
             return analysis
         wait = decision.next_window_seconds or (wait + window_s)
+
+
+def gated_traffic_step(
+    door: DoorShell,
+    slo: SloSpec,
+    *,
+    model: str,
+    version: int,
+    percent: int,
+    step_name: str,
+    window_s: float,
+    candidate_urls: Sequence[str],
+    stable_urls: Sequence[str],
+    read: MetricsReader = _scrape_all,
+    say: Say = lambda text: None,
+) -> str:
+    """One ``traffic_<P>`` step on any target: set the share at the door, judge the windows;
+    on a breach (or too little traffic) the share goes back to 0 at once and RolloutError
+    carries every gate's figure. Returns the analysis summary when the gates hold."""
+    set_share(door, CONTAINER_CANARY_MAP, model, percent)
+    say(f"      door: {percent}% of unversioned {model} requests -> version {version}")
+    analysis = analyze(
+        slo,
+        model,
+        percent,
+        candidate_urls=candidate_urls,
+        stable_urls=stable_urls,
+        window_s=window_s,
+        max_window_s=max(float(slo.max_window_seconds), window_s),
+        read=read,
+        say=say,
+    )
+    final = analysis.final
+    if final.outcome == "pass":
+        return analysis.summary()
+    # Traffic off the candidate at once; the abort that follows removes the canary.
+    with contextlib.suppress(TfstackError):
+        set_share(door, CONTAINER_CANARY_MAP, model, 0)
+    verdict = "rolled back" if final.outcome == "breach" else "stopped"
+    raise RolloutError(
+        f"version {version} at {percent}% {verdict}: {final.message}",
+        model=model,
+        version=version,
+        step=step_name,
+        evidence=[line.strip() for line in final.report()[1:]],
+        hint="the measured figures are next to each gate above; the journal keeps them",
+    )
 
 
 def _window(before: Sequence[Scrape], after: Sequence[Scrape], model: str) -> Window:

@@ -25,12 +25,12 @@ from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, SERVING_SERVICE, door
 from tfstack.rollout.canary import (
     CANARY_CONFIG,
     CANARY_DRAIN_S,
-    analyze,
     canary_config_text,
     canary_replica,
     check_traffic_prerequisites,
     door_container,
     existing_canary,
+    gated_traffic_step,
     metrics_url,
     plan_canary,
     remove_canary,
@@ -410,37 +410,18 @@ class StackRunner:
         canary_at = self._canary(spec, step)
         stable_at = self.replicas(spec)
         door = door_container(context.docker(), self._containers(spec))
-        set_share(door, CONTAINER_CANARY_MAP, context.model, step.percent)
-        self.say(
-            f"      door: {step.percent}% of unversioned {context.model} requests -> version "
-            f"{step.version}"
-        )
-        window_s = step.analysis_s or float(slo.window_seconds)
         path = spec.monitoring.path
-        analysis = analyze(
+        return gated_traffic_step(
+            door,
             slo,
-            context.model,
-            step.percent,
-            candidate_urls=[metrics_url(canary_at, path)],
-            stable_urls=[metrics_url(r, path) for r in stable_at],
-            window_s=window_s,
-            max_window_s=max(float(slo.max_window_seconds), window_s),
-            say=self.say,
-        )
-        final = analysis.final
-        if final.outcome == "pass":
-            return analysis.summary()
-        # Traffic off the candidate at once; the abort that follows removes the canary.
-        with contextlib.suppress(TfstackError):
-            set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
-        verdict = "rolled back" if final.outcome == "breach" else "stopped"
-        raise RolloutError(
-            f"version {step.version} at {step.percent}% {verdict}: {final.message}",
             model=context.model,
             version=step.version,
-            step=step.name,
-            evidence=[line.strip() for line in final.report()[1:]],
-            hint="the measured figures are next to each gate above; the journal keeps them",
+            percent=step.percent,
+            step_name=step.name,
+            window_s=step.analysis_s or float(slo.window_seconds),
+            candidate_urls=[metrics_url(canary_at, path)],
+            stable_urls=[metrics_url(r, path) for r in stable_at],
+            say=self.say,
         )
 
     def canary_stop(self, step: Step, journal: Journal) -> str:

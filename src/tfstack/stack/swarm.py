@@ -34,6 +34,7 @@ from tfstack.build.modelimage import (
 from tfstack.cluster.apply import cluster_status
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
+from tfstack.core.labels import LABEL_MANAGED, LABEL_NAMESPACE, LABEL_ROLE
 from tfstack.errors import BuildError, StackError
 from tfstack.render import RenderReport
 from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
@@ -54,6 +55,11 @@ from tfstack.stack.smoke import raise_for_smoke, smoke
 from tfstack.stack.swarm_probe import PROBE_SCRIPT, TaskModels, parse_probe
 
 Say = Callable[[str], None]
+LABEL_BESIDE_STACK = f"{LABEL_NAMESPACE}.beside-stack"
+# Task states in which a container may still run (Swarm's task lifecycle).
+ACTIVE_TASK_STATES = frozenset(
+    {"New", "Pending", "Assigned", "Accepted", "Preparing", "Ready", "Starting", "Running"}
+)
 COMMAND_TIMEOUT_S = 300
 POLL_S = 2.0
 STACK_LABEL = "com.docker.stack.namespace"
@@ -94,10 +100,21 @@ class Manager:
     def argv(self, *args: str) -> list[str]:
         return ["docker", "--host", self.url, *args]
 
-    def run(self, *args: str, check: bool = True, timeout: int = COMMAND_TIMEOUT_S) -> str:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: int = COMMAND_TIMEOUT_S,
+        stdin: str | None = None,
+    ) -> str:
         try:
             result = subprocess.run(
-                self.argv(*args), capture_output=True, text=True, check=False, timeout=timeout
+                self.argv(*args),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+                input=stdin,
             )
         except subprocess.TimeoutExpired as exc:
             raise SwarmError(f"`docker {' '.join(args[:3])}` took over {timeout} s") from exc
@@ -192,8 +209,19 @@ def _repository(image: str) -> str:
     return name
 
 
-def prepare_swarm(spec_path: Path, root: Path, *, push: bool = True, say: Say = _quiet) -> Prepared:
-    """Validate for swarm, build and push the images, render the stack file (not written)."""
+def prepare_swarm(
+    spec_path: Path,
+    root: Path,
+    *,
+    push: bool = True,
+    say: Say = _quiet,
+    extra_versions: Mapping[str, Sequence[int]] | None = None,
+) -> Prepared:
+    """Validate for swarm, build and push the images, render the stack file (not written).
+
+    ``extra_versions``: versions packed into the model image beside the served ones, which no
+    server loads (a weighted canary's candidate reaches every node's volume this way).
+    """
     report = check_spec(spec_path, check_disk=True, project_root=root, target="swarm")
     report.raise_for_problems()
     loaded = load(spec_path, root)
@@ -201,6 +229,8 @@ def prepare_swarm(spec_path: Path, root: Path, *, push: bool = True, say: Say = 
     swarm = spec.deploy.swarm
     models_config = models_config_for_image(spec, spec_path, root)
     served = {e.name: e.versions for e in loaded.expectations}
+    for model, versions in (extra_versions or {}).items():
+        served[model] = tuple(sorted({*served.get(model, ()), *versions}))
     plan = plan_model_image(spec, spec_path, served, models_config, base_image=spec.serving.image)
     pull, push_to = swarm.registry, swarm.push_to()
     serving_tag = _image_tag(local_image_id(spec.serving.image))
@@ -367,9 +397,14 @@ def service_specs(manager: Manager, stack: str) -> dict[str, str]:
 
 
 def probe_tasks(
-    manager: Manager, prepared_image: str, stack: str, spec: StackSpec
+    manager: Manager,
+    prepared_image: str,
+    stack: str,
+    spec: StackSpec,
+    *,
+    service: str = SERVING_SERVICE,
 ) -> tuple[list[TaskModels], str | None]:
-    """Ask every serving task on the overlay (helper container on the manager)."""
+    """Ask every task of ``service`` on the overlay (helper container on the manager)."""
     output = manager.run(
         "run",
         "--rm",
@@ -381,7 +416,7 @@ def probe_tasks(
         prepared_image,
         "-c",
         PROBE_SCRIPT,
-        SERVING_SERVICE,
+        service,
         str(spec.serving.rest_port),
         ",".join(m.name for m in spec.models),
         ",".join(f"{m.name}:{label}" for m in spec.models for label in sorted(m.labels)),
@@ -488,8 +523,12 @@ def swarm_up(
     timeout: float = 300.0,
     dry_run: bool = False,
     say: Say = _quiet,
+    extra_versions: Mapping[str, Sequence[int]] | None = None,
 ) -> SwarmUpReport:
-    """Validate, push, deploy, wait per task, smoke through the door; idempotent."""
+    """Validate, push, deploy, wait per task, smoke through the door; idempotent.
+
+    ``extra_versions``: see :func:`prepare_swarm`.
+    """
     timings: dict[str, float] = {}
     started = time.monotonic()
     spec = check_spec(
@@ -501,7 +540,9 @@ def swarm_up(
     check_placement(spec, node_list)
     timings["check"] = time.monotonic() - started
     mark = time.monotonic()
-    prepared = prepare_swarm(spec_path, root, push=not dry_run, say=say)
+    prepared = prepare_swarm(
+        spec_path, root, push=not dry_run, say=say, extra_versions=extra_versions
+    )
     timings["images"] = time.monotonic() - mark
     if dry_run:
         return SwarmUpReport("dry-run", prepared.stack, manager.url, timings)
@@ -696,7 +737,7 @@ def swarm_down(spec_path: Path, root: Path, *, timeout: float = 90.0) -> list[st
     manager = Manager(manager_url(spec))
     manager.check()
     stack = stack_name(spec)
-    removed: list[str] = []
+    removed = remove_beside_stack(manager, stack)
     services = service_ids(manager, stack)
     if services:
         manager.run("stack", "rm", stack)
@@ -729,6 +770,63 @@ def swarm_down(spec_path: Path, root: Path, *, timeout: float = 90.0) -> list[st
         manager.run("config", "rm", name, check=False)
         removed.append(f"config {name}")
     removed += _remove_node_volumes(spec, stack)
+    return removed
+
+
+def beside_stack_labels(stack: str, role: str) -> dict[str, str]:
+    """Labels of what tfstack runs beside a stack (a canary service, its config, a probe)."""
+    return {LABEL_MANAGED: "true", LABEL_BESIDE_STACK: stack, LABEL_ROLE: role}
+
+
+def stop_service(manager: Manager, name: str, *, timeout: float = 90.0) -> None:
+    """Scale ``name`` to 0 and wait until no task of it runs (each stops with its grace period),
+    so its containers have left the stack's network before anything else goes."""
+    manager.run("service", "scale", "--detach", f"{name}=0", check=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = manager.run(
+            "service", "ps", name, "--format", "{{.CurrentState}}", check=False
+        ).splitlines()
+        active = [s for s in states if s.split(" ", 1)[0] in ACTIVE_TASK_STATES]
+        if not active:
+            return
+        if time.monotonic() > deadline:
+            raise SwarmError(
+                f"{len(active)} task(s) still running {timeout:.0f} s after scaling to 0",
+                service=name,
+                hint=f"`docker --host {manager.url} service ps {name}`; run the command again",
+            )
+        time.sleep(1)
+
+
+def remove_beside_stack(manager: Manager, stack: str, role: str = "") -> list[str]:
+    """Remove the services, containers (on the manager) and configs tfstack made beside
+    ``stack`` (``role``: only those), before the stack's network can go."""
+    selector = f"label={LABEL_BESIDE_STACK}={stack}"
+    filters = ["--filter", selector]
+    if role:
+        filters += ["--filter", f"label={LABEL_ROLE}={role}"]
+    removed: list[str] = []
+    for name in manager.run(
+        "service", "ls", *filters, "--format", "{{.Name}}", check=False
+    ).split():
+        stop_service(manager, name)
+        manager.run("service", "rm", name, check=False)
+        removed.append(f"service {name}")
+    for name in manager.run("ps", "--all", *filters, "--format", "{{.Names}}", check=False).split():
+        manager.run("rm", "--force", name, check=False)
+        removed.append(f"container {name}")
+    # A removed service's config stays in use until its tasks are gone.
+    deadline = time.monotonic() + 60
+    for name in manager.run("config", "ls", *filters, "--format", "{{.Name}}", check=False).split():
+        while manager.run("config", "rm", name, check=False) != name:
+            if time.monotonic() > deadline:
+                raise SwarmError(
+                    f"config {name} is still in use 60 s after its service was removed",
+                    hint=f"`docker --host {manager.url} service ls`; run the command again",
+                )
+            time.sleep(1)
+        removed.append(f"config {name}")
     return removed
 
 

@@ -28,14 +28,34 @@ import json
 import time
 from typing import Any
 
+from tfstack.core.labels import LABEL_MODEL
 from tfstack.errors import RolloutError, TfstackError
-from tfstack.render.frontdoor import SERVING_SERVICE
-from tfstack.render.swarm import stack_name
+from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, SERVING_SERVICE
+from tfstack.render.swarm import canary_service_name, stack_name
+from tfstack.rollout.canary import (
+    CANARY_DRAIN_S,
+    canary_config_text,
+    check_traffic_prerequisites,
+    gated_traffic_step,
+    set_share,
+)
 from tfstack.rollout.journal import Journal, Step
 from tfstack.rollout.plan import Observed, RolloutRequest
 from tfstack.rollout.run import Outcome, run_rollback, run_rollout
 from tfstack.rollout.runner import Context, StackRunner, state_of, versions_on_disk
+from tfstack.serving.door import CANARY_BACKENDS, wait_replica_in_rotation
 from tfstack.stack.swarm import Manager, manager_url, probe_tasks, service_ids, swarm_up
+from tfstack.stack.swarm_canary import (
+    OverlayProbe,
+    door_status,
+    ensure_canary_config,
+    existing_canary_service,
+    plan_canary_service,
+    remove_canary_service,
+    start_canary_service,
+    swarm_door,
+    wait_canary_serving,
+)
 from tfstack.stack.swarm_probe import TaskModels
 
 
@@ -114,6 +134,143 @@ class SwarmRunner(StackRunner):
             f"{step.target.describe()} on {tasks} task{'s' if tasks != 1 else ''} "
             f"({report.action}) in {time.monotonic() - started:.2f}s"
         )
+
+    # -- weighted canary (rollout --traffic) -----------------------------------------------------
+
+    def _swarm(self) -> tuple[Any, Manager, str]:
+        spec = self.context.load_spec(check_disk=False)
+        manager = Manager(manager_url(spec))
+        manager.check()
+        return spec, manager, stack_name(spec)
+
+    def _serving_service(self, manager: Manager, stack: str, step: Step) -> dict[str, Any]:
+        text = manager.run("service", "inspect", f"{stack}_{SERVING_SERVICE}", check=False)
+        items = json.loads(text) if text.startswith("[") else []
+        if not items:
+            raise RolloutError(
+                f"stack {stack} has no serving service on {manager.url}",
+                model=self.context.model,
+                step=step.name,
+                hint="`./tfstack up --target swarm` first",
+            )
+        return dict(items[0])
+
+    def canary_start(self, step: Step, journal: Journal) -> str:
+        assert step.version is not None
+        context = self.context
+        spec, manager, stack = self._swarm()
+        check_traffic_prerequisites(spec, context.model, door_on=True)
+        other = existing_canary_service(manager, stack)
+        other_model = ((other or {}).get("Spec") or {}).get("Labels", {}).get(LABEL_MODEL)
+        if other is not None and other_model != context.model:
+            raise RolloutError(
+                f"a weighted canary of model {other_model} runs already (service "
+                f"{canary_service_name(stack)}); one canary per stack at a time",
+                model=context.model,
+                step=step.name,
+                hint="let that rollout finish, or abort it first",
+            )
+        # The door answers before anything changes (an old door without the API fails here).
+        door = swarm_door(manager, stack)
+        set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
+        self.say(f"      version {step.version}'s files to every node (in the model image)")
+        try:
+            swarm_up(
+                context.spec_path,
+                context.root,
+                timeout=context.reload_timeout,
+                say=lambda text: self.say(f"      {text}"),
+                extra_versions={context.model: (step.version,)},
+            )
+        except TfstackError as exc:
+            raise RolloutError(
+                f"the Swarm did not take the model image with version {step.version}",
+                model=context.model,
+                version=step.version,
+                step=step.name,
+                evidence=str(exc).splitlines()[:12],
+                hint=exc.hint,
+            ) from exc
+        text = canary_config_text(
+            spec, context.spec_path, context.root, context.model, step.version
+        )
+        config_id, config_name = ensure_canary_config(manager, stack, spec.project, text)
+        serving = self._serving_service(manager, stack, step)
+        plan = plan_canary_service(
+            serving,
+            stack=stack,
+            project=spec.project,
+            model=context.model,
+            version=step.version,
+            config_id=config_id,
+            config_name=config_name,
+        )
+        start_canary_service(manager, plan, say=self.say)
+        image = str(plan.task_template["ContainerSpec"]["Image"])
+        address = wait_canary_serving(
+            manager,
+            spec,
+            stack,
+            image,
+            model=context.model,
+            version=step.version,
+            timeout=context.reload_timeout,
+            say=self.say,
+        )
+        wait_replica_in_rotation(
+            lambda: door_status(door, {address: plan.name}),
+            plan.name,
+            timeout=context.reload_timeout,
+            backends=CANARY_BACKENDS,
+        )
+        return f"{plan.name} serves version {step.version} at {address}; in the door's rotation"
+
+    def traffic(self, step: Step, journal: Journal) -> str:
+        assert step.version is not None
+        context = self.context
+        spec, manager, stack = self._swarm()
+        slo = check_traffic_prerequisites(spec, context.model, door_on=True)
+        door = swarm_door(manager, stack)
+        serving = self._serving_service(manager, stack, step)
+        image = str(serving["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+        canary = f"tasks.{canary_service_name(stack)}"
+        stable = f"tasks.{SERVING_SERVICE}"
+        with OverlayProbe(manager, stack, spec.project, image) as probe:
+            found = probe.resolve(canary, stable)
+            if not found[canary]:
+                raise RolloutError(
+                    f"the canary service {canary_service_name(stack)} has no running task",
+                    model=context.model,
+                    version=step.version,
+                    step=step.name,
+                    hint=f"`invoke rollout --model {context.model} --resume` starts it again; "
+                    "`--abort` undoes the rollout",
+                )
+            port, path = spec.serving.rest_port, spec.monitoring.path
+            return gated_traffic_step(
+                door,
+                slo,
+                model=context.model,
+                version=step.version,
+                percent=step.percent,
+                step_name=step.name,
+                window_s=step.analysis_s or float(slo.window_seconds),
+                candidate_urls=[f"http://{ip}:{port}{path}" for ip in found[canary]],
+                stable_urls=[f"http://{ip}:{port}{path}" for ip in found[stable]],
+                read=probe.read,
+                say=self.say,
+            )
+
+    def canary_stop(self, step: Step, journal: Journal) -> str:
+        context = self.context
+        _spec, manager, stack = self._swarm()
+        try:
+            set_share(swarm_door(manager, stack), CONTAINER_CANARY_MAP, context.model, 0)
+        except TfstackError as exc:
+            # A door that is down sends nothing anywhere; one that restarted has no share.
+            self.say(f"      door: share not reset ({exc.message}); removing the canary anyway")
+        time.sleep(CANARY_DRAIN_S)  # requests the door sent before the reset finish
+        return f"door share 0; {remove_canary_service(manager, stack)}"
 
 
 def swarm_rollout(

@@ -1,0 +1,237 @@
+"""The Swarm's weighted canary, pure parts: the canary service cloned from the serving service,
+the overlay probe's answers, and what the stack's door and ``down`` do about it (no Docker)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tfstack.core.labels import LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
+from tfstack.errors import RolloutError, StackError
+from tfstack.rollout.canary import CONTAINER_CANARY_CONFIG, LABEL_CANARY_VERSION, ROLE_CANARY
+from tfstack.stack.swarm import LABEL_BESIDE_STACK, STACK_LABEL, remove_beside_stack
+from tfstack.stack.swarm_canary import (
+    canary_config_name,
+    parse_fetch,
+    plan_canary_service,
+    scrapes_from,
+)
+
+METRICS = """# TYPE :tensorflow:serving:request_count counter
+:tensorflow:serving:request_count{model_name="half_plus_two",status="OK"} 40
+:tensorflow:serving:request_count{model_name="half_plus_two",status="INVALID_ARGUMENT"} 2
+"""
+
+SERVING: dict[str, Any] = {
+    "ID": "k3y",
+    "Spec": {
+        "Name": "demo_serving",
+        "Labels": {STACK_LABEL: "demo", LABEL_PROJECT: "demo"},
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": "tfstack-registry:5000/tfstack/serving-runtime:id-1@sha256:ab",
+                "Labels": {STACK_LABEL: "demo", LABEL_PROJECT: "demo"},
+                "Command": ["sh", "-c", "until ...; exec tensorflow_model_server", "x"],
+                "Args": [
+                    "--rest_api_port=8501",
+                    "--model_config_file=/models/.tfstack/models.config",
+                    "--model_config_file_poll_wait_seconds=2",
+                ],
+                "User": "65532:65532",
+                "Healthcheck": {
+                    "Test": [
+                        "CMD",
+                        "tfstack-probe",
+                        "--rest-port=8501",
+                        "--model-config=/models/.tfstack/models.config",
+                    ],
+                    "Interval": 2_000_000_000,
+                },
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": "demo_models",
+                        "Target": "/models",
+                        "ReadOnly": True,
+                    }
+                ],
+                "Configs": [
+                    {
+                        "File": {"Name": "/config/monitoring.config", "Mode": 292},
+                        "ConfigID": "m1",
+                        "ConfigName": "demo-monitoring-1",
+                    }
+                ],
+                "Isolation": "default",
+            },
+            "Resources": {"Limits": {"NanoCPUs": 1_000_000_000}},
+            "RestartPolicy": {"Condition": "any", "Delay": 2_000_000_000},
+            "Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]},
+            "Networks": [{"Target": "net1", "Aliases": ["serving"]}],
+            "ForceUpdate": 0,
+            "Runtime": "container",
+        },
+        "Mode": {"Replicated": {"Replicas": 3}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "rollback"},
+        "RollbackConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "pause"},
+        "EndpointSpec": {"Mode": "dnsrr"},
+    },
+}
+
+
+def _plan(serving: dict[str, Any] = SERVING) -> Any:
+    return plan_canary_service(
+        serving,
+        stack="demo",
+        project="demo",
+        model="half_plus_two",
+        version=3,
+        config_id="c9",
+        config_name="demo-canary-config-abc",
+    )
+
+
+def test_the_canary_service_is_the_serving_service_with_its_own_config_and_one_replica() -> None:
+    plan = _plan()
+    container = plan.task_template["ContainerSpec"]
+    assert plan.name == "demo_canary"
+    assert plan.mode == {"Replicated": {"Replicas": 1}}
+    assert plan.endpoint_spec == {"Mode": "dnsrr"}
+    # What makes a serving task stays.
+    assert container["Image"] == SERVING["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    assert container["User"] == "65532:65532"
+    assert container["Mounts"][0]["Source"] == "demo_models"
+    assert plan.task_template["Resources"] == {"Limits": {"NanoCPUs": 1_000_000_000}}
+    assert plan.update_config is not None and plan.update_config["Order"] == "start-first"
+    # Its models.config is the canary's, for the server and for the health probe.
+    assert f"--model_config_file={CONTAINER_CANARY_CONFIG}" in container["Args"]
+    assert "--model_config_file=/models/.tfstack/models.config" not in container["Args"]
+    assert "--rest_api_port=8501" in container["Args"]
+    assert container["Healthcheck"]["Test"][-1] == f"--model-config={CONTAINER_CANARY_CONFIG}"
+    mounted = {c["File"]["Name"]: c["ConfigName"] for c in container["Configs"]}
+    assert mounted == {
+        "/config/monitoring.config": "demo-monitoring-1",
+        CONTAINER_CANARY_CONFIG: "demo-canary-config-abc",
+    }
+
+
+def test_the_canary_is_outside_the_stack_and_out_of_tasks_serving() -> None:
+    """No stack namespace (``stack deploy --prune`` would remove it) and no `serving` alias (the
+    door would count it as a stable replica)."""
+    plan = _plan()
+    assert STACK_LABEL not in plan.labels
+    assert STACK_LABEL not in plan.task_template["ContainerSpec"]["Labels"]
+    assert plan.labels[LABEL_BESIDE_STACK] == "demo"
+    assert plan.labels[LABEL_ROLE] == ROLE_CANARY
+    assert plan.labels[LABEL_MODEL] == "half_plus_two"
+    assert plan.labels[LABEL_CANARY_VERSION] == "3"
+    assert plan.task_template["Networks"] == [{"Target": "net1"}]
+    assert "ForceUpdate" not in plan.task_template
+
+
+def test_planning_leaves_the_inspected_service_alone() -> None:
+    before = copy.deepcopy(SERVING)
+    _plan()
+    assert before == SERVING
+
+
+def test_a_service_without_a_container_or_network_is_refused_with_the_step() -> None:
+    no_container = copy.deepcopy(SERVING)
+    del no_container["Spec"]["TaskTemplate"]["ContainerSpec"]
+    with pytest.raises(RolloutError, match="no container spec") as caught:
+        _plan(no_container)
+    assert "canary_start" in str(caught.value) and "up --target swarm" in str(caught.value)
+    no_network = copy.deepcopy(SERVING)
+    no_network["Spec"]["TaskTemplate"]["Networks"] = []
+    with pytest.raises(RolloutError, match="on no network"):
+        _plan(no_network)
+
+
+def test_a_missing_config_flag_is_added() -> None:
+    bare = copy.deepcopy(SERVING)
+    bare["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] = ["--rest_api_port=8501"]
+    args = _plan(bare).task_template["ContainerSpec"]["Args"]
+    assert args == ["--rest_api_port=8501", f"--model_config_file={CONTAINER_CANARY_CONFIG}"]
+
+
+def test_the_canary_config_name_is_versioned_by_content() -> None:
+    first = canary_config_name("demo", "model_config_list {}")
+    assert first == canary_config_name("demo", "model_config_list {}")
+    assert first != canary_config_name("demo", "model_config_list { }")
+    assert first.startswith("demo-canary-config-")
+
+
+def test_probe_pages_become_scrapes_in_url_order() -> None:
+    urls = ["http://10.0.1.5:8501/metrics", "http://10.0.1.6:8501/metrics"]
+    document = parse_fetch(
+        "some warning\n" + json.dumps({u: {"status": 200, "text": METRICS} for u in reversed(urls)})
+    )
+    scrapes = scrapes_from(document, urls, at=12.5)
+    assert [s.target for s in scrapes] == urls
+    assert all(s.at == 12.5 for s in scrapes)
+    counters = scrapes[0].models["half_plus_two"]
+    assert (counters.requests, counters.errors) == (42, 2)
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ({"error": "timed out"}, "cannot read metrics from http://t/m on the overlay: timed out"),
+        ({"status": 404, "text": ""}, "answered HTTP 404"),
+        (None, "no answer"),
+    ],
+)
+def test_a_page_not_read_names_its_url(page: dict[str, Any] | None, message: str) -> None:
+    document = {} if page is None else {"http://t/m": page}
+    with pytest.raises(StackError, match=message.replace("/", "/")):
+        scrapes_from(document, ["http://t/m"], at=0.0)
+
+
+def test_a_probe_without_json_says_what_it_printed() -> None:
+    with pytest.raises(StackError, match="no JSON: python3: not found"):
+        parse_fetch("python3: not found")
+
+
+class FakeManager:
+    """The docker CLI on a manager, as ``remove_beside_stack`` uses it."""
+
+    url = "tcp://127.0.0.1:23750"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.tasks_running = 2
+        self.config_in_use = 1
+
+    def run(self, *args: str, check: bool = True, **_: Any) -> str:
+        self.calls.append(args)
+        if args[:2] == ("service", "ls"):
+            return "demo_canary"
+        if args[:2] == ("service", "ps"):
+            self.tasks_running -= 1
+            return "Running 3 seconds ago" if self.tasks_running > 0 else "Shutdown 1 second ago"
+        if args[:2] == ("config", "ls"):
+            return "demo-canary-config-abc"
+        if args[:2] == ("config", "rm"):
+            self.config_in_use -= 1
+            return "" if self.config_in_use >= 0 else args[2]
+        return ""
+
+
+def test_removing_the_canary_drains_its_tasks_before_the_service_and_config_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tfstack.stack.swarm.time.sleep", lambda _: None)
+    manager = FakeManager()
+    removed = remove_beside_stack(manager, "demo", role=ROLE_CANARY)  # type: ignore[arg-type]
+    assert removed == ["service demo_canary", "config demo-canary-config-abc"]
+    verbs: Sequence[tuple[str, ...]] = [c[:2] for c in manager.calls]
+    assert verbs.index(("service", "scale")) < verbs.index(("service", "rm"))
+    assert verbs.index(("service", "rm")) < verbs.index(("config", "rm"))
+    # Only what tfstack made beside this stack, with this role.
+    listed = next(c for c in manager.calls if c[:2] == ("service", "ls"))
+    assert f"label={LABEL_BESIDE_STACK}=demo" in listed
+    assert f"label={LABEL_ROLE}={ROLE_CANARY}" in listed
