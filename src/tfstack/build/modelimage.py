@@ -20,12 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tfstack.core.versions import version_dirs
 from tfstack.errors import BuildError
+from tfstack.render.swarm import IMAGE_MODELS_DIR, VERSIONS_FILE
 from tfstack.spec.model import StackSpecFields, model_host_dir, model_relative_path
 
-IMAGE_MODELS_DIR = "/tfstack-models"
 MANAGED_LABEL = "org.tfstack.managed"
 ROLE_LABEL = "org.tfstack.role"
 MODEL_IMAGE_ROLE = "model-image"
@@ -41,6 +42,7 @@ class ModelFile:
 
     relative: str  # under repository/ (model path/version dir/...)
     source: Path
+    version_dir: str = ""  # under repository/: the version directory it belongs to
 
 
 def served_files(
@@ -58,24 +60,40 @@ def served_files(
             if version.version not in wanted:
                 continue
             top = base / version.name
+            version_dir = (relative_base / version.name).as_posix()
             for directory, _, names in os.walk(top):
                 for name in names:
                     source = Path(directory) / name
                     inner = source.relative_to(base)
-                    files.append(ModelFile((relative_base / inner).as_posix(), source))
+                    relative = (relative_base / inner).as_posix()
+                    files.append(ModelFile(relative, source, version_dir))
     return sorted(files, key=lambda f: f.relative)
+
+
+def _hash_file(digest: Any, item: ModelFile) -> None:
+    digest.update(item.relative.encode("utf-8") + b"\0")
+    digest.update(b"x" if os.access(item.source, os.X_OK) else b"-")
+    with item.source.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(b"\0")
+
+
+def version_manifest(files: Iterable[ModelFile]) -> str:
+    """``<sha256> <version dir>`` per version directory, sorted: what the models service compares
+    with what a node's volume holds, so a version number reused with other bytes (a rollout
+    aborted, then retried with a fixed model) replaces the old files instead of being skipped."""
+    by_version: dict[str, Any] = {}
+    for item in files:
+        _hash_file(by_version.setdefault(item.version_dir, hashlib.sha256()), item)
+    return "".join(f"{d.hexdigest()} {v}\n" for v, d in sorted(by_version.items()))
 
 
 def content_digest(files: Iterable[ModelFile], models_config: str) -> str:
     """sha256 over each file's path, executable bit and bytes, then the models.config text."""
     digest = hashlib.sha256()
     for item in files:
-        digest.update(item.relative.encode("utf-8") + b"\0")
-        digest.update(b"x" if os.access(item.source, os.X_OK) else b"-")
-        with item.source.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
+        _hash_file(digest, item)
     digest.update(models_config.encode("utf-8"))
     return digest.hexdigest()
 
@@ -98,6 +116,7 @@ class ModelImagePlan:
     digest: str
     files: tuple[ModelFile, ...]
     models_config: str
+    versions: str = ""  # version_manifest(files)
 
     @property
     def tag(self) -> str:
@@ -111,6 +130,7 @@ class ModelImagePlan:
             f"FROM {self.base_image}\n"
             f"COPY --chown=0:0 repository {IMAGE_MODELS_DIR}/repository\n"
             f"COPY --chown=0:0 models.config {IMAGE_MODELS_DIR}/models.config\n"
+            f"COPY --chown=0:0 {VERSIONS_FILE} {IMAGE_MODELS_DIR}/{VERSIONS_FILE}\n"
             f'LABEL {MANAGED_LABEL}="true" {ROLE_LABEL}="{MODEL_IMAGE_ROLE}" '
             f'org.tfstack.models-digest="{self.digest}"\n'
         )
@@ -132,6 +152,7 @@ def plan_model_image(
         digest=content_digest(files, models_config),
         files=tuple(files),
         models_config=models_config,
+        versions=version_manifest(files),
     )
 
 
@@ -173,6 +194,7 @@ def build_model_image(plan: ModelImagePlan, local_tag: str, *, say: Say) -> None
                 shutil.copy2(item.source, target)
         (context / "repository").mkdir(exist_ok=True)
         (context / "models.config").write_text(plan.models_config, encoding="utf-8")
+        (context / VERSIONS_FILE).write_text(plan.versions, encoding="utf-8")
         (context / "Dockerfile").write_text(plan.dockerfile(), encoding="utf-8")
         say(f"building model image {local_tag} ({len(plan.files)} files)")
         _docker(

@@ -60,6 +60,7 @@ MODELS_VOLUME = "models"
 NETWORK = "backend"
 MODEL_ROOT = "/models"  # where serving sees the volume (models.config base paths point here)
 IMAGE_MODELS_DIR = "/tfstack-models"  # the repository inside the model image
+VERSIONS_FILE = "versions.txt"  # in the model image: <sha256> <version dir> per version
 CONFIG_IN_VOLUME = f"{MODEL_ROOT}/.tfstack/models.config"
 DEFAULT_RELOAD_POLL_S = 2
 STACK_FORMAT = "3.8"
@@ -112,20 +113,47 @@ def swarm_serving_flags(spec: StackSpec) -> list[str]:
     return flags
 
 
-def copy_script(revision: str) -> str:
-    """The models service: add this revision's files to the volume, switch models.config, idle.
+def install_script(
+    revision: str, *, image_dir: str = IMAGE_MODELS_DIR, root: str = MODEL_ROOT
+) -> str:
+    """The models service's work on a node: this revision's version directories and
+    models.config into the volume (``sh``; the service then idles).
 
-    ``cp -n`` never rewrites a file a server may be loading; models.config is replaced by rename.
+    A version directory is copied when the volume lacks it or holds other bytes under that
+    number (its digest in ``<image>/versions.txt`` differs from the one recorded beside it: a
+    version aborted and rolled out again with a fixed model); it is copied under a hidden name
+    and renamed into place, so a server never sees half a version. models.config is replaced by
+    rename last, once every version it names is in place.
     """
+    state = f"{root}/.tfstack/versions"
     return (
-        "set -e; "
-        f"mkdir -p {MODEL_ROOT}/.tfstack; "
-        f"cp -R -n {IMAGE_MODELS_DIR}/repository/. {MODEL_ROOT}/; "
-        f"cp {IMAGE_MODELS_DIR}/models.config {MODEL_ROOT}/.tfstack/models.config.tmp; "
-        f"mv -f {MODEL_ROOT}/.tfstack/models.config.tmp {CONFIG_IN_VOLUME}; "
-        f"echo {revision} > {MODEL_ROOT}/.tfstack/revision; "
-        "echo models revision " + revision + " in place; exec sleep infinity"
+        "set -e\n"
+        f"mkdir -p {state}\n"
+        "while read -r digest dir; do\n"
+        f'  mark="{state}/$dir.sha256"\n'
+        f'  if [ -d "{root}/$dir" ] && [ "$(cat "$mark" 2>/dev/null)" = "$digest" ]; then\n'
+        "    continue\n"
+        "  fi\n"
+        '  base="${dir%/*}"; name="${dir##*/}"\n'
+        f'  incoming="{root}/$base/.incoming-$name"; replaced="{root}/$base/.replaced-$name"\n'
+        f'  mkdir -p "{root}/$base" "${{mark%/*}}"\n'
+        '  rm -rf "$incoming" "$replaced"\n'
+        f'  cp -R "{image_dir}/repository/$dir" "$incoming"\n'
+        f'  if [ -d "{root}/$dir" ]; then mv "{root}/$dir" "$replaced"; fi\n'
+        f'  mv "$incoming" "{root}/$dir"\n'
+        '  rm -rf "$replaced"\n'
+        '  echo "$digest" > "$mark"\n'
+        f"done < {image_dir}/{VERSIONS_FILE}\n"
+        f"cp {image_dir}/models.config {root}/.tfstack/models.config.tmp\n"
+        f"mv -f {root}/.tfstack/models.config.tmp {root}/.tfstack/models.config\n"
+        f"echo {revision} > {root}/.tfstack/revision\n"
+        f"echo models revision {revision} in place\n"
     )
+
+
+def _stack_escaped(text: str) -> str:
+    """``$`` as ``docker stack deploy`` passes it through (it interpolates ``$name``)."""
+    return text.replace("$", "$$")
 
 
 def _wait_then_serve() -> list[str]:
@@ -278,7 +306,11 @@ def render_swarm(
         serving["healthcheck"] = healthcheck
     models: dict[str, Any] = {
         "image": images.models,
-        "entrypoint": ["sh", "-c", copy_script(images.models_digest)],
+        "entrypoint": [
+            "sh",
+            "-c",
+            _stack_escaped(install_script(images.models_digest)) + "exec sleep infinity\n",
+        ],
         "user": "0:0",
         "init": True,
         "volumes": [{"type": "volume", "source": MODELS_VOLUME, "target": MODEL_ROOT}],
