@@ -269,10 +269,12 @@ def check_haproxy_config(
     spec_path: Path,
     *,
     required: bool | None = None,
+    check: ConfigCheck = HAPROXY_CHECK,
 ) -> bool:
     """``haproxy -c`` on the rendered door config; False when it could not run (no image/CLI).
 
     ``required``: True raises when the check cannot run; None runs it when the image is present.
+    ``check``: where the config is among ``files`` (the Swarm door's lives elsewhere).
     Raises RenderError with HAProxy's own message when the config is refused.
     """
     image = spec.frontend.image
@@ -282,4 +284,4 @@ def check_haproxy_config(
             docker, image, config_dir, secret_mounts(spec, spec_path), user=spec.serving.user
         )
 
-    return check_config_in_image(HAPROXY_CHECK, files, image, command, required=required)
+    return check_config_in_image(check, files, image, command, required=required)

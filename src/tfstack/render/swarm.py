@@ -17,6 +17,7 @@ long-form ``depends_on`` Compose emits, so this is a stack file of its own (docs
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -30,7 +31,9 @@ from tfstack.render.frontdoor import (
     CANARY_MAP_TEXT,
     CONTAINER_CANARY_MAP,
     FRONTEND_SERVICE,
+    HAPROXY_CHECK,
     SERVING_SERVICE,
+    check_haproxy_config,
     frontdoor_values,
 )
 from tfstack.render.renderer import (
@@ -375,6 +378,19 @@ def render_swarm(
     usage = f"# docker stack deploy --compose-file {STACK_FILE} {stack}\n"
     files[STACK_FILE] = f"{head}\n{usage}{body}"
     return files
+
+
+SWARM_HAPROXY_CHECK = dataclasses.replace(
+    HAPROXY_CHECK,
+    config=f"{SWARM_DIR}/{HAPROXY_FILE}",
+    companions=((f"{SWARM_DIR}/{CANARY_MAP_FILE}", CANARY_MAP_FILE),),
+)
+
+
+def check_swarm_door(files: Mapping[str, str], spec: StackSpec, spec_path: Path) -> bool:
+    """``haproxy -c`` on the Swarm door's config in the frontend image, as for compose (False
+    when the image is not here to run it)."""
+    return check_haproxy_config(files, spec, spec_path, check=SWARM_HAPROXY_CHECK)
 
 
 def models_config_for_image(spec: StackSpec, spec_path: Path, root: Path) -> str:
