@@ -13,7 +13,13 @@ import pytest
 from tfstack.core.labels import LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
 from tfstack.errors import RolloutError, StackError
 from tfstack.rollout.canary import CONTAINER_CANARY_CONFIG, LABEL_CANARY_VERSION, ROLE_CANARY
-from tfstack.stack.swarm import LABEL_BESIDE_STACK, STACK_LABEL, remove_beside_stack
+from tfstack.stack.swarm import (
+    LABEL_BESIDE_STACK,
+    STACK_LABEL,
+    NodeInfo,
+    SwarmStatus,
+    remove_beside_stack,
+)
 from tfstack.stack.swarm_canary import (
     canary_config_name,
     parse_fetch,
@@ -235,3 +241,40 @@ def test_removing_the_canary_drains_its_tasks_before_the_service_and_config_go(
     listed = next(c for c in manager.calls if c[:2] == ("service", "ls"))
     assert f"label={LABEL_BESIDE_STACK}=demo" in listed
     assert f"label={LABEL_ROLE}={ROLE_CANARY}" in listed
+
+
+def test_status_shows_the_canary_and_its_share() -> None:
+    """`status --target swarm` while `rollout --traffic` runs: the canary service, its model,
+    version and task, and the share the journal says the door sends it (also in --json)."""
+    status = SwarmStatus(
+        stack="demo",
+        manager="tcp://127.0.0.1:23750",
+        endpoint_mode="dnsrr",
+        nodes=[NodeInfo("n1", "tfstack-node-1", "manager", "ready", "active")],
+        tasks=[],
+        services={},
+        per_task=[],
+        probe_error=None,
+        door="http://127.0.0.1:8501",
+        door_ok=True,
+        expected={},
+        canary={
+            "service": "demo_canary",
+            "model": "half_plus_two",
+            "version": "3",
+            "tasks": [{"node": "tfstack-node-2", "state": "Running"}],
+        },
+        rollout={
+            "half_plus_two": {
+                "state": "running",
+                "step": "traffic_25",
+                "traffic": {"version": 3, "percent": 25},
+            }
+        },
+    )
+    lines = status.describe()
+    assert "canary demo_canary: half_plus_two version 3 (tasks: tfstack-node-2 Running)" in lines
+    assert "rollout of half_plus_two: running at traffic_25, 25 % of unversioned requests" in lines
+    document = status.to_json()
+    assert document["canary"]["version"] == "3"
+    assert document["rollout"]["half_plus_two"]["traffic"]["percent"] == 25

@@ -37,7 +37,7 @@ from tfstack.build.registrypush import push_uncompressed
 from tfstack.cluster.apply import cluster_status
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
-from tfstack.core.labels import LABEL_MANAGED, LABEL_NAMESPACE, LABEL_ROLE
+from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_NAMESPACE, LABEL_ROLE
 from tfstack.errors import BuildError, StackError
 from tfstack.render import RenderReport
 from tfstack.render.frontdoor import FRONTEND_SERVICE, SERVING_SERVICE
@@ -46,11 +46,14 @@ from tfstack.render.swarm import (
     NETWORK,
     STACK_FILE,
     SwarmImages,
+    canary_service_name,
     check_swarm_door,
     models_config_for_image,
     render_swarm,
     stack_name,
 )
+from tfstack.rollout.canary import LABEL_CANARY_VERSION
+from tfstack.rollout.journal import status_summary
 from tfstack.serving.client import GrpcClient, ModelRef, RestClient
 from tfstack.spec import StackSpec
 from tfstack.spec.load import check_spec
@@ -259,6 +262,11 @@ def prepare_swarm(
     return Prepared(loaded, files, images, stack_name(spec))
 
 
+def _repository_and_tag(reference: str) -> tuple[str, str]:
+    repository, _, tag = reference.rpartition(":")
+    return repository, tag
+
+
 def _push_images(
     spec: StackSpec, plan: ModelImagePlan, refs: Mapping[str, str], push_to: str, *, say: Say
 ) -> None:
@@ -272,14 +280,12 @@ def _push_images(
         mark = time.monotonic()
         try:
             if layers == "uncompressed":
-                repository, _, tag = ref.rpartition(":")
                 push_uncompressed(
                     local,
                     local_image_id(local),
                     push_to,
-                    repository,
-                    tag,
-                    share_from=[tuple(s.rsplit(":", 1)) for s in share],  # type: ignore[misc]
+                    *_repository_and_tag(ref),
+                    share_from=[_repository_and_tag(s) for s in share],
                     say=say,
                 )
             else:
@@ -488,7 +494,8 @@ class SwarmUpReport:
 
 def _wait_converged(
     manager: Manager, prepared: Prepared, node_names: Mapping[str, str], timeout: float, say: Say
-) -> tuple[list[TaskModels], dict[str, int]]:
+) -> tuple[list[TaskModels], dict[str, int], float]:
+    """Every serving task's answers, tasks per node and when (monotonic) every task first ran."""
     spec = prepared.loaded.spec
     stack = prepared.stack
     expected = {e.name: e.versions for e in prepared.loaded.expectations}
@@ -497,6 +504,7 @@ def _wait_converged(
     serving_id = ids.get(SERVING_SERVICE, "")
     deadline = time.monotonic() + timeout
     last = "no answer yet"
+    all_running: float | None = None
     while True:
         current = [
             t
@@ -510,11 +518,12 @@ def _wait_converged(
             per_node[task.node] = per_node.get(task.node, 0) + 1
         old = [t for t in running if t.image != prepared.images.serving]
         if len(running) == spec.serving.replicas and not old:
+            all_running = all_running or time.monotonic()
             answers, error = probe_tasks(manager, prepared.images.serving, stack, spec)
             if error is None and len(answers) == spec.serving.replicas:
                 gaps = {a.address: a.missing(expected, labels) for a in answers}
                 if not any(gaps.values()):
-                    return answers, per_node
+                    return answers, per_node, all_running
                 last = "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items() if v)
             else:
                 last = error or f"{len(answers)} of {spec.serving.replicas} tasks answer"
@@ -597,13 +606,15 @@ def swarm_up(
     mark = time.monotonic()
     names = {n.id: n.hostname for n in node_list}
     try:
-        answers, per_node = _wait_converged(manager, prepared, names, timeout, say)
+        answers, per_node, all_running = _wait_converged(manager, prepared, names, timeout, say)
     except SwarmError:
         if not before:
             say("first deploy failed: removing the stack (nothing half-deployed)")
             manager.run("stack", "rm", stack, check=False)
         raise
-    timings["wait"] = time.monotonic() - mark
+    # tasks: pulls, container starts and health checks; verify: every version asked per task
+    timings["tasks"] = all_running - mark
+    timings["verify"] = time.monotonic() - all_running
     mark = time.monotonic()
     door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
     results = _smoke_door(prepared.loaded, door, timeout=60)
@@ -656,6 +667,8 @@ class SwarmStatus:
     door_ok: bool
     expected: dict[str, tuple[int, ...]]
     expected_labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    canary: dict[str, Any] | None = None  # a weighted canary's service while one runs
+    rollout: Mapping[str, Any] | None = None  # unfinished rollouts (journals), as for compose
 
     @property
     def ok(self) -> bool:
@@ -697,6 +710,8 @@ class SwarmStatus:
                 if t.desired == "running"
             ],
             "door": {"url": self.door, "ok": self.door_ok},
+            "canary": self.canary,
+            "rollout": dict(self.rollout) if self.rollout is not None else None,
             "probe_error": self.probe_error,
         }
 
@@ -717,6 +732,17 @@ class SwarmStatus:
                 + (f" error: {task['error']}" if task["error"] else "")
             )
         lines.append(f"door {self.door}: {'answers' if self.door_ok else 'DOES NOT ANSWER'}")
+        if self.canary is not None:
+            where = ", ".join(f"{t['node']} {t['state']}" for t in self.canary["tasks"]) or "none"
+            lines.append(
+                f"canary {self.canary['service']}: {self.canary['model']} version "
+                f"{self.canary['version']} (tasks: {where})"
+            )
+        for model, info in sorted((self.rollout or {}).items()):
+            traffic = info.get("traffic") if isinstance(info, Mapping) else None
+            share = f", {traffic['percent']} % of unversioned requests" if traffic else ""
+            step = info.get("step") if isinstance(info, Mapping) else None
+            lines.append(f"rollout of {model}: {info.get('state', '?')} at {step}{share}")
         if self.probe_error:
             lines.append(f"probe: {self.probe_error}")
         return lines
@@ -739,6 +765,11 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
         ref = image["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
         per_task, error = probe_tasks(manager, ref, stack, spec)
     door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
+    canary = _canary_of(manager, stack)
+    try:
+        rollout = status_summary(root, spec.project)
+    except OSError:
+        rollout = None
     door_ok = False
     try:
         with RestClient(door, timeout=5) as rest:
@@ -759,7 +790,38 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
         door_ok=door_ok,
         expected={e.name: e.versions for e in loaded.expectations},
         expected_labels={e.name: dict(e.labels) for e in loaded.expectations if e.labels},
+        canary=canary,
+        rollout=rollout,
     )
+
+
+def _canary_of(manager: Manager, stack: str) -> dict[str, Any] | None:
+    """The weighted canary's service beside the stack (tfstack.stack.swarm_canary), or None."""
+    name = canary_service_name(stack)
+    text = manager.run("service", "inspect", name, check=False)
+    items = json.loads(text) if text.startswith("[") else []
+    if not items:
+        return None
+    labels = (items[0].get("Spec") or {}).get("Labels") or {}
+    listing = manager.run(
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}}\t{{.CurrentState}}",
+        name,
+        check=False,
+    )
+    return {
+        "service": name,
+        "model": labels.get(LABEL_MODEL, ""),
+        "version": labels.get(LABEL_CANARY_VERSION, ""),
+        "tasks": [
+            {"node": node, "state": state.split(" ", 1)[0]}
+            for node, _, state in (line.partition("\t") for line in listing.splitlines() if line)
+        ],
+    }
 
 
 # --------------------------------------------------------------------------- down
