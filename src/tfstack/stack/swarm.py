@@ -17,14 +17,12 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from tfstack.build.modelimage import (
-    ModelImagePlan,
     build_model_image,
     local_image_id,
     model_image_tag,
@@ -33,7 +31,6 @@ from tfstack.build.modelimage import (
     prune_model_images,
     push_image,
 )
-from tfstack.build.registrypush import push_uncompressed
 from tfstack.cluster.apply import cluster_status
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
@@ -250,7 +247,21 @@ def prepare_swarm(
         "models": f"{plan.repository}:{plan.tag}",
     }
     if push:
-        _push_images(spec, plan, refs, push_to, say=say)
+        local_models = f"{plan.repository}:{plan.tag}"
+        build_model_image(plan, local_models, say=say)
+        for local, ref in (
+            (spec.serving.image, refs["serving"]),
+            (spec.frontend.image, refs["frontend"]),
+            (local_models, refs["models"]),
+        ):
+            try:
+                push_image(local, f"{push_to}/{ref}", say=say)
+            except (BuildError, OSError) as exc:
+                raise SwarmError(
+                    f"the registry {push_to} refused {ref}: {exc}",
+                    hint="check that the registry runs and accepts pushes "
+                    "(`./tfstack cluster.status`), or deploy.swarm.push_registry",
+                ) from exc
     images = SwarmImages(
         serving=f"{pull}/{refs['serving']}",
         frontend=f"{pull}/{refs['frontend']}",
@@ -260,49 +271,6 @@ def prepare_swarm(
     files = render_swarm(spec, spec_path, root, images)
     check_swarm_door(files, spec, spec_path)  # validated before anything is written or deployed
     return Prepared(loaded, files, images, stack_name(spec))
-
-
-def _push_images(
-    spec: StackSpec, plan: ModelImagePlan, refs: Mapping[str, str], push_to: str, *, say: Say
-) -> None:
-    """Build the model image and push the three images; the runtime and the door in parallel
-    (each push is mostly one core's work), the model image after the runtime (it shares the
-    runtime's layers, which are then linked instead of sent)."""
-    local_models = f"{plan.repository}:{plan.tag}"
-    layers = spec.deploy.swarm.layer_push()
-
-    def push(local: str, ref: str, share: Sequence[str] = ()) -> None:
-        mark = time.monotonic()
-        try:
-            if layers == "uncompressed":
-                repository, _, tag = ref.rpartition(":")
-                push_uncompressed(
-                    local,
-                    local_image_id(local),
-                    push_to,
-                    repository,
-                    tag,
-                    share_from=[tuple(s.rsplit(":", 1)) for s in share],  # type: ignore[misc]
-                    say=say,
-                )
-            else:
-                push_image(local, f"{push_to}/{ref}", say=say)
-        except (BuildError, OSError) as exc:
-            raise SwarmError(
-                f"the registry {push_to} refused {ref}: {exc}",
-                hint="check that the registry runs and accepts pushes "
-                "(`./tfstack cluster.status`), or deploy.swarm.push_registry / layers",
-            ) from exc
-        say(f"pushed {ref} in {time.monotonic() - mark:.1f} s")
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tfstack-push") as pool:
-        serving = pool.submit(push, spec.serving.image, refs["serving"])
-        frontend = pool.submit(push, spec.frontend.image, refs["frontend"])
-        build_model_image(plan, local_models, say=say)
-        serving.result()
-        models = pool.submit(push, local_models, refs["models"], (refs["serving"],))
-        frontend.result()
-        models.result()
 
 
 def render_swarm_to_disk(spec_path: Path, root: Path, *, dry_run: bool = False) -> RenderReport:
