@@ -47,6 +47,10 @@ class KubernetesRollout:
             lines += ["", f"apply with: kubectl apply -k {KUBERNETES_DIR}", ""]
         return "\n".join(lines) + "\n" + "".join(self.diffs.values())
 
+    def describe(self) -> list[str]:
+        """What ``rollout --target kubernetes`` prints: :meth:`text` (it has no JSON form)."""
+        return [self.text()]
+
 
 def _by_kind(manifests: KubernetesManifests) -> dict[tuple[str, str], dict[str, Any]]:
     return {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in manifests.documents()}

@@ -73,6 +73,10 @@ class Outcome:
     summary: str
     dry_run: bool = False
 
+    def describe(self) -> list[str]:
+        """What ``rollout``/``rollback`` print: the summary (a dry run printed its plan already)."""
+        return [] if self.dry_run else [self.summary]
+
     def to_json(self) -> dict[str, Any]:
         """The outcome as a JSON-able document (schema ``tfstack.rollout/v1``)."""
         journal = self.journal

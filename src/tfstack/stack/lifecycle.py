@@ -99,7 +99,13 @@ from tfstack.stack.plan import (
     step_config_text,
 )
 from tfstack.stack.smoke import SmokeResult, raise_for_smoke, smoke
-from tfstack.stack.status import StackStatus, StartFailure, observe, with_start_failures
+from tfstack.stack.status import (
+    StackStatus,
+    StartFailure,
+    observe,
+    render_table,
+    with_start_failures,
+)
 
 
 @dataclass
@@ -109,6 +115,25 @@ class UpReport:
     smoke: list[SmokeResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     sample: tuple[str, Any, Any] | None = None  # (request line, body, answer)
+    dry_run: bool = False
+
+    def describe(self) -> list[Any]:
+        """What ``up`` prints: the plan for a dry run; else the status table (a rich renderable),
+        the endpoints, one sample request and its answer, and the timings."""
+        if self.dry_run:
+            return [f"would {self.plan.describe()}"]
+        endpoints = self.status.endpoints
+        lines: list[Any] = [
+            render_table(self.status),
+            f"REST: {endpoints['rest']}   gRPC: {endpoints['grpc']}",
+        ]
+        if self.sample is not None:
+            line, body, answer = self.sample
+            lines += [f"sample: {line} {json.dumps(body)}", f"answer: {json.dumps(answer)}"]
+        timings = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        total = sum(self.timings.values())
+        lines.append(f"{self.plan.action.value} done in {total:.1f}s ({timings})")
+        return lines
 
 
 BLOCKING_ROLLOUT_STATES = ("running", "interrupted", "restore_failed")
@@ -569,7 +594,7 @@ class Lifecycle:
         self.say(f"plan: {plan.describe()}")
         lap("plan")
         if dry_run:
-            return UpReport(plan, self.status(loaded, stack), timings=timings)
+            return UpReport(plan, self.status(loaded, stack), timings=timings, dry_run=True)
         desired_text = files[render_module.MODELS_CONFIG]
         if plan.action in (UpAction.START, UpAction.RECREATE):
             check_image_isa(client, loaded.spec.serving.image, service=SERVICE)

@@ -157,6 +157,10 @@ class StackStatus:
             and (self.frontend is None or self.frontend.ok)
         )
 
+    def describe(self) -> list[Any]:
+        """What ``status`` prints for people: the tables of :func:`render_table`."""
+        return [render_table(self)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
