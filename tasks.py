@@ -30,7 +30,6 @@ import tfstack.rollout
 import tfstack.stack.lifecycle
 import tfstack.stack.predict
 import tfstack.stack.swarm
-import tfstack.stack.swarm_rollout
 import tfstack.stack.top
 from tfstack.bench.runner import describe_benchmarks, run_benchmark
 from tfstack.build import optimized
@@ -38,15 +37,11 @@ from tfstack.ci import PROVIDERS, write_pipeline
 from tfstack.cluster import cluster_down, cluster_status, cluster_up
 from tfstack.core.files import format_plan, plan_to_json
 from tfstack.errors import TfstackError
-from tfstack.kubernetes import KUBERNETES_DIR, kubernetes_rollout_plan, render_kubernetes
-from tfstack.kubernetes.apply import KubernetesWriteReport
 from tfstack.models.demo import plan_demo_models, write_demo_models
-from tfstack.render import RenderReport, plan_render, render_to_disk
 from tfstack.selftest import run_tests
 from tfstack.serving.client import ModelRef, format_signatures
 from tfstack.spec import check_spec, write_json_schema
-from tfstack.spec.load import deploy_target
-from tfstack.stack.status import render_table
+from tfstack.stack.targets import Described, Documented, Target, target_for
 
 ROOT = Path(__file__).resolve().parent
 # TensorFlow's C++ INFO lines (oneDNN, CPU features) drown tfstack's own output when tasks import
@@ -143,6 +138,28 @@ def project_of(spec: str) -> Path:
     return spec_file(spec).resolve().parent.parent
 
 
+def deployment_target(spec: str, target: str, *, project_root: Path | None = None) -> Target:
+    """The target a command runs on: --target, else the spec's deploy.target."""
+    return call(
+        target_for,
+        spec_file(spec),
+        target,
+        source_root=ROOT,
+        project_root=project_root,
+        say=say,
+    )
+
+
+def show(report: Described) -> None:
+    """Print a report's lines: text as it is, rich renderables (tables) through rich."""
+    console = Console()
+    for line in report.describe():
+        if isinstance(line, str):
+            print(line)
+        else:
+            console.print(line)
+
+
 @task(
     help={
         "spec": f"the stack spec to check (default {DEFAULT_SPEC}; relative to the project root)",
@@ -182,15 +199,7 @@ def schema(c: Context) -> None:
 )
 def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: str = "") -> None:
     """Validate the spec, render the target's files, check them, write them atomically."""
-    spec_path = spec_file(spec)
-    chosen = call(deploy_target, spec_path, target, project_root=ROOT)
-    report: RenderReport | KubernetesWriteReport
-    if chosen == "kubernetes":
-        report = call(render_kubernetes, spec_path, ROOT, dry_run=dry_run)
-    elif chosen == "swarm":
-        report = call(tfstack.stack.swarm.render_swarm_to_disk, spec_path, ROOT, dry_run=dry_run)
-    else:
-        report = call(render_to_disk, spec_path, ROOT, dry_run=dry_run)
+    report = call(deployment_target(spec, target, project_root=ROOT).render, dry_run=dry_run)
     for change in report.changes:
         verb: str = change.action
         if dry_run and change.action != "unchanged":
@@ -200,8 +209,8 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: 
         print("dry run: nothing written")
     elif not report.written:
         print("everything up to date")
-    if chosen == "kubernetes" and not dry_run:
-        print(f"rendered and validated, not deployed: kubectl apply -k {KUBERNETES_DIR}")
+    if report.next_step and not dry_run:
+        print(report.next_step)
 
 
 @task(
@@ -213,10 +222,7 @@ def render(c: Context, spec: str = DEFAULT_SPEC, dry_run: bool = False, target: 
 )
 def plan(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: str = "") -> None:
     """Show what `render` would change: a unified diff against the files on disk (exit 0)."""
-    if call(deploy_target, spec_file(spec), target) == "swarm":
-        changes = call(tfstack.stack.swarm.swarm_plan, spec_file(spec), project_of(spec))
-    else:
-        changes = call(plan_render, spec_file(spec), ROOT)
+    changes = call(deployment_target(spec, target).plan)
     if json_:
         print(json.dumps(plan_to_json(changes), indent=2))
         return
@@ -325,17 +331,7 @@ def up(
     target: str = "",
 ) -> None:
     """Start the stack, or apply changes (hot reload if only models changed); wait for it."""
-    if call(deploy_target, spec_file(spec), target) == "swarm":
-        swarm_report = call(
-            tfstack.stack.swarm.swarm_up,
-            spec_file(spec),
-            project_of(spec),
-            timeout=max(timeout, 300.0),
-            dry_run=dry_run,
-            say=say,
-        )
-        print("\n".join(swarm_report.describe()))
-        return
+    chosen = deployment_target(spec, target)
     console = Console(stderr=True)
     with console.status("tfstack up") as live:
 
@@ -343,26 +339,11 @@ def up(
             live.update(f"tfstack up: {text}")
 
         def tell(text: str) -> None:
-            console.print(f"tfstack: {text}", highlight=False, markup=False)
+            # soft_wrap: a message is one line in a log, as `say` prints it, never cut at 80.
+            console.print(f"tfstack: {text}", highlight=False, markup=False, soft_wrap=True)
 
-        # No root=ROOT: the stack's project root is the spec's grandparent (<root>/config/
-        # stack.yaml), so `--spec /elsewhere/config/stack.yaml` runs a stack living elsewhere.
-        lifecycle = tfstack.stack.lifecycle.Lifecycle(
-            spec_file(spec), source_root=ROOT, say=tell, progress=progress
-        )
-        report = call(lifecycle.up, timeout=timeout, dry_run=dry_run)
-    out = Console()
-    if dry_run:
-        print(f"would {report.plan.describe()}")
-        return
-    out.print(render_table(report.status))
-    print(f"REST: {report.status.endpoints['rest']}   gRPC: {report.status.endpoints['grpc']}")
-    if report.sample is not None:
-        line, body, answer = report.sample
-        print(f"sample: {line} {json.dumps(body)}")
-        print(f"answer: {json.dumps(answer)}")
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
-    print(f"{report.plan.action.value} done in {sum(report.timings.values()):.1f}s ({timings})")
+        report = call(chosen.up, timeout=timeout, dry_run=dry_run, say=tell, progress=progress)
+    show(report)
 
 
 @task(
@@ -374,15 +355,7 @@ def up(
 )
 def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False, target: str = "") -> None:
     """Stop and remove the stack: exactly the containers, networks (volumes) tfstack created."""
-    if call(deploy_target, spec_file(spec), target) == "swarm":
-        for item in call(tfstack.stack.swarm.swarm_down, spec_file(spec), project_of(spec)):
-            print(f"removed {item}")
-        print("stack down")
-        return
-    removed = call(
-        tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).down,
-        volumes=volumes,
-    )
+    removed = call(deployment_target(spec, target).down, volumes=volumes)
     for item in removed:
         print(f"removed {item}")
     print("stack down")
@@ -397,19 +370,11 @@ def down(c: Context, spec: str = DEFAULT_SPEC, volumes: bool = False, target: st
 )
 def status(c: Context, spec: str = DEFAULT_SPEC, json_: bool = False, target: str = "") -> None:
     """Per model and version: state, labels, error; per service: container, health, endpoints."""
-    if call(deploy_target, spec_file(spec), target) == "swarm":
-        swarm = call(tfstack.stack.swarm.swarm_status, spec_file(spec), project_of(spec))
-        print(json.dumps(swarm.to_json(), indent=2) if json_ else "\n".join(swarm.describe()))
-        if not swarm.ok:
-            raise Exit(code=1)
-        return
-    result = call(
-        tfstack.stack.lifecycle.Lifecycle(spec_file(spec), source_root=ROOT, say=say).status
-    )
+    result = call(deployment_target(spec, target).status)
     if json_:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        Console().print(render_table(result))
+        show(result)
     if not result.ok:
         raise Exit(code=1)
 
@@ -450,28 +415,15 @@ def predict(  # noqa: PLR0917 (invoke maps parameters to options)
     if version and not version.isdigit():
         raise Exit(f"tfstack: error: --version must be a number, not {version!r}", code=2)
     ref = call(ModelRef, model, version=int(version) if version else None, label=label or None)
-    if call(deploy_target, spec_file(spec), target) == "swarm":
-        if api_key or ca_file:
-            raise Exit("tfstack: error: --api-key and --ca-file: not with --target swarm", code=2)
-        answer = call(
-            tfstack.stack.swarm.swarm_predict,
-            spec_file(spec),
-            ref,
-            body,
-            grpc=grpc,
-            signature=signature or None,
-        )
-    else:
-        answer = call(
-            tfstack.stack.predict.predict,
-            spec_file(spec),
-            ref,
-            body,
-            grpc=grpc,
-            signature=signature or None,
-            api_key=api_key or None,
-            ca_file=Path(ca_file) if ca_file else None,
-        )
+    answer = call(
+        deployment_target(spec, target).predict,
+        ref,
+        body,
+        grpc=grpc,
+        signature=signature or None,
+        api_key=api_key or None,
+        ca_file=Path(ca_file) if ca_file else None,
+    )
     print(json.dumps(answer))
 
 
@@ -637,27 +589,11 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
     analysis_seconds: float = 0.0,
 ) -> None:
     """Put a new model version into service: pin, stage, verify aside, load, promote, retire."""
-    if call(deploy_target, spec_file(spec), target) == "kubernetes":
-        plan = call(
-            kubernetes_rollout_plan,
-            spec_file(spec),
-            ROOT,
-            dry_run=dry_run,
-            model_image=model_image or None,
-            serving_image=serving_image or None,
-        )
-        print(plan.text())
-        return
-    if not model:
-        raise Exit("tfstack: error: --model is required (see --help)", code=2)
-    if not (version or promote or resume or abort):
-        raise Exit("tfstack: error: --version is required for a rollout (see --help)", code=2)
-    spec_path = spec_file(spec)
-    source_path = str(Path(source).resolve()) if source else None
+    chosen = deployment_target(spec, target)
     request = tfstack.rollout.RolloutRequest(
         model=model,
         version=version or None,
-        source=source_path,
+        source=str(Path(source).resolve()) if source else None,
         canary=canary,
         promote=promote,
         allow_signature_change=allow_signature_change,
@@ -667,26 +603,20 @@ def rollout(  # noqa: PLR0917 (invoke maps parameters to options)
         traffic=call(tfstack.rollout.parse_traffic, traffic) if traffic else (),
         analysis_s=analysis_seconds,
     )
-    context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    swarm = call(deploy_target, spec_path, target) == "swarm"
-    if swarm and traffic:
-        raise Exit(
-            "tfstack: error: --traffic runs on the compose target only for now (the Swarm "
-            "door has no canary backends); roll out on the Swarm without it",
-            code=2,
-        )
     outcome = call(
-        tfstack.stack.swarm_rollout.swarm_rollout if swarm else tfstack.rollout.run_rollout,
-        context,
+        chosen.rollout,
         request,
         dry_run=dry_run,
         resume=resume,
         abort=abort,
+        model_image=model_image or None,
+        serving_image=serving_image or None,
     )
-    if json_:
+    # The Kubernetes rollout plan has no JSON form: its text is printed with or without --json.
+    if json_ and isinstance(outcome, Documented):
         print(json.dumps(outcome.to_json(), indent=2))
-    elif not outcome.dry_run:
-        print(outcome.summary)
+    else:
+        show(outcome)
 
 
 @task(
@@ -709,17 +639,11 @@ def rollback(  # noqa: PLR0917 (invoke maps parameters to options)
     """Move labels back to the previous version (reloaded if retired); unload the bad one."""
     if not model:
         raise Exit("tfstack: error: --model is required (see --help)", code=2)
-    spec_path = spec_file(spec)
-    context = tfstack.rollout.Context(spec_path, spec_path.resolve().parent.parent, model, say=say)
-    swarm = call(deploy_target, spec_path, target) == "swarm"
-    rollback_with = (
-        tfstack.stack.swarm_rollout.swarm_rollback if swarm else tfstack.rollout.run_rollback
-    )
-    outcome = call(rollback_with, context, dry_run=dry_run)
+    outcome = call(deployment_target(spec, target).rollback, model, dry_run=dry_run)
     if json_:
         print(json.dumps(outcome.to_json(), indent=2))
-    elif not outcome.dry_run:
-        print(outcome.summary)
+    else:
+        show(outcome)
 
 
 @task(

@@ -51,6 +51,7 @@ class FakeLifecycle:
             UpPlan(UpAction.RELOAD, ("models, labels or policies changed",)),
             a_status(),
             timings={"validate": 0.1, "reload": 1.2},
+            dry_run=kwargs["dry_run"],
         )
         report.sample = (
             "POST http://127.0.0.1:8501/v1/models/m:predict",
