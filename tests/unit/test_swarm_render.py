@@ -68,6 +68,7 @@ def test_cluster_init_shortens_the_dispatcher_heartbeat() -> None:
     """The local Swarm declares a dead node down after ~3 heartbeats: 2 s, not the 5 s default."""
     plan = plan_cluster(ClusterOptions(nodes=2, node_image="n", registry_image="r"))
     assert "--dispatcher-heartbeat=2s" in swarm_init_argv(plan.manager)
+    assert "--task-history-limit=1" in swarm_init_argv(plan.manager)
 
 
 def _default_server(config: str) -> str:

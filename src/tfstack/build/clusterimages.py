@@ -33,6 +33,10 @@ NODE_DOCKERFILE = (
 )
 """A Swarm node: dockerd (started by the cluster with its own flags) and the docker CLI."""
 
+REGISTRY_CONFIG = "/etc/docker/registry/tfstack.yml"
+"""The registry's config in its image (storage.delete.enabled: manifests can be deleted)."""
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+
 REGISTRY_DOCKERFILE = (
     f"FROM {BASE_IMAGE}\n"
     + _APT.format(packages="docker-registry")
@@ -40,11 +44,11 @@ REGISTRY_DOCKERFILE = (
     # from its own network and 127.0.0.1, so it serves plain HTTP without auth.
     + "RUN printf '%s\\n' 'version: 0.1' 'storage:' '  filesystem:'"
     " '    rootdirectory: /var/lib/docker-registry' '  delete:' '    enabled: true'"
-    " 'http:' '  addr: :5000' > /etc/docker/registry/tfstack.yml\n"
+    f" 'http:' '  addr: :5000' > {REGISTRY_CONFIG}\n"
     + f'LABEL {MANAGED_LABEL}="true" {ROLE_LABEL}="registry-image"\n'
     + "USER docker-registry\n"
     + "EXPOSE 5000\n"
-    + 'ENTRYPOINT ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/tfstack.yml"]\n'
+    + f'ENTRYPOINT ["{REGISTRY_BINARY}", "serve", "{REGISTRY_CONFIG}"]\n'
 )
 """Debian's docker-registry: plain HTTP on :5000, blobs under /var/lib/docker-registry."""
 

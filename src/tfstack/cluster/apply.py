@@ -16,13 +16,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfstack.build.clusterimages import NODE_IMAGE, REGISTRY_IMAGE, build_recipe
+from tfstack.build.clusterimages import (
+    NODE_IMAGE,
+    REGISTRY_BINARY,
+    REGISTRY_CONFIG,
+    REGISTRY_IMAGE,
+    build_recipe,
+)
 from tfstack.cluster.plan import (
     CLUSTER_LABEL,
     CLUSTER_NAME,
     MANAGER_API_PORT,
     NODE_ROLE,
     REGISTRY_HOST_PORT,
+    REGISTRY_ROLE,
     ROLE_LABEL,
     ClusterOptions,
     ClusterPlan,
@@ -315,6 +322,35 @@ def cluster_up(
     return cluster_status(name)
 
 
+# --------------------------------------------------------------------------- housekeeping
+
+
+def collect_registry_garbage(name: str = CLUSTER_NAME) -> int:
+    """Free the blobs no manifest names any more (``registry garbage-collect``); how many.
+
+    Distribution collects garbage offline by design: a blob uploaded while it runs, and not yet
+    named by a manifest, would be deleted. tfstack runs it right after its own deploy, the only
+    writer of the local cluster's registry, whose config has no blob descriptor cache (a cache
+    would keep answering "exists" for a deleted blob)."""
+    container = _lines(
+        run(["docker", "ps", "--quiet", *_selector(name, REGISTRY_ROLE)], check=False)
+    )
+    if not container:
+        raise ClusterError(f"cluster {name}: no running registry to collect garbage in")
+    output = run(
+        ["docker", "exec", container[0], REGISTRY_BINARY, "garbage-collect", REGISTRY_CONFIG],
+        node="registry",
+    )
+    return sum("blob eligible for deletion" in line for line in _lines(output))
+
+
+def node_containers(name: str = CLUSTER_NAME) -> list[str]:
+    """The running node containers of the local cluster."""
+    return _lines(
+        run(["docker", "ps", *_selector(name, NODE_ROLE), "--format", "{{.Names}}"], check=False)
+    )
+
+
 # --------------------------------------------------------------------------- down
 
 
@@ -377,4 +413,6 @@ __all__ = [
     "cluster_down",
     "cluster_status",
     "cluster_up",
+    "collect_registry_garbage",
+    "node_containers",
 ]

@@ -37,6 +37,10 @@ MAX_NODES = 7
 # replacement even starts. The local cluster's nodes share one host (no network partitions, a
 # loaded machine can still delay a beat by a second), so 2 s: down after ~6 s. See docs/swarm.md.
 DISPATCHER_HEARTBEAT = "2s"
+# Stopped tasks Swarm keeps per slot (default 5). Their containers pin the images they ran, so a
+# node could not drop an old model image for five deploys; one keeps the previous revision's task
+# (the one a rollback goes back to) and lets tfstack prune the images older than that.
+TASK_HISTORY_LIMIT = 1
 
 
 def node_flags() -> list[str]:
@@ -210,6 +214,7 @@ def swarm_init_argv(manager: NodePlan) -> list[str]:
         "--advertise-addr=eth0",
         f"--default-addr-pool={ADDRESS_POOL}",
         f"--dispatcher-heartbeat={DISPATCHER_HEARTBEAT}",
+        f"--task-history-limit={TASK_HISTORY_LIMIT}",
     ]
 
 
