@@ -17,21 +17,34 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from tfstack.build.modelimage import (
+    MODEL_IMAGE_ROLE,
+    ROLE_LABEL,
+    ModelImagePlan,
     build_model_image,
     local_image_id,
+    model_base_image,
     model_image_tag,
     model_repository_name,
+    parse_engine_images,
     plan_model_image,
     prune_model_images,
     push_image,
+    stale_engine_references,
 )
-from tfstack.cluster.apply import cluster_status
+from tfstack.build.registrypush import prune_registry_repository, push_uncompressed
+from tfstack.cluster.apply import (
+    ClusterError,
+    cluster_status,
+    collect_registry_garbage,
+    node_containers,
+)
 from tfstack.cluster.plan import CLUSTER_NAME, MANAGER_API_PORT
 from tfstack.core.files import FileChange, plan_files, write_files_atomically
 from tfstack.core.labels import LABEL_MANAGED, LABEL_MODEL, LABEL_NAMESPACE, LABEL_ROLE
@@ -67,6 +80,7 @@ ACTIVE_TASK_STATES = frozenset(
 COMMAND_TIMEOUT_S = 300
 POLL_S = 2.0
 STACK_LABEL = "com.docker.stack.namespace"
+MODEL_ROLE_LABEL = f"{ROLE_LABEL}={MODEL_IMAGE_ROLE}"
 
 
 def _quiet(_: str) -> None:
@@ -235,7 +249,9 @@ def prepare_swarm(
     served = {e.name: e.versions for e in loaded.expectations}
     for model, versions in (extra_versions or {}).items():
         served[model] = tuple(sorted({*served.get(model, ()), *versions}))
-    plan = plan_model_image(spec, spec_path, served, models_config, base_image=spec.serving.image)
+    plan = plan_model_image(
+        spec, spec_path, served, models_config, base_image=model_base_image(spec.serving.image)
+    )
     pull, push_to = swarm.registry, swarm.push_to()
     serving_tag = _image_tag(local_image_id(spec.serving.image))
     frontend_tag = _image_tag(local_image_id(spec.frontend.image))
@@ -247,21 +263,7 @@ def prepare_swarm(
         "models": f"{plan.repository}:{plan.tag}",
     }
     if push:
-        local_models = f"{plan.repository}:{plan.tag}"
-        build_model_image(plan, local_models, say=say)
-        for local, ref in (
-            (spec.serving.image, refs["serving"]),
-            (spec.frontend.image, refs["frontend"]),
-            (local_models, refs["models"]),
-        ):
-            try:
-                push_image(local, f"{push_to}/{ref}", say=say)
-            except (BuildError, OSError) as exc:
-                raise SwarmError(
-                    f"the registry {push_to} refused {ref}: {exc}",
-                    hint="check that the registry runs and accepts pushes "
-                    "(`./tfstack cluster.status`), or deploy.swarm.push_registry",
-                ) from exc
+        _push_images(spec, plan, refs, push_to, say=say)
     images = SwarmImages(
         serving=f"{pull}/{refs['serving']}",
         frontend=f"{pull}/{refs['frontend']}",
@@ -271,6 +273,52 @@ def prepare_swarm(
     files = render_swarm(spec, spec_path, root, images)
     check_swarm_door(files, spec, spec_path)  # validated before anything is written or deployed
     return Prepared(loaded, files, images, stack_name(spec))
+
+
+def _repository_and_tag(reference: str) -> tuple[str, str]:
+    repository, _, tag = reference.rpartition(":")
+    return repository, tag
+
+
+def _push_images(
+    spec: StackSpec, plan: ModelImagePlan, refs: Mapping[str, str], push_to: str, *, say: Say
+) -> None:
+    """Build the model image and push the three images; the runtime and the door in parallel
+    (each push is mostly one core's work), the model image after the runtime (it shares the
+    runtime's layers, which are then linked instead of sent)."""
+    local_models = f"{plan.repository}:{plan.tag}"
+    layers = spec.deploy.swarm.layer_push()
+
+    def push(local: str, ref: str, share: Sequence[str] = ()) -> None:
+        mark = time.monotonic()
+        try:
+            if layers == "uncompressed":
+                push_uncompressed(
+                    local,
+                    local_image_id(local),
+                    push_to,
+                    *_repository_and_tag(ref),
+                    share_from=[_repository_and_tag(s) for s in share],
+                    say=say,
+                )
+            else:
+                push_image(local, f"{push_to}/{ref}", say=say)
+        except (BuildError, OSError) as exc:
+            raise SwarmError(
+                f"the registry {push_to} refused {ref}: {exc}",
+                hint="check that the registry runs and accepts pushes "
+                "(`./tfstack cluster.status`), or deploy.swarm.push_registry / layers",
+            ) from exc
+        say(f"pushed {ref} in {time.monotonic() - mark:.1f} s")
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tfstack-push") as pool:
+        serving = pool.submit(push, spec.serving.image, refs["serving"])
+        frontend = pool.submit(push, spec.frontend.image, refs["frontend"])
+        build_model_image(plan, local_models, say=say)
+        serving.result()
+        models = pool.submit(push, local_models, refs["models"], (refs["serving"],))
+        frontend.result()
+        models.result()
 
 
 def render_swarm_to_disk(spec_path: Path, root: Path, *, dry_run: bool = False) -> RenderReport:
@@ -459,7 +507,8 @@ class SwarmUpReport:
 
 def _wait_converged(
     manager: Manager, prepared: Prepared, node_names: Mapping[str, str], timeout: float, say: Say
-) -> tuple[list[TaskModels], dict[str, int]]:
+) -> tuple[list[TaskModels], dict[str, int], float]:
+    """Every serving task's answers, tasks per node and when (monotonic) every task first ran."""
     spec = prepared.loaded.spec
     stack = prepared.stack
     expected = {e.name: e.versions for e in prepared.loaded.expectations}
@@ -468,6 +517,7 @@ def _wait_converged(
     serving_id = ids.get(SERVING_SERVICE, "")
     deadline = time.monotonic() + timeout
     last = "no answer yet"
+    all_running: float | None = None
     while True:
         current = [
             t
@@ -481,11 +531,12 @@ def _wait_converged(
             per_node[task.node] = per_node.get(task.node, 0) + 1
         old = [t for t in running if t.image != prepared.images.serving]
         if len(running) == spec.serving.replicas and not old:
+            all_running = all_running or time.monotonic()
             answers, error = probe_tasks(manager, prepared.images.serving, stack, spec)
             if error is None and len(answers) == spec.serving.replicas:
                 gaps = {a.address: a.missing(expected, labels) for a in answers}
                 if not any(gaps.values()):
-                    return answers, per_node
+                    return answers, per_node, all_running
                 last = "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items() if v)
             else:
                 last = error or f"{len(answers)} of {spec.serving.replicas} tasks answer"
@@ -568,29 +619,99 @@ def swarm_up(
     mark = time.monotonic()
     names = {n.id: n.hostname for n in node_list}
     try:
-        answers, per_node = _wait_converged(manager, prepared, names, timeout, say)
+        answers, per_node, all_running = _wait_converged(manager, prepared, names, timeout, say)
     except SwarmError:
         if not before:
             say("first deploy failed: removing the stack (nothing half-deployed)")
             manager.run("stack", "rm", stack, check=False)
         raise
-    timings["wait"] = time.monotonic() - mark
+    # tasks: pulls, container starts and health checks; verify: every version asked per task
+    timings["tasks"] = all_running - mark
+    timings["verify"] = time.monotonic() - all_running
     mark = time.monotonic()
     door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
     results = _smoke_door(prepared.loaded, door, timeout=60)
     timings["smoke"] = time.monotonic() - mark
     _remove_stale_configs(manager, stack, prepared.files)
-    # Every models change is a new model image: keep the deployed one and the one before it
-    # (a rollback finds it here), untag older ones on this machine (never other projects').
-    try:
-        prune_model_images(
-            model_repository_name(spec.project),
-            model_image_tag(prepared.images.models_digest),
-            say=say,
-        )
-    except BuildError as exc:
-        say(f"old model images not pruned: {exc}")
+    _prune_model_images(spec, prepared.images.models_digest, say=say)
     return SwarmUpReport(action, stack, manager.url, timings, per_node, answers, door, len(results))
+
+
+def _local_cluster(spec: StackSpec) -> bool:
+    """The stack runs on this machine's local cluster (whose nodes and registry tfstack reaches)."""
+    status = cluster_status(CLUSTER_NAME)
+    return status.exists and manager_url(spec) == status.manager_url
+
+
+def _prune_model_images(spec: StackSpec, models_digest: str, *, say: Say) -> None:
+    """Every models change is a new model image: keep the deployed one and the one before it (a
+    rollback finds it), remove older ones of this project (never other projects') from this
+    machine's engine, from the registry when tfstack talks to it itself (plain HTTP, the
+    ``uncompressed`` push path) and, on the local cluster, from every node's engine. Never fatal:
+    what stays is said."""
+    repository = model_repository_name(spec.project)
+    current = model_image_tag(models_digest)
+    try:
+        prune_model_images(repository, current, say=say)
+    except BuildError as exc:
+        say(f"old model images not pruned on this machine: {exc}")
+    local = _local_cluster(spec)
+    if spec.deploy.swarm.layer_push() == "uncompressed":
+        try:
+            deleted = prune_registry_repository(
+                spec.deploy.swarm.push_to(), repository, current, say=say
+            )
+            if deleted and local:
+                freed = collect_registry_garbage(CLUSTER_NAME)
+                say(f"registry garbage collection: {freed} blob(s) deleted")
+        except (BuildError, ClusterError) as exc:
+            say(f"old model images not pruned from the registry: {exc}")
+    if local:
+        for node in node_containers(CLUSTER_NAME):
+            prune_node_model_images(node, repository, current, say=say)
+
+
+def prune_node_model_images(node: str, repository: str, current_tag: str, *, say: Say) -> list[str]:
+    """Remove ``repository``'s older model images from a local cluster node's engine (through its
+    container; :func:`stale_engine_references`); the references removed. One a container still
+    uses (Swarm keeps the task history's stopped containers) is kept and said."""
+    engine = ["docker", "exec", node, "docker"]
+    listing = subprocess.run(
+        [*engine, "image", "ls", "--quiet", "--no-trunc", "--filter", f"label={MODEL_ROLE_LABEL}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    ids = sorted(set(listing.stdout.split()))
+    if listing.returncode != 0 or not ids:
+        return []
+    inspected = subprocess.run(
+        [*engine, "image", "inspect", *ids],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    stale = stale_engine_references(
+        parse_engine_images(inspected.stdout), repository=repository, current_tag=current_tag
+    )
+    removed = []
+    for reference in stale:
+        result = subprocess.run(
+            [*engine, "image", "rm", reference],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode == 0:
+            removed.append(reference)
+        else:
+            say(f"{node}: kept old model image {reference}: {result.stderr.strip()[-160:]}")
+    if removed:
+        say(f"{node}: removed {len(removed)} old model image reference(s) of {repository}")
+    return removed
 
 
 def _smoke_door(loaded: Loaded, door: str, *, timeout: float) -> list[Any]:
