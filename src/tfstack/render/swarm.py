@@ -39,7 +39,6 @@ from tfstack.render.frontdoor import (
 from tfstack.render.renderer import (
     BATCHING_CONFIG,
     COMPOSE_DIR,
-    HEALTHCHECK_INTERVAL,
     HEALTHCHECK_RETRIES,
     HEALTHCHECK_START_PERIOD,
     HEALTHCHECK_TIMEOUT,
@@ -74,6 +73,12 @@ CANARY_SERVICE = "canary"
 """A weighted canary's service (``rollout --traffic``), created beside the stack, not in it."""
 SWARM_CONNECT_TIMEOUT_MS = 1000
 SWARM_OBSERVE_ERRORS = 1  # consecutive connection errors that take a task out of the door
+# A Swarm task is `running` (and in `tasks.<service>`, so in the door) only after its first passing
+# health check, and engine 20.10 has no `start_interval`: the interval is also the granularity of a
+# replacement's start. The probe is a stdlib-only script that starts in milliseconds.
+SWARM_HEALTHCHECK_INTERVAL = "1s"
+# Swarm waits this long before it starts a task that replaces a failed one or one of a lost node.
+SWARM_RESTART_DELAY = "1s"
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -99,7 +104,9 @@ def _seconds(text: str) -> int:
 
 def health_window_s() -> int:
     """How long a new task may take to become healthy: start period + retries x interval."""
-    return _seconds(HEALTHCHECK_START_PERIOD) + HEALTHCHECK_RETRIES * _seconds(HEALTHCHECK_INTERVAL)
+    return _seconds(HEALTHCHECK_START_PERIOD) + HEALTHCHECK_RETRIES * _seconds(
+        SWARM_HEALTHCHECK_INTERVAL
+    )
 
 
 def swarm_serving_flags(spec: StackSpec) -> list[str]:
@@ -275,7 +282,7 @@ def render_swarm(
                 f"--rest-port={spec.serving.rest_port}",
                 f"--model-config={CONFIG_IN_VOLUME}",
             ],
-            "interval": HEALTHCHECK_INTERVAL,
+            "interval": SWARM_HEALTHCHECK_INTERVAL,
             "timeout": HEALTHCHECK_TIMEOUT,
             "retries": HEALTHCHECK_RETRIES,
             "start_period": HEALTHCHECK_START_PERIOD,
@@ -299,7 +306,11 @@ def render_swarm(
             "endpoint_mode": swarm.endpoint_mode,
             "update_config": update,
             "rollback_config": rollback,
-            "restart_policy": {"condition": "any", "delay": "2s", "window": "30s"},
+            "restart_policy": {
+                "condition": "any",
+                "delay": SWARM_RESTART_DELAY,
+                "window": "30s",
+            },
             "placement": placement,
             "labels": labels,
             **({"resources": _resources(spec)} if _resources(spec) else {}),
