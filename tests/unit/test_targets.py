@@ -397,11 +397,12 @@ def test_swarm_predict_refuses_the_doors_key_and_certificate(calls: list[Call]) 
     assert calls == []
 
 
-def test_swarm_rollout_refuses_traffic_for_now(calls: list[Call]) -> None:
-    """--traffic with --target swarm is refused (exit 2) until the Swarm door has canaries."""
-    with pytest.raises(UsageError, match="--traffic runs on the compose target only"):
-        swarm().rollout(RolloutRequest("m", version=2, traffic=(10, 100)))
-    assert calls == []
+def test_swarm_rollout_takes_a_weighted_canary(calls: list[Call]) -> None:
+    """--traffic with --target swarm reaches the Swarm's rollout with its steps and windows."""
+    request = RolloutRequest("m", version=2, traffic=(10, 100), analysis_s=6.0)
+    swarm().rollout(request)
+    name, (_, passed), _ = calls[0]
+    assert name == "swarm_rollout" and passed.traffic == (10, 100) and passed.analysis_s == 6.0
 
 
 @pytest.mark.parametrize("make", [compose, swarm])

@@ -325,14 +325,6 @@ class SwarmTarget:
         serving_image: str | None = None,
     ) -> Described:
         _check_model_rollout(request, promote_resume_or_abort=request.promote or resume or abort)
-        # --- Until the Swarm door has canary backends (weighted canary on Swarm, in progress):
-        # delete this check then; the request already carries the traffic steps through.
-        if request.traffic:
-            raise UsageError(
-                "--traffic runs on the compose target only for now (the Swarm door has no "
-                "canary backends); roll out on the Swarm without it"
-            )
-        # --- end of the check
         return tfstack.stack.swarm_rollout.swarm_rollout(
             _rollout_context(self.spec_path, request.model, self.say),
             request,
