@@ -253,9 +253,13 @@ def build_model_image(plan: ModelImagePlan, local_tag: str, *, say: Say) -> None
         )
 
 
+def tag_image(local: str, reference: str) -> None:
+    _docker(["tag", local, reference], what=f"tagging {local}")
+
+
 def push_image(local: str, push_reference: str, *, say: Say) -> str:
     """Tag ``local`` as ``push_reference`` and push it; the pushed digest (sha256:...)."""
-    _docker(["tag", local, push_reference], what=f"tagging {local}")
+    tag_image(local, push_reference)
     say(f"pushing {push_reference}")
     output = _docker(["push", push_reference], what=f"pushing {push_reference}")
     for line in output.splitlines():

@@ -37,6 +37,7 @@ from tfstack.build.modelimage import (
     prune_model_images,
     push_image,
     stale_engine_references,
+    tag_image,
 )
 from tfstack.build.registrypush import prune_registry_repository, push_uncompressed
 from tfstack.cluster.apply import (
@@ -293,6 +294,8 @@ def _push_images(
         mark = time.monotonic()
         try:
             if layers == "uncompressed":
+                # The pushed name on this engine too, as `docker push` leaves it (what went where).
+                tag_image(local, f"{push_to}/{ref}")
                 push_uncompressed(
                     local,
                     local_image_id(local),
