@@ -13,7 +13,8 @@ one per machine). A temporary project on free loopback ports serves half_plus_tw
 5. a rollout of version 2 under 50 req/s REST+gRPC through the door (failed requests);
 6. a worker node's container killed under 50 req/s REST: failed requests, how long after the kill
    the door still sent requests into the dead node (slow or failed answers), when Swarm declared
-   the node down and when the replacement task ran;
+   the node down, and the replacement's timeline (task created, container started, healthy,
+   running, in the door's REST and gRPC rotation as its runtime API reports it);
 7. scale to 1 replica, then the same throughput load: the ratio 3 / 1 measured in this run.
 
 All load is bounded and on 127.0.0.1. The three nodes share this machine's cores: the 3-vs-1 ratio
@@ -23,11 +24,13 @@ is reported, never promised.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +66,7 @@ from tfstack.stack.swarm import (
     swarm_up,
     tasks,
 )
+from tfstack.stack.swarm_canary import door_status, swarm_door
 from tfstack.stack.swarm_rollout import swarm_rollout
 
 MODEL = "half_plus_two"
@@ -128,15 +132,63 @@ class Replacement:
     started_s: float | None  # its container started on the node
     healthy_s: float | None  # its first passing health check ended
     running_s: float  # Swarm reported the task running (= healthy, with a health check)
+    address: str = ""  # on the overlay
+    door_s: float | None = None  # in the door's rotation, REST and gRPC (bench only)
 
     def describe(self) -> str:
         def at(value: float | None) -> str:
             return "?" if value is None else f"{value:.1f}s"
 
+        door = f", in the door's rotation {at(self.door_s)}" if self.address else ""
         return (
             f"replacement on {self.node}: task created {at(self.created_s)}, container started "
             f"{at(self.started_s)}, healthy {at(self.healthy_s)}, running {at(self.running_s)}"
+            + door
         )
+
+
+class DoorWatch:
+    """The door's servers in rotation, read from its runtime API twice a second during a
+    failover (wall time -> (backend, ip) pairs), to time when a replacement joins it."""
+
+    def __init__(self, manager: Manager, stack: str) -> None:
+        self.manager = manager
+        self.stack = stack
+        self.seen: list[tuple[float, frozenset[tuple[str, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="door-watch", daemon=True)
+
+    def _poll(self) -> None:
+        with contextlib.suppress(StackError):
+            door = swarm_door(self.manager, self.stack)
+            while not self._stop.is_set():
+                status = door_status(door, {})
+                self.seen.append(
+                    (
+                        time.time(),
+                        frozenset(
+                            (s.backend, s.address.rsplit(":", 1)[0])
+                            for s in status.servers
+                            if s.in_rotation
+                        ),
+                    )
+                )
+                self._stop.wait(0.5)
+
+    def __enter__(self) -> DoorWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=35)
+
+    def joined(self, address: str, after_wall: float) -> float | None:
+        """When (wall) ``address`` was first in both the REST and the gRPC rotation."""
+        for at, pairs in self.seen:
+            if at >= after_wall and {("rest", address), ("grpc", address)} <= pairs:
+                return at
+        return None
 
 
 def replacements(
@@ -172,7 +224,16 @@ def replacements(
             if passed:
                 healthy = parse_timestamp(passed[0]["End"]) - killed_wall
         running = parse_timestamp(item["Status"]["Timestamp"]) - killed_wall
-        found.append(Replacement(node, created, started, healthy, running))
+        address = next(
+            (
+                a.split("/")[0]
+                for attachment in item.get("NetworksAttachments") or []
+                if not attachment.get("Network", {}).get("Spec", {}).get("Ingress")
+                for a in attachment.get("Addresses") or []
+            ),
+            "",
+        )
+        found.append(Replacement(node, created, started, healthy, running, address))
     return found
 
 
@@ -267,24 +328,33 @@ def _failover(manager: Manager, stack: str, rest_port: int, grpc_port: int) -> F
     killed_at = time.monotonic()
     killed_wall = time.time()
     try:
-        time.sleep(5)
-        killed_at, killed_wall = time.monotonic(), time.time()
-        subprocess.run(["docker", "kill", KILLED_NODE], check=True, capture_output=True)
-        while time.monotonic() - killed_at < RECOVERY_LIMIT_S:
-            if node_down_s is None and KILLED_NODE in {
-                n.hostname for n in nodes(manager) if n.state == "down"
-            }:
-                node_down_s = time.monotonic() - killed_at
-            placed = _serving_nodes(manager, stack, names)
-            if len(placed) == REPLICAS and KILLED_NODE not in placed:
-                replaced_s = time.monotonic() - killed_at
-                break
-            time.sleep(0.5)
-        time.sleep(5)  # load on the recovered layout
+        with DoorWatch(manager, stack) as door:
+            time.sleep(5)
+            killed_at, killed_wall = time.monotonic(), time.time()
+            subprocess.run(["docker", "kill", KILLED_NODE], check=True, capture_output=True)
+            while time.monotonic() - killed_at < RECOVERY_LIMIT_S:
+                if node_down_s is None and KILLED_NODE in {
+                    n.hostname for n in nodes(manager) if n.state == "down"
+                }:
+                    node_down_s = time.monotonic() - killed_at
+                placed = _serving_nodes(manager, stack, names)
+                if len(placed) == REPLICAS and KILLED_NODE not in placed:
+                    replaced_s = time.monotonic() - killed_at
+                    break
+                time.sleep(0.5)
+            time.sleep(5)  # load on the recovered layout (and the door's view of it)
     finally:
         report: LoadReport = load.stop()
     timeline = replacements(manager, stack, names, killed_wall) if replaced_s is not None else []
+    timeline = [
+        dataclasses.replace(r, door_s=_after(door.joined(r.address, killed_wall), killed_wall))
+        for r in timeline
+    ]
     return Failover(report, killed_at, node_down_s, replaced_s, timeline)
+
+
+def _after(wall: float | None, start: float) -> float | None:
+    return None if wall is None else wall - start
 
 
 def _seconds(value: float | None) -> str:
