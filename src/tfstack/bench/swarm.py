@@ -83,6 +83,7 @@ GRPC_CONCURRENCY = 16
 PATH = f"/v1/models/{MODEL}:predict"
 GRPC_BODY = grpc_predict_bytes(MODEL, "x", [1.0, 2.0, 5.0], "float32")
 REPLACEMENT_TARGET_S = 30.0
+REST_TIMEOUT_MS = 5000
 
 
 def spec_data(*, project: str, image: str, rest_port: int, grpc_port: int) -> dict[str, Any]:
@@ -105,6 +106,10 @@ def spec_data(*, project: str, image: str, rest_port: int, grpc_port: int) -> di
             "rest_port": rest_port,
             "replicas": REPLICAS,
             "max_load_retries": 0,
+            # The door retries a request a vanished node left unanswered after this + 1 s, which
+            # must be below the load generator's 10 s client timeout (docs/swarm.md, node failure;
+            # the integration tier sets the same).
+            "rest_api_timeout_ms": REST_TIMEOUT_MS,
         },
         "monitoring": {"enabled": False},
         "deploy": {"target": "swarm", "swarm": {"max_replicas_per_node": PER_NODE}},
@@ -480,6 +485,10 @@ def bench_swarm(context: BenchContext) -> BenchResult:
         ("  Swarm declared the node down after", _seconds(failover.node_down_s)),
         ("  replacement task running after", _seconds(failover.replaced_s)),
         *[("  where the time went", r.describe()) for r in failover.timeline],
+        *[
+            (f"  failed at +{f.sent_at - failover.killed_at:.1f} s", f"{f.target}: {f.error}")
+            for f in failover.load.failures
+        ],
         ("serving tasks per node, 3 replicas", _placement(first.per_node)),
         ("serving tasks per node, 1 replica", _placement(single.per_node)),
         ("REST through the door, 3 replicas", _rps(rest3)),
