@@ -366,10 +366,20 @@ def prune_model_images(
         current_tag=current_tag,
         keep_previous=keep_previous,
     )
+    return remove_image_references(["docker"], stale, repository=repository, say=say)
+
+
+def remove_image_references(
+    engine: Sequence[str], references: Iterable[str], *, repository: str, say: Say, where: str = ""
+) -> list[str]:
+    """``docker image rm`` (no force) each reference on ``engine`` (the docker argv prefix: this
+    host's, or a local cluster node's through its container); the ones removed. One a container
+    still uses stays, and is said."""
+    prefix = f"{where}: " if where else ""
     removed = []
-    for reference in stale:
+    for reference in references:
         result = subprocess.run(
-            ["docker", "image", "rm", reference],
+            [*engine, "image", "rm", reference],
             capture_output=True,
             text=True,
             check=False,
@@ -378,9 +388,9 @@ def prune_model_images(
         if result.returncode == 0:
             removed.append(reference)
         else:
-            say(f"kept old model image {reference}: {result.stderr.strip()[-200:]}")
+            say(f"{prefix}kept old model image {reference}: {result.stderr.strip()[-200:]}")
     if removed:
-        say(f"removed {len(removed)} old model image tag(s) of {repository}")
+        say(f"{prefix}removed {len(removed)} old model image reference(s) of {repository}")
     return removed
 
 

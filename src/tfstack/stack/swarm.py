@@ -36,6 +36,7 @@ from tfstack.build.modelimage import (
     plan_model_image,
     prune_model_images,
     push_image,
+    remove_image_references,
     stale_engine_references,
     tag_image,
 )
@@ -699,22 +700,7 @@ def prune_node_model_images(node: str, repository: str, current_tag: str, *, say
     stale = stale_engine_references(
         parse_engine_images(inspected.stdout), repository=repository, current_tag=current_tag
     )
-    removed = []
-    for reference in stale:
-        result = subprocess.run(
-            [*engine, "image", "rm", reference],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if result.returncode == 0:
-            removed.append(reference)
-        else:
-            say(f"{node}: kept old model image {reference}: {result.stderr.strip()[-160:]}")
-    if removed:
-        say(f"{node}: removed {len(removed)} old model image reference(s) of {repository}")
-    return removed
+    return remove_image_references(engine, stale, repository=repository, say=say, where=node)
 
 
 def _smoke_door(loaded: Loaded, door: str, *, timeout: float) -> list[Any]:
