@@ -18,6 +18,7 @@ it is the first push of the runtime image and each node pulling it). Figures are
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +46,23 @@ from tests.integration.test_contract import (
     test_grpc_wrong_input_dtype_is_refused,
     test_rest_contract,
 )
-from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
+from tfstack.bench.canary import write_canary_candidates
+from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import free_port
 from tfstack.bench.swarm import replacements
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import BuiltImage
-from tfstack.build.modelimage import model_image_tag, model_repository_name
+from tfstack.build.modelimage import (
+    model_image_tag,
+    model_repository_name,
+    parse_engine_images,
+    reference_repository,
+    same_repository,
+)
 from tfstack.cluster import cluster_down, cluster_status, cluster_up
+from tfstack.cluster.apply import node_containers
 from tfstack.cluster.plan import CLUSTER_LABEL, CLUSTER_NAME
+from tfstack.errors import RolloutError
 from tfstack.models.demo import write_demo_models, write_half_plus
 from tfstack.render.frontdoor import SERVING_SERVICE
 from tfstack.render.swarm import LABEL_REVISION
@@ -61,6 +72,7 @@ from tfstack.rollout.runner import Context
 from tfstack.spec.deploy import LOCAL_PUSH_REGISTRY
 from tfstack.spec.load import load_spec
 from tfstack.stack.swarm import (
+    LABEL_BESIDE_STACK,
     STACK_LABEL,
     Manager,
     SwarmError,
@@ -90,6 +102,11 @@ REPLACEMENT_LIMIT_S = 45.0  # node killed -> task healthy elsewhere (goal 30 s; 
 # and retries a request left unanswered after rest_api_timeout_ms + 1 s: no request may fail.
 REST_TIMEOUT_MS = 5000
 SLOW_S = 0.5  # an answer this slow after the kill met the dead node and was retried
+CANARY_P99_MS = 400
+CANARY_WINDOW_S = 8
+CANARY_TRAFFIC = (25, 100)
+SPLIT_TOLERANCE = 10.0  # points: ~200 unversioned requests per window at 50 req/s (3 sd)
+SETTLE_S = 1.0  # the share is set at the start of a step; count from a little later
 KILLED_NODE = f"{CLUSTER_NAME}-node-3"  # a worker (node 1 is the manager and runs the door)
 
 # The contract cases, collected here with this module's `target` (the door). Imported names are
@@ -117,6 +134,18 @@ def spec_data(*, project: str, image: str, grpc_port: int, rest_port: int) -> di
                 # No `expect`: the rollout's version 2 answers 0.5x + 3 (the contract cases
                 # check the answers of version 1).
                 "samples": [{"name": "predict", "body": {"instances": [1.0, 2.0, 5.0]}}],
+                # Gates for the weighted canaries, sized for windows of a few seconds on three
+                # nodes sharing 2 cores.
+                "slo": {
+                    "error_rate": 0.01,
+                    "p99_ms": CANARY_P99_MS,
+                    # At 100 % one canary task takes every unversioned request while three
+                    # replicas share the labelled ones: single-digit ms p99s, noisy ratios.
+                    "max_latency_ratio": 4,
+                    "min_requests": 20,
+                    "window_seconds": CANARY_WINDOW_S,
+                    "max_window_seconds": 40,
+                },
             },
             {"name": "half_plus_three", "policy": {"latest": 1}},
             {"name": "upstream_half_plus_two", "policy": {"latest": 1}},
@@ -131,6 +160,7 @@ def spec_data(*, project: str, image: str, grpc_port: int, rest_port: int) -> di
             # rest_api_timeout_ms + 1 s: below the load generator's 10 s client timeout.
             "rest_api_timeout_ms": REST_TIMEOUT_MS,
         },
+        "monitoring": {"enabled": True},
         "deploy": {"target": "swarm", "swarm": {"max_replicas_per_node": PER_NODE}},
     }
 
@@ -329,12 +359,30 @@ def _stack_load(swarm: SwarmStack, max_seconds: float) -> LoadGenerator:
     return LoadGenerator(senders, rate=50, max_seconds=max_seconds)
 
 
-def test_rollout_then_rollback_under_load_fail_no_request(
+def _canary_leftovers(swarm: SwarmStack) -> list[str]:
+    """Services, configs and manager containers tfstack made beside the stack."""
+    selector = f"label={LABEL_BESIDE_STACK}={swarm.stack}"
+    return [
+        *swarm.manager.run("service", "ls", "--quiet", "--filter", selector).split(),
+        *swarm.manager.run("config", "ls", "--quiet", "--filter", selector).split(),
+        *swarm.manager.run("ps", "--all", "--quiet", "--filter", selector).split(),
+    ]
+
+
+def _unversioned_share(samples: list[Sample]) -> tuple[float, int]:
+    """Percent of unversioned answers from version 2 (x = 1: 3.5; version 1 answers 2.5)."""
+    counted = [s for s in samples if s.ok and s.target.endswith("/default")]
+    new = [s for s in counted if s.value == 3.5]
+    return (100.0 * len(new) / len(counted) if counted else 0.0), len(counted)
+
+
+def test_weighted_canary_rollout_then_rollback_under_load_fail_no_request(
     swarm: SwarmStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Rollout of half_plus_two v2 (0.5x + 3) and its rollback under 50 req/s REST+gRPC through
-    the door: 0 failed requests; `stable` answers 3.5 only after promote began, 2.5 after
-    the rollback."""
+    """`rollout --traffic 25,100` of half_plus_two v2 (0.5x + 3) on the Swarm, then its rollback,
+    under 50 req/s REST+gRPC through the door: 0 failed requests; the canary service takes about
+    25 % of unversioned requests at the first step and all at the second, `stable` answers 3.5
+    only after promote began and 2.5 after the rollback; nothing is left beside the stack."""
     candidate = tmp_path_factory.mktemp("swarm-candidate") / "v2"
     write_half_plus(candidate, offset=3.0, offset2=4.0, model_name="half_plus_two")
     for path in [candidate, *candidate.rglob("*")]:
@@ -345,19 +393,26 @@ def test_rollout_then_rollback_under_load_fail_no_request(
 
     def on_step(name: str, event: str, at: float) -> None:
         marks[f"{name}:{event}"] = at
-        if name in ("load", "rollback") and event == "start":
-            loads.append(_stack_load(swarm, 115).start())
+        if name in ("canary_start", "rollback") and event == "start":
+            loads.append(_stack_load(swarm, 280).start())
 
     try:
         started = time.monotonic()
         outcome = swarm_rollout(
             context,
-            RolloutRequest("half_plus_two", version=2, source=str(candidate)),
+            RolloutRequest(
+                "half_plus_two",
+                version=2,
+                source=str(candidate),
+                traffic=CANARY_TRAFFIC,
+                analysis_s=CANARY_WINDOW_S,
+            ),
             on_step=on_step,
         )
         rollout_s = time.monotonic() - started
         time.sleep(2)
         rollout_load = loads.pop().stop()
+        left = _canary_leftovers(swarm)
         started = time.monotonic()
         back = swarm_rollback(context, on_step=on_step)
         rollback_s = time.monotonic() - started
@@ -367,16 +422,38 @@ def test_rollout_then_rollback_under_load_fail_no_request(
         for load in loads:
             load.stop()
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    splits = {}
+    for percent in CANARY_TRAFFIC:
+        # The step's analysis window is its last CANARY_WINDOW_S seconds: the share is set just
+        # before it (after the door and the overlay probe are found, a few seconds on the Swarm).
+        end = marks[f"traffic_{percent}:done"]
+        begin = max(marks[f"traffic_{percent}:start"], end - CANARY_WINDOW_S) + SETTLE_S
+        splits[percent] = _unversioned_share(rollout_load.window(start=begin, end=end))
     print(
-        f"\nswarm rollout {rollout_s:.1f}s ({steps}); load: {rollout_load.summary()}"
-        f"\nswarm rollback {rollback_s:.1f}s; load: {rollback_load.summary()}",
+        f"\nswarm canary rollout {rollout_s:.1f}s ({steps}); load: {rollout_load.summary()}; "
+        + "; ".join(f"{p} %: {share:.1f} % of {n}" for p, (share, n) in splits.items())
+        + f"\nswarm rollback {rollback_s:.1f}s; load: {rollback_load.summary()}",
         flush=True,
     )
     assert outcome.journal.status == "done" and back.journal.status == "done"
+    names = [r.step.name for r in outcome.journal.steps]
+    assert names[names.index("canary_start") :] == [
+        "canary_start",
+        *(f"traffic_{p}" for p in CANARY_TRAFFIC),
+        "load",
+        "promote",
+        "canary_stop",
+    ]
     for report in (rollout_load, rollback_load):
         assert report.stop_reason == "stopped by the caller", report.stop_reason
     assert rollout_load.failures == [], rollout_load.summary()
     assert rollback_load.failures == [], rollback_load.summary()
+    first, counted = splits[CANARY_TRAFFIC[0]]
+    assert counted >= 100, counted
+    assert abs(first - CANARY_TRAFFIC[0]) <= SPLIT_TOLERANCE, splits
+    assert splits[100][0] == 100.0, splits
+    before_canary = rollout_load.window(end=marks["traffic_25:start"])
+    assert before_canary and {s.value for s in before_canary} == {2.5}
     early_v2 = [
         s
         for s in rollout_load.window(end=marks["promote:start"])
@@ -384,11 +461,76 @@ def test_rollout_then_rollback_under_load_fail_no_request(
     ]
     assert early_v2 == [], "stable answered version 2 before promote began"
     assert 3.5 in rollout_load.values("rest/stable")
+    assert left == [], f"left beside the stack after the rollout: {left}"
     assert rollback_load.window(start=marks["rollback:done"])
     assert {s.value for s in rollback_load.window(start=marks["rollback:done"])} == {2.5}
 
 
+def test_slow_canary_is_rolled_back_by_its_gates_at_the_first_step(
+    swarm: SwarmStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A candidate that answers right but slowly (p99 far above slo.p99_ms): rolled back at
+    25 % by the latency gate with the figures in the error, 0 failed requests, the spec and the
+    Swarm back on version 1, no canary left. Its version number (3) is used again by the next
+    test with other bytes: the nodes must then serve those."""
+    candidate = write_canary_candidates(tmp_path_factory.mktemp("swarm-slow"))["slow"]
+    context = Context(swarm.spec_path, swarm.root, MODEL, say=say)
+    original = swarm.spec_path.read_text(encoding="utf-8")
+    marks: dict[str, float] = {}
+    load = _stack_load(swarm, 240).start()
+    try:
+        with pytest.raises(RolloutError) as raised:
+            swarm_rollout(
+                context,
+                RolloutRequest(
+                    MODEL,
+                    version=3,
+                    source=str(candidate),
+                    traffic=CANARY_TRAFFIC,
+                    analysis_s=CANARY_WINDOW_S,
+                    latency_factor=1000.0,  # past the side instance: the canary's gates judge
+                ),
+                on_step=lambda name, event, at: marks.setdefault(f"{name}:{event}", at),
+            )
+        time.sleep(2)
+    finally:
+        report = load.stop()
+    print(f"\nswarm slow canary: {raised.value.message}; load: {report.summary()}", flush=True)
+    assert "traffic_25" in str(raised.value) and "rolled back" in raised.value.message
+    assert "p99" in str(raised.value)
+    assert "traffic_100:start" not in marks
+    assert report.failures == [], report.summary()
+    slow = [s for s in report.samples if s.value == 3.5]
+    assert slow and all(s.sent_at >= marks["traffic_25:start"] for s in slow)
+    assert swarm.spec_path.read_text(encoding="utf-8") == original
+    assert _canary_leftovers(swarm) == []
+    journal = read_journal(swarm.root, PROJECT, MODEL)
+    assert journal is not None and journal.status == "failed"
+    assert swarm_up(swarm.spec_path, swarm.root, timeout=120).action == "noop"
+
+
 # ----------------------------------------------------------------------------- model images
+
+
+def _node_model_tags(node: str, repository: str) -> set[str]:
+    """The model image tags (by content label) of ``repository`` in a node's engine."""
+    engine = ["docker", "exec", node, "docker", "image"]
+    ids = subprocess.run(
+        [*engine, "ls", "--quiet", "--filter", "label=org.tfstack.role=model-image"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not ids:
+        return set()
+    inspected = subprocess.run(
+        [*engine, "inspect", *sorted(set(ids))], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        model_image_tag(image.models_digest)
+        for image in parse_engine_images(inspected)
+        if any(same_repository(reference_repository(r), repository) for r in image.references)
+    }
 
 
 def _tags(repository: str) -> set[str]:
@@ -425,6 +567,16 @@ def test_up_prunes_older_model_images_and_nothing_else(swarm: SwarmStack) -> Non
         assert len(remote) <= 2, remote
         assert "not-a-model-image" in local
         assert _docker_lines("image", "ls", "--quiet", other)
+        # The registry (manifests deleted, then garbage collected) and every node's engine.
+        listing = f"http://{LOCAL_PUSH_REGISTRY}/v2/{repository}/tags/list"
+        with urllib.request.urlopen(listing, timeout=10) as answer:
+            in_registry = set(json.load(answer).get("tags") or [])
+        on_nodes = {node: _node_model_tags(node, repository) for node in node_containers()}
+        print(f"swarm: registry {sorted(in_registry)}, nodes {on_nodes}", flush=True)
+        assert current in in_registry and len(in_registry) <= 2, in_registry
+        assert len(on_nodes) == 3
+        for node, tags in on_nodes.items():
+            assert current in tags and len(tags) <= 2, (node, tags)
     finally:
         subprocess.run(
             ["docker", "image", "rm", other, unlabelled], check=False, capture_output=True

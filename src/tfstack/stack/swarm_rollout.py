@@ -270,7 +270,23 @@ class SwarmRunner(StackRunner):
             # A door that is down sends nothing anywhere; one that restarted has no share.
             self.say(f"      door: share not reset ({exc.message}); removing the canary anyway")
         time.sleep(CANARY_DRAIN_S)  # requests the door sent before the reset finish
-        return f"door share 0; {remove_canary_service(manager, stack)}"
+        removed = remove_canary_service(manager, stack)
+        # canary_start deployed a model image with the candidate beside the served versions; the
+        # spec's own image goes back (after promote it is that one already: a noop), so an
+        # aborted canary leaves the Swarm exactly as `up` makes it.
+        try:
+            report = swarm_up(
+                context.spec_path,
+                context.root,
+                timeout=context.reload_timeout,
+                say=lambda text: self.say(f"      {text}"),
+            )
+            models = f"the spec's model image ({report.action})"
+        except TfstackError as exc:
+            # Harmless (no server loads the candidate's files): said, and the undo goes on.
+            models = f"the candidate's model image left deployed ({exc.message})"
+            self.say(f"      {models}; the next `up` replaces it")
+        return f"door share 0; {removed}; {models}"
 
 
 def swarm_rollout(
