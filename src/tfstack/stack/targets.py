@@ -24,7 +24,7 @@ Each target's functions are looked up on their modules at call time
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -178,6 +178,22 @@ def _check_model_rollout(request: RolloutRequest, *, promote_resume_or_abort: bo
         raise UsageError("--version is required for a rollout (see --help)")
 
 
+def _model_rollout(
+    run: Callable[..., Outcome],
+    spec_path: Path,
+    request: RolloutRequest,
+    say: Say,
+    *,
+    dry_run: bool,
+    resume: bool,
+    abort: bool,
+) -> Outcome:
+    """A model rollout (Compose, Swarm): the options checked, then ``run`` with the context."""
+    _check_model_rollout(request, promote_resume_or_abort=request.promote or resume or abort)
+    context = _rollout_context(spec_path, request.model, say)
+    return run(context, request, dry_run=dry_run, resume=resume, abort=abort)
+
+
 class ComposeTarget:
     """The stack as a Compose project on this engine (the default target)."""
 
@@ -244,10 +260,11 @@ class ComposeTarget:
         model_image: str | None = None,
         serving_image: str | None = None,
     ) -> Described:
-        _check_model_rollout(request, promote_resume_or_abort=request.promote or resume or abort)
-        return tfstack.rollout.run_rollout(
-            _rollout_context(self.spec_path, request.model, self.say),
+        return _model_rollout(
+            tfstack.rollout.run_rollout,
+            self.spec_path,
             request,
+            self.say,
             dry_run=dry_run,
             resume=resume,
             abort=abort,
@@ -324,10 +341,11 @@ class SwarmTarget:
         model_image: str | None = None,
         serving_image: str | None = None,
     ) -> Described:
-        _check_model_rollout(request, promote_resume_or_abort=request.promote or resume or abort)
-        return tfstack.stack.swarm_rollout.swarm_rollout(
-            _rollout_context(self.spec_path, request.model, self.say),
+        return _model_rollout(
+            tfstack.stack.swarm_rollout.swarm_rollout,
+            self.spec_path,
             request,
+            self.say,
             dry_run=dry_run,
             resume=resume,
             abort=abort,
