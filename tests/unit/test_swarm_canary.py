@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.unit.specfixtures import valid_spec
 from tfstack.core.labels import LABEL_MODEL, LABEL_PROJECT, LABEL_ROLE
 from tfstack.errors import RolloutError, StackError
 from tfstack.rollout.canary import CONTAINER_CANARY_CONFIG, LABEL_CANARY_VERSION, ROLE_CANARY
+from tfstack.spec import StackSpec
 from tfstack.stack.swarm import (
     LABEL_BESIDE_STACK,
     STACK_LABEL,
@@ -25,6 +28,7 @@ from tfstack.stack.swarm_canary import (
     parse_fetch,
     plan_canary_service,
     scrapes_from,
+    warm_canary,
 )
 
 METRICS = """# TYPE :tensorflow:serving:request_count counter
@@ -278,3 +282,52 @@ def test_status_shows_the_canary_and_its_share() -> None:
     document = status.to_json()
     assert document["canary"]["version"] == "3"
     assert document["rollout"]["half_plus_two"]["traffic"]["percent"] == 25
+
+
+class FakeProbe:
+    """The overlay probe as warm_canary uses it: POSTs answered with the given statuses."""
+
+    stack = "demo"
+
+    def __init__(self, statuses: list[Any]) -> None:
+        self.statuses = statuses
+        self.posts: list[tuple[str, dict[str, Any], int]] = []
+
+    def post(self, url: str, body: dict[str, Any], rounds: int) -> list[Any]:
+        self.posts.append((url, body, rounds))
+        return self.statuses
+
+
+def _spec_with_samples(tmp_path: Path) -> tuple[StackSpec, Path]:
+    data = valid_spec()
+    model = data["models"][0]
+    model["samples"] = [
+        {"name": "predict", "body": {"instances": [1.0]}},
+        {"name": "cls", "method": "classify", "signature_name": "c", "body": {"examples": []}},
+    ]
+    return StackSpec.model_validate(data), tmp_path / "config" / "stack.yaml"
+
+
+def test_the_canary_is_warmed_with_its_models_samples_at_its_version(tmp_path: Path) -> None:
+    spec, spec_path = _spec_with_samples(tmp_path)
+    model = spec.models[0].name
+    probe = FakeProbe([200, 200, 200])
+    sent = warm_canary(probe, spec, spec_path, "10.0.1.9", model=model, version=3, rounds=3)  # type: ignore[arg-type]
+    assert sent == 6
+    port = spec.serving.rest_port
+    assert [(url, rounds) for url, _, rounds in probe.posts] == [
+        (f"http://10.0.1.9:{port}/v1/models/{model}/versions/3:predict", 3),
+        (f"http://10.0.1.9:{port}/v1/models/{model}/versions/3:classify", 3),
+    ]
+    assert probe.posts[1][1] == {"examples": [], "signature_name": "c"}
+
+
+def test_a_canary_that_fails_its_samples_stops_the_rollout_before_traffic(tmp_path: Path) -> None:
+    spec, spec_path = _spec_with_samples(tmp_path)
+    probe = FakeProbe([200, "500", 200])
+    with pytest.raises(
+        RolloutError, match=r"does not answer sample 'predict': \[200, '500', 200\]"
+    ):
+        warm_canary(
+            probe, spec, spec_path, "10.0.1.9", model=spec.models[0].name, version=3, rounds=3
+        )  # type: ignore[arg-type]

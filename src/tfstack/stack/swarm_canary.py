@@ -29,6 +29,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +50,7 @@ from tfstack.rollout.canary import (
 from tfstack.serving.door import DoorStatus, parse_stats_csv
 from tfstack.serving.metrics import Scrape, parse_metrics
 from tfstack.spec import StackSpec
+from tfstack.spec.model import sample_body
 from tfstack.stack.swarm import (
     LABEL_BESIDE_STACK,
     STACK_LABEL,
@@ -60,6 +62,7 @@ from tfstack.stack.swarm import (
 )
 
 ROLE_METRICS_PROBE = "metrics-probe"
+WARMUP_ROUNDS = 5
 CANARY_POLL_S = 2.0
 FETCH_TIMEOUT_S = 5
 
@@ -73,6 +76,19 @@ if sys.argv[1] == "resolve":
             out[name] = sorted({a[4][0] for a in found})
         except OSError:
             out[name] = []
+elif sys.argv[1] == "post":
+    url, body, rounds = sys.argv[2], sys.argv[3].encode(), int(sys.argv[4])
+    statuses = []
+    for _ in range(rounds):
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                r.read()
+                statuses.append(r.status)
+        except Exception as exc:  # the answer (or why there was none) is reported
+            statuses.append(str(getattr(exc, "code", "")) or str(exc)[:200])
+    out[url] = {"statuses": statuses}
 else:
     timeout = float(sys.argv[1])
     for url in sys.argv[2:]:
@@ -471,9 +487,51 @@ class OverlayProbe:
         document = self._exec("resolve", *names)
         return {name: [str(ip) for ip in document.get(name) or []] for name in names}
 
+    def post(self, url: str, body: Mapping[str, Any], rounds: int) -> list[Any]:
+        """POST ``body`` to ``url`` ``rounds`` times on the overlay; each answer's status."""
+        document = self._exec("post", url, json.dumps(body), str(rounds))
+        return list((document.get(url) or {}).get("statuses") or [])
+
     def read(self, urls: Sequence[str], at: float) -> list[Scrape]:
         """:data:`tfstack.rollout.canary.MetricsReader` over the overlay."""
         return scrapes_from(self._exec(str(FETCH_TIMEOUT_S), *urls), urls, at)
+
+
+def warm_canary(
+    probe: OverlayProbe,
+    spec: StackSpec,
+    spec_path: Path,
+    address: str,
+    *,
+    model: str,
+    version: int,
+    rounds: int = WARMUP_ROUNDS,
+) -> int:
+    """Send the model's samples to the canary's task (version ``version``) before it takes
+    traffic: a server's first requests to a model pay its lazy initialisation, which the gates
+    would otherwise charge to the candidate. RolloutError when a sample is not answered 200."""
+    found = next(m for m in spec.models if m.name == model)
+    sent = 0
+    for sample in found.samples:
+        body = dict(sample_body(sample, spec_path))
+        if sample.signature_name:
+            body.setdefault("signature_name", sample.signature_name)
+        url = (
+            f"http://{address}:{spec.serving.rest_port}/v1/models/{model}/versions/{version}"
+            f":{sample.method}"
+        )
+        statuses = probe.post(url, body, rounds)
+        if statuses != [200] * rounds:
+            raise RolloutError(
+                f"the canary does not answer sample {sample.name!r}: {statuses}",
+                model=model,
+                version=version,
+                step="canary_start",
+                hint="the side instance answered it: see the canary task's log "
+                f"(`docker service logs {probe.stack}_canary`)",
+            )
+        sent += rounds
+    return sent
 
 
 def remove_canary_service(manager: Manager, stack: str) -> str:
@@ -497,4 +555,5 @@ __all__ = [
     "start_canary_service",
     "swarm_door",
     "wait_canary_serving",
+    "warm_canary",
 ]

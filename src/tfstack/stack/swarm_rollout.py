@@ -55,6 +55,7 @@ from tfstack.stack.swarm_canary import (
     start_canary_service,
     swarm_door,
     wait_canary_serving,
+    warm_canary,
 )
 from tfstack.stack.swarm_probe import TaskModels
 
@@ -217,6 +218,11 @@ class SwarmRunner(StackRunner):
             timeout=context.reload_timeout,
             say=self.say,
         )
+        with OverlayProbe(manager, stack, spec.project, image) as probe:
+            warmed = warm_canary(
+                probe, spec, context.spec_path, address, model=context.model, version=step.version
+            )
+        self.say(f"      canary warmed with {warmed} sample requests")
         wait_replica_in_rotation(
             lambda: door_status(door, {address: plan.name}),
             plan.name,
