@@ -59,7 +59,13 @@ from tfstack.build.modelimage import (
     reference_repository,
     same_repository,
 )
-from tfstack.cluster import cluster_down, cluster_status, cluster_up
+from tfstack.cluster import (
+    ClusterError,
+    cluster_down,
+    cluster_status,
+    cluster_up,
+    remove_leftover_cluster,
+)
 from tfstack.cluster.apply import node_containers
 from tfstack.cluster.plan import CLUSTER_LABEL, CLUSTER_NAME
 from tfstack.errors import RolloutError
@@ -226,11 +232,10 @@ def _remove_everything(spec_path: Path | None) -> None:
 @pytest.fixture(scope="module")
 def swarm(docker_client: docker.DockerClient, runtime_image: BuiltImage) -> Iterator[SwarmStack]:
     """A 3-node local cluster with the module's stack deployed; both removed afterwards."""
-    if cluster_status().exists:
-        pytest.fail(
-            f"a local cluster {CLUSTER_NAME!r} already exists: this module makes and removes its "
-            "own (run `./tfstack cluster.down` first)"
-        )
+    try:
+        remove_leftover_cluster(say=say)  # a killed run's; a user's or a live run's fails here
+    except ClusterError as exc:
+        pytest.fail(f"this module makes and removes its own cluster: {exc}")
     ensure_frontend_image(docker_client, "tfstack/frontend:latest", source_root=ROOT, say=say)
     tag = f"tfstack-it/swarm:{secrets.token_hex(4)}"
     docker_client.images.get(runtime_image.id).tag(*tag.split(":"))
@@ -242,7 +247,7 @@ def swarm(docker_client: docker.DockerClient, runtime_image: BuiltImage) -> Iter
     try:
         spec_path = _write_project(root, data)
         started = time.monotonic()
-        cluster_up(3, published_ports=(grpc_port, rest_port), say=say)
+        cluster_up(3, published_ports=(grpc_port, rest_port), made_by="tests", say=say)
         cluster_s = time.monotonic() - started
         started = time.monotonic()
         report = swarm_up(spec_path, root, timeout=UP_TIMEOUT_S, say=say)

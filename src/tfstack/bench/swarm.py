@@ -47,10 +47,10 @@ from tfstack.bench.serve_load import LoadResult, LoadSpec, run_load
 from tfstack.bench.serve_reference import SMALL_BODY, grpc_predict_bytes
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import ensure_image
-from tfstack.cluster import cluster_down, cluster_status, cluster_up
+from tfstack.cluster import cluster_down, cluster_up, remove_leftover_cluster
 from tfstack.cluster.plan import CLUSTER_NAME, node_name
 from tfstack.docker.engine import ensure_engine
-from tfstack.errors import StackError, UsageError
+from tfstack.errors import StackError
 from tfstack.models.demo import write_half_plus
 from tfstack.render.frontdoor import SERVING_SERVICE
 from tfstack.rollout.plan import RolloutRequest
@@ -393,12 +393,7 @@ def bench_swarm(context: BenchContext) -> BenchResult:
     """Issue #13's figures, measured in one run on a cluster made and removed here."""
     say = context.say
     client = ensure_engine(say=say)
-    if cluster_status().exists:
-        raise UsageError(
-            f"a local cluster {CLUSTER_NAME!r} already exists: bench swarm makes and removes its "
-            "own (the cluster's ports are fixed)",
-            hint="`./tfstack cluster.down` first, if nobody is using it",
-        )
+    remove_leftover_cluster(say=say)  # a killed run's; a user's or a live run's is refused
     demo = load_spec(context.root / "config" / "stack.yaml")
     say("making sure the serving and frontend images exist (not timed)")
     ensure_image(client, demo.serving.image, source_root=context.root, say=say)
@@ -414,7 +409,7 @@ def bench_swarm(context: BenchContext) -> BenchResult:
     try:
         spec_path, candidate = _write_project(root, data)
         mark = time.monotonic()
-        cluster_up(3, published_ports=(grpc_port, rest_port), say=say)
+        cluster_up(3, published_ports=(grpc_port, rest_port), made_by="bench", say=say)
         cluster_s = time.monotonic() - mark
         say(f"cluster.up: {cluster_s:.1f} s")
         mark = time.monotonic()

@@ -10,6 +10,14 @@ from tfstack.cluster.apply import (
     cluster_down,
     cluster_status,
     cluster_up,
+    remove_leftover_cluster,
 )
 
-__all__ = ["ClusterError", "ClusterStatus", "cluster_down", "cluster_status", "cluster_up"]
+__all__ = [
+    "ClusterError",
+    "ClusterStatus",
+    "cluster_down",
+    "cluster_status",
+    "cluster_up",
+    "remove_leftover_cluster",
+]

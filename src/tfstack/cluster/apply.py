@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,9 @@ from tfstack.build.clusterimages import (
 from tfstack.cluster.plan import (
     CLUSTER_LABEL,
     CLUSTER_NAME,
+    MADE_BY_LABEL,
+    MADE_BY_USER,
+    MAKER_PROCESS_LABEL,
     MANAGER_API_PORT,
     NODE_ROLE,
     REGISTRY_HOST_PORT,
@@ -45,6 +49,7 @@ Say = Callable[[str], None]
 ENGINE_START_S = 90
 NODES_READY_S = 60
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 COMMAND_TIMEOUT_S = 120
 
 
@@ -108,6 +113,8 @@ class ClusterStatus:
     swarm_nodes: list[SwarmNode] = field(default_factory=list)
     registry: str = ""  # "running" / "" when absent
     problems: list[str] = field(default_factory=list)
+    made_by: str = ""  # MADE_BY_USER, "tests", "bench"; "" for a cluster older than the label
+    maker_process: str = ""  # "<boot id>:<pid>" of the run that made it
 
     @property
     def exists(self) -> bool:
@@ -133,6 +140,7 @@ class ClusterStatus:
             "ready": self.ready,
             "manager": self.manager_url if self.exists else None,
             "registry": {"state": self.registry, "push": f"127.0.0.1:{REGISTRY_HOST_PORT}"},
+            "made_by": self.made_by or None,
             "containers": self.containers,
             "nodes": [n.__dict__ for n in self.swarm_nodes],
             "problems": self.problems,
@@ -144,7 +152,7 @@ class ClusterStatus:
         lines = [
             f"cluster {self.name}: {'ready' if self.ready else 'NOT READY'}, manager "
             f"{self.manager_url}, registry {self.registry or 'absent'} "
-            f"(push 127.0.0.1:{REGISTRY_HOST_PORT})"
+            f"(push 127.0.0.1:{REGISTRY_HOST_PORT}), made by {self.made_by or 'an older tfstack'}"
         ]
         for node in self.swarm_nodes:
             lines.append(
@@ -178,16 +186,15 @@ def cluster_status(name: str = CLUSTER_NAME) -> ClusterStatus:
     listing = run(["docker", "ps", "--all", *_selector(name), "--format", "{{.Names}}\t{{.State}}"])
     for line in _lines(listing):
         container, _, state = line.partition("\t")
-        role = run(
-            [
-                "docker",
-                "inspect",
-                "--format",
-                f'{{{{index .Config.Labels "{ROLE_LABEL}"}}}}',
-                container,
-            ],
-            check=False,
+        labels = run(
+            ["docker", "inspect", "--format", "{{json .Config.Labels}}", container], check=False
         )
+        role = ""
+        with contextlib.suppress(ValueError):
+            found = json.loads(labels or "{}") or {}
+            role = found.get(ROLE_LABEL, "")
+            status.made_by = status.made_by or found.get(MADE_BY_LABEL, "")
+            status.maker_process = status.maker_process or found.get(MAKER_PROCESS_LABEL, "")
         if role == "registry":
             status.registry = state
             status.containers["registry"] = state
@@ -286,14 +293,60 @@ def apply_cluster(plan: ClusterPlan, *, say: Say = _quiet) -> None:
         raise
 
 
+def this_process() -> str:
+    """``<boot id>:<pid>`` of this process: names a run's process across reboots."""
+    try:
+        boot = BOOT_ID.read_text(encoding="utf-8").strip()
+    except OSError:
+        boot = ""
+    return f"{boot}:{os.getpid()}"
+
+
+def process_alive(maker: str) -> bool:
+    """Whether the process a ``this_process()`` value names still runs on this boot of the host."""
+    boot, _, pid = maker.rpartition(":")
+    current_boot, _, _ = this_process().rpartition(":")
+    return pid.isdigit() and boot == current_boot and Path(f"/proc/{pid}").exists()
+
+
+def remove_leftover_cluster(name: str = CLUSTER_NAME, *, say: Say = _quiet) -> bool:
+    """Before a test or bench run makes its cluster: remove one that a killed run left behind.
+
+    True when one was removed. A cluster a user made (``cluster up``), one older than the maker
+    labels, or one whose run is still alive is never touched: a ClusterError says whose it is."""
+    existing = cluster_status(name)
+    if not existing.exists:
+        return False
+    run_made = existing.made_by not in ("", MADE_BY_USER)
+    if run_made and not process_alive(existing.maker_process):
+        say(
+            f"removing cluster {name}: a {existing.made_by} run made it and is gone "
+            f"(process {existing.maker_process or '?'}), so it was killed before its cleanup"
+        )
+        cluster_down(name)
+        return True
+    if run_made:
+        whose = f"a {existing.made_by} run that is still running (process {existing.maker_process})"
+        hint = "wait for that run to finish; only one local cluster can exist (its ports are fixed)"
+    else:
+        maker = existing.made_by or "an older tfstack"
+        whose = f"{maker} (a user's cluster: a run never removes it)"
+        hint = "`./tfstack cluster.down` first, if nobody is using it"
+    raise ClusterError(f"cluster {name} already exists, made by {whose}", hint=hint)
+
+
 def cluster_up(
     nodes: int = 3,
     *,
     published_ports: Sequence[int] = (),
     name: str = CLUSTER_NAME,
+    made_by: str = MADE_BY_USER,
     say: Say = _quiet,
 ) -> ClusterStatus:
-    """A ready local cluster of ``nodes`` nodes (made if absent; an existing one is reused)."""
+    """A ready local cluster of ``nodes`` nodes (made if absent; an existing one is reused).
+
+    ``made_by`` other than a user's ("tests", "bench") labels the cluster with this process, so a
+    later run can tell a leftover of a killed run (see ``remove_leftover_cluster``)."""
     existing = cluster_status(name)
     if existing.exists:
         count = len(existing.containers) - (1 if "registry" in existing.containers else 0)
@@ -313,6 +366,8 @@ def cluster_up(
         published_ports=tuple(published_ports),
         node_image=node_image,
         registry_image=registry_image,
+        made_by=made_by,
+        maker_process="" if made_by == MADE_BY_USER else this_process(),
     )
     try:
         plan = plan_cluster(options)
@@ -415,4 +470,7 @@ __all__ = [
     "cluster_up",
     "collect_registry_garbage",
     "node_containers",
+    "process_alive",
+    "remove_leftover_cluster",
+    "this_process",
 ]

@@ -18,6 +18,12 @@ from tfstack.spec.deploy import LOCAL_PUSH_REGISTRY, LOCAL_REGISTRY
 MANAGED_LABEL = "org.tfstack.managed"
 ROLE_LABEL = "org.tfstack.role"
 CLUSTER_LABEL = "org.tfstack.cluster"
+# Who made the cluster ("cluster.up" for a user's, "tests" or "bench" for a run's own) and, for a
+# run, which process: a run killed half-way leaves its cluster behind, and the next run may remove
+# it only when that process is gone (a user's cluster is never removed by a run).
+MADE_BY_LABEL = "org.tfstack.cluster.made-by"
+MAKER_PROCESS_LABEL = "org.tfstack.cluster.maker-process"
+MADE_BY_USER = "cluster.up"
 NODE_ROLE = "cluster-node"
 REGISTRY_ROLE = "registry"
 NETWORK_ROLE = "cluster-network"
@@ -66,6 +72,8 @@ class ClusterOptions:
     published_ports: tuple[int, ...] = ()  # the door's ports, published from the manager node
     node_image: str = ""
     registry_image: str = ""
+    made_by: str = MADE_BY_USER
+    maker_process: str = ""  # "<boot id>:<pid>" of a test or bench run; empty for a user's
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,10 @@ def plan_cluster(options: ClusterOptions) -> ClusterPlan:
     network = f"{name}-cluster"
     registry_volume = f"{name}-registry-data"
     network_labels = labels_for(name, NETWORK_ROLE)
-    registry_labels = labels_for(name, REGISTRY_ROLE)
+    maker = {MADE_BY_LABEL: options.made_by}
+    if options.maker_process:
+        maker[MAKER_PROCESS_LABEL] = options.maker_process
+    registry_labels = {**labels_for(name, REGISTRY_ROLE), **maker}
     registry_run = [
         "docker",
         "run",
@@ -166,7 +177,7 @@ def plan_cluster(options: ClusterOptions) -> ClusterPlan:
         if manager:
             ports.append(f"--publish=127.0.0.1:{MANAGER_API_PORT}:{ENGINE_TCP_PORT}")
             ports += [f"--publish=127.0.0.1:{port}:{port}" for port in options.published_ports]
-        labels = labels_for(name, NODE_ROLE)
+        labels = {**labels_for(name, NODE_ROLE), **maker}
         run = [
             "docker",
             "run",
