@@ -229,7 +229,11 @@ STATUS: Command = ("status", {})
         ),
         (compose, PLAN, [("plan_render", (SPEC, ROOT), {})]),
         (swarm, PLAN, [("swarm_plan", (SPEC, PROJECT), {})]),
-        (lambda: kubernetes(local=False), PLAN, [("plan_render", (SPEC, ROOT), {})]),
+        (
+            lambda: kubernetes(local=False),
+            PLAN,
+            [("render_kubernetes", (SPEC, ROOT), {"dry_run": True})],
+        ),
         (
             compose,
             UP,

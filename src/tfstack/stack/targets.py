@@ -393,8 +393,11 @@ class KubernetesTarget:
         )
 
     def plan(self) -> list[FileChange]:
-        # What `plan` has always shown for this target: the Compose files' diff.
-        return tfstack.render.plan_render(self.spec_path, self.source_root)
+        # The Kustomize base's diff, validated as `render --target kubernetes` would write it
+        # (before, this showed the Compose files' diff: not what this target renders).
+        return tfstack.kubernetes.render_kubernetes(
+            self.spec_path, self.source_root, dry_run=True
+        ).changes
 
     def up(self, *, timeout: float, dry_run: bool, say: Say, progress: Say) -> Described:
         local = self._local_stack(
