@@ -25,6 +25,7 @@ from tfstack.render.frontdoor import CONTAINER_CANARY_MAP, SERVING_SERVICE, door
 from tfstack.rollout.canary import (
     CANARY_CONFIG,
     CANARY_DRAIN_S,
+    WARMUP_TIMEOUT_S,
     canary_config_text,
     canary_replica,
     check_traffic_prerequisites,
@@ -34,8 +35,11 @@ from tfstack.rollout.canary import (
     metrics_url,
     plan_canary,
     remove_canary,
+    rest_warmup_post,
     set_share,
     start_canary,
+    warm_up_canary,
+    warmup_requests,
 )
 from tfstack.rollout.door import ask_labels_through_door, await_rotation, replicas_behind_door
 from tfstack.rollout.journal import (
@@ -388,6 +392,25 @@ class StackRunner:
             timeout=context.reload_timeout,
             say=self.say,
         )
+        # Warmed while the share is 0 and before the traffic steps read their first metrics:
+        # its lazy initialisation is neither charged to the candidate nor in any window.
+        samples = warmup_requests(
+            spec, context.spec_path, model=context.model, version=step.version
+        )
+        with RestClient(replica.rest_url, timeout=WARMUP_TIMEOUT_S) as rest:
+            warmed = warm_up_canary(
+                rest_warmup_post(rest),
+                samples,
+                model=context.model,
+                version=step.version,
+                canary=f"the canary replica {plan.name}",
+                logs=f"docker logs {plan.name}",
+                step=step.name,
+            )
+        if samples:
+            self.say(f"      canary warmed with {warmed} sample requests")
+        else:
+            self.say(f"      model {context.model} has no samples: the canary is not warmed")
         canary = existing_canary(client, spec.project)
         door_info = frontend_container(containers)
         assert canary is not None and door_info is not None  # both just answered
@@ -400,7 +423,11 @@ class StackRunner:
             backends=CANARY_BACKENDS,
         )
         where = replica.rest_url
-        return f"{plan.name} serves version {step.version} at {where}; in the door's rotation"
+        warmth = f"warmed with {warmed} sample requests" if samples else "not warmed (no samples)"
+        return (
+            f"{plan.name} serves version {step.version} at {where}; {warmth}; in the door's "
+            "rotation"
+        )
 
     def traffic(self, step: Step, journal: Journal) -> str:
         assert step.version is not None
