@@ -7,6 +7,7 @@ test_rollout_*) and are stubbed here to record their order only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tfstack.rollout.runner import Context
 from tfstack.stack import swarm_rollout
 from tfstack.stack.swarm import SwarmError, SwarmUpReport
 from tfstack.stack.swarm_probe import TaskModels
-from tfstack.stack.swarm_rollout import SwarmRunner, served_everywhere
+from tfstack.stack.swarm_rollout import SwarmRunner, observe_swarm, served_everywhere
 
 MODEL = "half_plus_two"
 
@@ -187,3 +188,61 @@ def test_dry_run_plans_without_deploying(project: Project, monkeypatch: pytest.M
     )
     assert outcome.dry_run and swarm.deployed == []
     assert any("label stable -> 2" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- the Swarm looked up
+
+IMAGE = "tfstack-registry:5000/tfstack/serving-runtime:id-1@sha256:ab"
+
+
+class FakeSwarmManager:
+    """The docker CLI on a manager as the observer uses it: the serving service (its image)."""
+
+    url = "tcp://127.0.0.1:23750"
+
+    def __init__(self, image: str | None = IMAGE) -> None:
+        self.image = image
+        self.calls: list[tuple[str, ...]] = []
+
+    def check(self) -> None:
+        return None
+
+    def run(self, *args: str, check: bool = True, **_: Any) -> str:
+        self.calls.append(args)
+        if args[:3] == ("service", "inspect", "demo_serving"):
+            if self.image is None:
+                return "[]"
+            template = {"ContainerSpec": {"Image": self.image}}
+            return json.dumps([{"Spec": {"Name": "demo_serving", "TaskTemplate": template}}])
+        raise AssertionError(f"unexpected command {args}")
+
+
+def test_observe_asks_every_serving_task_with_the_serving_image(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = FakeSwarmManager()
+    probed: list[str] = []
+
+    def probe(_: Any, image: str, stack: str, spec: Any) -> tuple[list[TaskModels], None]:
+        probed.append(image)
+        return [TaskModels("10.0.1.2", {MODEL: {1: "AVAILABLE", 2: "LOADING"}})], None
+
+    monkeypatch.setattr(swarm_rollout, "Manager", lambda url: manager)
+    monkeypatch.setattr(swarm_rollout, "probe_tasks", probe)
+    context = Context(project.spec, project.root, MODEL)
+    spec = context.load_spec(check_disk=False)
+    spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"replicas": 1})})
+    observed = observe_swarm(context, spec)
+    assert probed == [IMAGE] and observed.served == (1,)
+    assert manager.calls == [("service", "inspect", "demo_serving")]
+
+
+def test_observe_refuses_a_stack_that_is_not_deployed(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(swarm_rollout, "Manager", lambda url: FakeSwarmManager(image=None))
+    context = Context(project.spec, project.root, MODEL)
+    with pytest.raises(
+        RolloutError, match=r"stack demo is not deployed on tcp://127\.0\.0\.1:23750"
+    ):
+        observe_swarm(context, context.load_spec(check_disk=False))

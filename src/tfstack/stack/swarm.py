@@ -433,6 +433,40 @@ def service_ids(manager: Manager, stack: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class InspectedService:
+    """One service as ``docker service inspect`` shows it; ``item`` whole, because the canary
+    service is cloned from the serving service's spec."""
+
+    item: Mapping[str, Any]
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return dict((self.item.get("Spec") or {}).get("Labels") or {})
+
+    @property
+    def image(self) -> str:
+        return str(self.item["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+
+
+def inspect_service(manager: Manager, name: str) -> InspectedService | None:
+    """The service called ``name`` on the manager, or None when there is none."""
+    # No such service (or no answer): exit 1, "[]" or nothing on stdout, the reason on stderr.
+    text = manager.run("service", "inspect", name, check=False)
+    items = json.loads(text) if text.startswith("[") else []
+    return InspectedService(items[0]) if items else None
+
+
+def serving_service(manager: Manager, stack: str) -> InspectedService | None:
+    """The stack's serving service (``<stack>_serving``), or None when it is not deployed."""
+    return inspect_service(manager, f"{stack}_{SERVING_SERVICE}")
+
+
+def canary_service(manager: Manager, stack: str) -> InspectedService | None:
+    """The weighted canary's service beside the stack (``<stack>_canary``), or None."""
+    return inspect_service(manager, canary_service_name(stack))
+
+
 def service_specs(manager: Manager, stack: str) -> dict[str, str]:
     """Service name -> sha256 of its spec. ``docker stack deploy`` updates every service (each
     Version.Index moves even when nothing changed), so what tells a noop is an unchanged spec."""
@@ -830,12 +864,11 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
     task_list = tasks(manager, stack, names)
     per_task: list[TaskModels] = []
     error: str | None = "stack not deployed"
-    if SERVING_SERVICE in services:
-        image = json.loads(manager.run("service", "inspect", services[SERVING_SERVICE]))[0]
-        ref = image["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        per_task, error = probe_tasks(manager, ref, stack, spec)
+    serving = serving_service(manager, stack) if SERVING_SERVICE in services else None
+    if serving is not None:
+        per_task, error = probe_tasks(manager, serving.image, stack, spec)
     door = f"http://{door_host(manager.url)}:{spec.serving.rest_port}"
-    canary = _canary_of(manager, stack)
+    canary = canary_status(manager, stack)
     try:
         rollout = status_summary(root, spec.project)
     except OSError:
@@ -865,14 +898,13 @@ def swarm_status(spec_path: Path, root: Path) -> SwarmStatus:
     )
 
 
-def _canary_of(manager: Manager, stack: str) -> dict[str, Any] | None:
-    """The weighted canary's service beside the stack (tfstack.stack.swarm_canary), or None."""
-    name = canary_service_name(stack)
-    text = manager.run("service", "inspect", name, check=False)
-    items = json.loads(text) if text.startswith("[") else []
-    if not items:
+def canary_status(manager: Manager, stack: str) -> dict[str, Any] | None:
+    """The weighted canary beside the stack (tfstack.stack.swarm_canary) as ``status`` shows it:
+    its service, model, version and running tasks; None when no canary runs."""
+    service = canary_service(manager, stack)
+    if service is None:
         return None
-    labels = (items[0].get("Spec") or {}).get("Labels") or {}
+    name = canary_service_name(stack)
     listing = manager.run(
         "service",
         "ps",
@@ -885,8 +917,8 @@ def _canary_of(manager: Manager, stack: str) -> dict[str, Any] | None:
     )
     return {
         "service": name,
-        "model": labels.get(LABEL_MODEL, ""),
-        "version": labels.get(LABEL_CANARY_VERSION, ""),
+        "model": service.labels.get(LABEL_MODEL, ""),
+        "version": service.labels.get(LABEL_CANARY_VERSION, ""),
         "tasks": [
             {"node": node, "state": state.split(" ", 1)[0]}
             for node, _, state in (line.partition("\t") for line in listing.splitlines() if line)
@@ -1045,11 +1077,16 @@ def _remove_node_volumes(spec: StackSpec, stack: str) -> list[str]:
 __all__ = [
     "FRONTEND_SERVICE",
     "MODELS_SERVICE",
+    "InspectedService",
     "SwarmError",
     "SwarmStatus",
     "SwarmUpReport",
+    "canary_service",
+    "canary_status",
     "check_placement",
+    "inspect_service",
     "prepare_swarm",
+    "serving_service",
     "swarm_down",
     "swarm_plan",
     "swarm_predict",

@@ -57,6 +57,7 @@ from tfstack.stack.swarm import (
     Manager,
     SwarmError,
     beside_stack_labels,
+    canary_service,
     probe_tasks,
     remove_beside_stack,
 )
@@ -252,13 +253,6 @@ def engine_api(url: str) -> Any:
     return docker.APIClient(base_url=url, use_ssh_client=url.startswith("ssh://"))
 
 
-def existing_canary_service(manager: Manager, stack: str) -> dict[str, Any] | None:
-    """The stack's canary service (``docker service inspect`` item), or None."""
-    text = manager.run("service", "inspect", canary_service_name(stack), check=False)
-    items = json.loads(text) if text.startswith("[") else []
-    return items[0] if items else None
-
-
 def ensure_canary_config(manager: Manager, stack: str, project: str, text: str) -> tuple[str, str]:
     """The canary models.config as a Swarm config (reused when the same text exists): id, name."""
     name = canary_config_name(stack, text)
@@ -273,12 +267,11 @@ def ensure_canary_config(manager: Manager, stack: str, project: str, text: str) 
 
 def start_canary_service(manager: Manager, plan: CanaryService, *, say: Say) -> None:
     """Create the canary service (a running one for another version is removed first)."""
-    current = existing_canary_service(manager, plan.labels[LABEL_BESIDE_STACK])
+    current = canary_service(manager, plan.labels[LABEL_BESIDE_STACK])
     if current is not None:
-        labels = (current.get("Spec") or {}).get("Labels") or {}
         if (
-            labels.get(LABEL_CANARY_VERSION) == plan.labels[LABEL_CANARY_VERSION]
-            and labels.get(LABEL_MODEL) == plan.labels[LABEL_MODEL]
+            current.labels.get(LABEL_CANARY_VERSION) == plan.labels[LABEL_CANARY_VERSION]
+            and current.labels.get(LABEL_MODEL) == plan.labels[LABEL_MODEL]
         ):
             say(f"      {plan.name}: already serving version {plan.labels[LABEL_CANARY_VERSION]}")
             return
@@ -549,7 +542,6 @@ __all__ = [
     "canary_config_name",
     "door_status",
     "ensure_canary_config",
-    "existing_canary_service",
     "plan_canary_service",
     "remove_canary_service",
     "start_canary_service",

@@ -24,7 +24,6 @@ drives the Swarm through :mod:`tfstack.stack.swarm`.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -44,12 +43,19 @@ from tfstack.rollout.plan import Observed, RolloutRequest
 from tfstack.rollout.run import Outcome, run_rollback, run_rollout
 from tfstack.rollout.runner import Context, StackRunner, state_of, versions_on_disk
 from tfstack.serving.door import CANARY_BACKENDS, wait_replica_in_rotation
-from tfstack.stack.swarm import Manager, manager_url, probe_tasks, service_ids, swarm_up
+from tfstack.stack.swarm import (
+    InspectedService,
+    Manager,
+    canary_service,
+    manager_url,
+    probe_tasks,
+    serving_service,
+    swarm_up,
+)
 from tfstack.stack.swarm_canary import (
     OverlayProbe,
     door_status,
     ensure_canary_config,
-    existing_canary_service,
     plan_canary_service,
     remove_canary_service,
     start_canary_service,
@@ -89,16 +95,15 @@ def observe_swarm(context: Context, spec: Any) -> Observed:
     manager = Manager(manager_url(spec))
     manager.check()
     stack = stack_name(spec)
-    if SERVING_SERVICE not in service_ids(manager, stack):
+    serving = serving_service(manager, stack)
+    if serving is None:
         raise RolloutError(
             f"stack {stack} is not deployed on {manager.url}",
             model=model.name,
             step="observe",
             hint="`./tfstack up --target swarm` first",
         )
-    inspected = json.loads(manager.run("service", "inspect", f"{stack}_{SERVING_SERVICE}"))
-    image = inspected[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-    answers, error = probe_tasks(manager, image, stack, spec)
+    answers, error = probe_tasks(manager, serving.image, stack, spec)
     if error is not None:
         raise RolloutError(
             f"the serving tasks cannot be asked: {error}", model=model.name, step="observe"
@@ -144,25 +149,24 @@ class SwarmRunner(StackRunner):
         manager.check()
         return spec, manager, stack_name(spec)
 
-    def _serving_service(self, manager: Manager, stack: str, step: Step) -> dict[str, Any]:
-        text = manager.run("service", "inspect", f"{stack}_{SERVING_SERVICE}", check=False)
-        items = json.loads(text) if text.startswith("[") else []
-        if not items:
+    def _serving_service(self, manager: Manager, stack: str, step: Step) -> InspectedService:
+        serving = serving_service(manager, stack)
+        if serving is None:
             raise RolloutError(
                 f"stack {stack} has no serving service on {manager.url}",
                 model=self.context.model,
                 step=step.name,
                 hint="`./tfstack up --target swarm` first",
             )
-        return dict(items[0])
+        return serving
 
     def canary_start(self, step: Step, journal: Journal) -> str:
         assert step.version is not None
         context = self.context
         spec, manager, stack = self._swarm()
         check_traffic_prerequisites(spec, context.model, door_on=True)
-        other = existing_canary_service(manager, stack)
-        other_model = ((other or {}).get("Spec") or {}).get("Labels", {}).get(LABEL_MODEL)
+        other = canary_service(manager, stack)
+        other_model = other.labels.get(LABEL_MODEL) if other is not None else None
         if other is not None and other_model != context.model:
             raise RolloutError(
                 f"a weighted canary of model {other_model} runs already (service "
@@ -198,7 +202,7 @@ class SwarmRunner(StackRunner):
         config_id, config_name = ensure_canary_config(manager, stack, spec.project, text)
         serving = self._serving_service(manager, stack, step)
         plan = plan_canary_service(
-            serving,
+            serving.item,
             stack=stack,
             project=spec.project,
             model=context.model,
@@ -238,7 +242,7 @@ class SwarmRunner(StackRunner):
         slo = check_traffic_prerequisites(spec, context.model, door_on=True)
         door = swarm_door(manager, stack)
         serving = self._serving_service(manager, stack, step)
-        image = str(serving["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+        image = serving.image
         canary = f"tasks.{canary_service_name(stack)}"
         stable = f"tasks.{SERVING_SERVICE}"
         with OverlayProbe(manager, stack, spec.project, image) as probe:
