@@ -24,6 +24,7 @@ from tfstack.stack.swarm import (
     remove_beside_stack,
 )
 from tfstack.stack.swarm_canary import (
+    CachedSwarmDoor,
     canary_config_name,
     parse_fetch,
     plan_canary_service,
@@ -331,3 +332,78 @@ def test_a_canary_that_fails_its_samples_stops_the_rollout_before_traffic(tmp_pa
         warm_canary(
             probe, spec, spec_path, "10.0.1.9", model=spec.models[0].name, version=3, rounds=3
         )  # type: ignore[arg-type]
+
+
+class FakeDoorContainer:
+    """One door container as ``docker exec`` reaches it: every command exits with ``exit_code``."""
+
+    def __init__(self, container_id: str, exit_code: int = 0) -> None:
+        self.container_id = container_id
+        self.exit_code = exit_code
+        self.commands: list[Sequence[str]] = []
+
+    @property
+    def name(self) -> str:
+        return f"the door's container {self.container_id}"
+
+    def run(self, argv: Sequence[str]) -> tuple[int, str]:
+        self.commands.append(argv)
+        if self.exit_code:
+            return self.exit_code, f"Error: No such container: {self.container_id}"
+        return 0, f"answered in {self.container_id}"
+
+
+class DoorLookups:
+    """Stands in for ``swarm_door``: each lookup answers the next container (or raises)."""
+
+    def __init__(self, *answers: FakeDoorContainer | StackError) -> None:
+        self.answers = list(answers)
+        self.count = 0
+
+    def __call__(self, manager: Any, stack: str) -> FakeDoorContainer:
+        self.count += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, StackError):
+            raise answer
+        return answer
+
+
+def test_the_door_is_looked_up_once_for_every_command_while_it_answers() -> None:
+    door = FakeDoorContainer("c1")
+    lookups = DoorLookups(door)
+    cached = CachedSwarmDoor(FakeManager(), "demo", lookups)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert cached.run(["show", "stat"]) == (0, "answered in c1")
+    assert lookups.count == 1 and len(door.commands) == 3
+    assert cached.name == "the door's container c1"
+
+
+def test_a_rescheduled_door_is_looked_up_again_and_the_command_runs_in_the_new_one() -> None:
+    """The cached container is gone (its task was rescheduled): one lookup, the same command in
+    the new container, which is kept for the next commands."""
+    gone, new = FakeDoorContainer("c1", exit_code=1), FakeDoorContainer("c2")
+    lookups = DoorLookups(gone, new)
+    cached = CachedSwarmDoor(FakeManager(), "demo", lookups)  # type: ignore[arg-type]
+    assert cached.run(["set", "map"]) == (0, "answered in c2")
+    assert gone.commands == [["set", "map"]] and new.commands == [["set", "map"]]
+    assert cached.run(["show", "stat"]) == (0, "answered in c2")
+    assert lookups.count == 2
+
+
+def test_a_command_failing_in_the_doors_own_container_is_not_run_again() -> None:
+    door = FakeDoorContainer("c1", exit_code=2)
+    lookups = DoorLookups(door, door)
+    cached = CachedSwarmDoor(FakeManager(), "demo", lookups)  # type: ignore[arg-type]
+    code, output = cached.run(["set", "map"])
+    assert code == 2 and "c1" in output
+    assert len(door.commands) == 1 and lookups.count == 2
+
+
+def test_a_door_gone_altogether_says_so() -> None:
+    lookups = DoorLookups(
+        FakeDoorContainer("c1", exit_code=1),
+        StackError("the stack's front door has no running task", service="demo_frontend"),
+    )
+    cached = CachedSwarmDoor(FakeManager(), "demo", lookups)  # type: ignore[arg-type]
+    with pytest.raises(StackError, match="no running task"):
+        cached.run(["set", "map"])

@@ -23,6 +23,7 @@ from tfstack.rollout.run import run_rollback, run_rollout
 from tfstack.rollout.runner import Context
 from tfstack.stack import swarm_rollout
 from tfstack.stack.swarm import SwarmError, SwarmUpReport
+from tfstack.stack.swarm_canary import CachedSwarmDoor
 from tfstack.stack.swarm_probe import TaskModels
 from tfstack.stack.swarm_rollout import SwarmRunner, observe_swarm, served_everywhere
 
@@ -196,13 +197,17 @@ IMAGE = "tfstack-registry:5000/tfstack/serving-runtime:id-1@sha256:ab"
 
 
 class FakeSwarmManager:
-    """The docker CLI on a manager as the observer uses it: the serving service (its image)."""
+    """The docker CLI on a manager as the observer and the traffic steps use it: the serving
+    service (its image), the overlay probe's container (which fails to start with an image in
+    ``unusable``) and its name lookups."""
 
     url = "tcp://127.0.0.1:23750"
 
     def __init__(self, image: str | None = IMAGE) -> None:
         self.image = image
+        self.unusable: set[str] = set()
         self.calls: list[tuple[str, ...]] = []
+        self.probes_started: list[str] = []
 
     def check(self) -> None:
         return None
@@ -214,7 +219,139 @@ class FakeSwarmManager:
                 return "[]"
             template = {"ContainerSpec": {"Image": self.image}}
             return json.dumps([{"Spec": {"Name": "demo_serving", "TaskTemplate": template}}])
+        if args[:2] == ("run", "--detach"):
+            image = args[args.index("--entrypoint=sleep") + 1]
+            if image in self.unusable:
+                raise SwarmError("`docker run --detach` failed: network demo_tfstack not found")
+            self.probes_started.append(image)
+            return "c0ffee"
+        if args[:1] == ("exec",) and "resolve" in args:
+            return json.dumps({"tasks.demo_canary": ["10.0.1.9"], "tasks.serving": ["10.0.1.2"]})
+        if args[:2] == ("rm", "--force"):
+            return ""
         raise AssertionError(f"unexpected command {args}")
+
+    def count(self, *prefix: str) -> int:
+        return sum(1 for call in self.calls if call[: len(prefix)] == prefix)
+
+
+class FakeDoor:
+    """The door's container: every runtime API line answers."""
+
+    container_id = "d00r"
+    name = "the door's container d00r"
+
+    def run(self, argv: Any) -> tuple[int, str]:
+        return 0, ""
+
+
+@pytest.fixture
+def canary_project(project: Project) -> Project:
+    data = yaml.safe_load(project.spec.read_text(encoding="utf-8"))
+    data["models"][0]["slo"] = {"error_rate": 0.01, "window_seconds": 5}
+    project.write(data)
+    return project
+
+
+def _journal() -> Journal:
+    """A rollout's journal as a traffic step gets it (the step reads nothing from it)."""
+    state = ModelState({"specific": [1]}, {"stable": 1})
+    return Journal("demo", MODEL, "rollout", 2, state, "", (1,), 1, [])
+
+
+def _traffic_step(percent: int) -> Step:
+    return Step(f"traffic_{percent}", "traffic", f"{percent} %", version=2, percent=percent)
+
+
+def _wire(
+    monkeypatch: pytest.MonkeyPatch, manager: FakeSwarmManager
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The runner's manager, door lookup and gates replaced: door lookups and gate calls."""
+    lookups: list[str] = []
+    gates: list[dict[str, Any]] = []
+
+    def lookup(_: Any, stack: str) -> FakeDoor:
+        lookups.append(stack)
+        return FakeDoor()
+
+    def gated(door: Any, slo: Any, **kwargs: Any) -> str:
+        gates.append({"door": door, **kwargs})
+        return f"gates held at {kwargs['percent']} %"
+
+    monkeypatch.setattr(swarm_rollout, "Manager", lambda url: manager)
+    monkeypatch.setattr(
+        swarm_rollout, "CachedSwarmDoor", lambda m, stack: CachedSwarmDoor(m, stack, lookup)
+    )
+    monkeypatch.setattr(swarm_rollout, "gated_traffic_step", gated)
+    return lookups, gates
+
+
+def test_traffic_steps_look_the_door_and_the_serving_service_up_once_per_process(
+    canary_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two traffic steps in one process: one door lookup, one ``service inspect``; a fresh probe
+    container per step (started, then removed)."""
+    manager = FakeSwarmManager()
+    lookups, gates = _wire(monkeypatch, manager)
+    runner = SwarmRunner(Context(canary_project.spec, canary_project.root, MODEL))
+    journal = _journal()
+    assert runner.traffic(_traffic_step(25), journal) == "gates held at 25 %"
+    assert runner.traffic(_traffic_step(100), journal) == "gates held at 100 %"
+    assert lookups == ["demo"]
+    assert manager.count("service", "inspect", "demo_serving") == 1
+    assert manager.probes_started == [IMAGE, IMAGE]
+    assert manager.count("rm", "--force", "demo-metrics-probe") == 4  # before and after each
+    assert gates[0]["door"] is gates[1]["door"]
+    assert gates[1]["candidate_urls"] == ["http://10.0.1.9:8501/monitoring/prometheus/metrics"]
+    # A new process (`--resume`) looks both up again: nothing came from the journal.
+    SwarmRunner(Context(canary_project.spec, canary_project.root, MODEL)).traffic(
+        _traffic_step(100), journal
+    )
+    assert lookups == ["demo", "demo"]
+    assert manager.count("service", "inspect", "demo_serving") == 2
+
+
+def test_a_probe_that_does_not_start_with_the_cached_image_looks_the_service_up_again(
+    canary_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving service was updated between steps (its old image unusable): the second step
+    looks it up again and starts its probe with the new image."""
+    manager = FakeSwarmManager()
+    _wire(monkeypatch, manager)
+    runner = SwarmRunner(Context(canary_project.spec, canary_project.root, MODEL))
+    journal = _journal()
+    runner.traffic(_traffic_step(25), journal)
+    manager.unusable.add(IMAGE)
+    manager.image = IMAGE.replace("id-1", "id-2")
+    runner.traffic(_traffic_step(100), journal)
+    assert manager.probes_started == [IMAGE, manager.image]
+    assert manager.count("service", "inspect", "demo_serving") == 2
+
+
+def test_a_probe_that_does_not_start_with_the_current_image_fails_the_step(
+    canary_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = FakeSwarmManager()
+    manager.unusable.add(IMAGE)
+    _wire(monkeypatch, manager)
+    runner = SwarmRunner(Context(canary_project.spec, canary_project.root, MODEL))
+    with pytest.raises(SwarmError, match="network demo_tfstack not found"):
+        runner.traffic(_traffic_step(25), _journal())
+    assert manager.count("run", "--detach") == 1
+
+
+def test_a_stack_removed_under_a_traffic_step_is_named(
+    canary_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = FakeSwarmManager()
+    _wire(monkeypatch, manager)
+    runner = SwarmRunner(Context(canary_project.spec, canary_project.root, MODEL))
+    journal = _journal()
+    runner.traffic(_traffic_step(25), journal)
+    manager.unusable.add(IMAGE)
+    manager.image = None
+    with pytest.raises(RolloutError, match="stack demo has no serving service"):
+        runner.traffic(_traffic_step(100), journal)
 
 
 def test_observe_asks_every_serving_task_with_the_serving_image(

@@ -27,7 +27,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ from tfstack.rollout.canary import (
     CONTAINER_CANARY_CONFIG,
     LABEL_CANARY_VERSION,
     ROLE_CANARY,
+    DoorShell,
     door_admin,
 )
 from tfstack.serving.door import DoorStatus, parse_stats_csv
@@ -419,7 +420,41 @@ def swarm_door(manager: Manager, stack: str) -> SwarmDoorShell:
     return SwarmDoorShell(manager, container_id, node or node_id)
 
 
-def door_status(door: SwarmDoorShell, names_by_ip: Mapping[str, str]) -> DoorStatus:
+class CachedSwarmDoor:
+    """The stack's door shell for one rollout process: looked up once (:func:`swarm_door`, four
+    CLI calls) and again when a command fails in it, because the door's task may have been
+    rescheduled (a new container, perhaps on another node). A command that failed in a container
+    that is no longer the door's runs once more in the new one: the runtime API lines tfstack
+    sends (set a share, show stat) may be repeated. Never journaled: ``--resume`` runs in
+    another process, which looks the door up itself."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        stack: str,
+        resolve: Callable[[Manager, str], SwarmDoorShell] = swarm_door,
+    ) -> None:
+        self.manager = manager
+        self.stack = stack
+        self._resolve = resolve
+        self.shell = resolve(manager, stack)
+
+    @property
+    def name(self) -> str:
+        return self.shell.name
+
+    def run(self, argv: Sequence[str]) -> tuple[int, str]:
+        used = self.shell
+        exit_code, output = used.run(argv)
+        if exit_code == 0:
+            return exit_code, output
+        self.shell = self._resolve(self.manager, self.stack)
+        if self.shell.container_id == used.container_id:
+            return exit_code, output  # still the door's container: the command itself failed
+        return self.shell.run(argv)
+
+
+def door_status(door: DoorShell, names_by_ip: Mapping[str, str]) -> DoorStatus:
     """The door's view of its servers (``show stat`` through the runtime API)."""
     try:
         text = door_admin(door, "show stat")
@@ -443,6 +478,19 @@ class OverlayProbe:
         self.image = image
 
     def __enter__(self) -> OverlayProbe:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def start(self) -> None:
+        """Run the container (one left by an earlier run goes first); SwarmError if it fails."""
         self.manager.run("rm", "--force", self.name, check=False)
         labels = {
             **beside_stack_labels(self.stack, ROLE_METRICS_PROBE),
@@ -459,14 +507,8 @@ class OverlayProbe:
             "86400",
             timeout=120,
         )
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def remove(self) -> None:
         self.manager.run("rm", "--force", self.name, check=False)
 
     def _exec(self, *args: str) -> dict[str, Any]:
@@ -536,6 +578,7 @@ def remove_canary_service(manager: Manager, stack: str) -> str:
 
 
 __all__ = [
+    "CachedSwarmDoor",
     "CanaryService",
     "OverlayProbe",
     "SwarmDoorShell",

@@ -24,7 +24,9 @@ drives the Swarm through :mod:`tfstack.stack.swarm`.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tfstack.core.labels import LABEL_MODEL
@@ -46,6 +48,7 @@ from tfstack.serving.door import CANARY_BACKENDS, wait_replica_in_rotation
 from tfstack.stack.swarm import (
     InspectedService,
     Manager,
+    SwarmError,
     canary_service,
     manager_url,
     probe_tasks,
@@ -53,13 +56,13 @@ from tfstack.stack.swarm import (
     swarm_up,
 )
 from tfstack.stack.swarm_canary import (
+    CachedSwarmDoor,
     OverlayProbe,
     door_status,
     ensure_canary_config,
     plan_canary_service,
     remove_canary_service,
     start_canary_service,
-    swarm_door,
     wait_canary_serving,
     warm_canary,
 )
@@ -113,7 +116,17 @@ def observe_swarm(context: Context, spec: Any) -> Observed:
 
 
 class SwarmRunner(StackRunner):
-    """Stage and verify as for compose; a transition is a new model image rolled to every node."""
+    """Stage and verify as for compose; a transition is a new model image rolled to every node.
+
+    A weighted canary's steps look the door and the serving service up once per process (a
+    traffic step paid a few CLI calls for each) and again when what was looked up fails; nothing
+    of it goes into the journal, which a ``--resume`` in another process reads.
+    """
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self._door: CachedSwarmDoor | None = None
+        self._serving: dict[tuple[str, str], InspectedService] = {}  # by (manager URL, stack)
 
     def transition(self, step: Step, journal: Journal) -> str:
         assert step.target is not None
@@ -149,16 +162,49 @@ class SwarmRunner(StackRunner):
         manager.check()
         return spec, manager, stack_name(spec)
 
-    def _serving_service(self, manager: Manager, stack: str, step: Step) -> InspectedService:
-        serving = serving_service(manager, stack)
-        if serving is None:
-            raise RolloutError(
-                f"stack {stack} has no serving service on {manager.url}",
-                model=self.context.model,
-                step=step.name,
-                hint="`./tfstack up --target swarm` first",
-            )
-        return serving
+    def _serving_service(
+        self, manager: Manager, stack: str, step: Step, *, fresh: bool = False
+    ) -> InspectedService:
+        """The serving service, looked up when ``fresh`` or not yet looked up in this process."""
+        key = (manager.url, stack)
+        if fresh or key not in self._serving:
+            serving = serving_service(manager, stack)
+            if serving is None:
+                raise RolloutError(
+                    f"stack {stack} has no serving service on {manager.url}",
+                    model=self.context.model,
+                    step=step.name,
+                    hint="`./tfstack up --target swarm` first",
+                )
+            self._serving[key] = serving
+        return self._serving[key]
+
+    def _door_of(self, manager: Manager, stack: str) -> CachedSwarmDoor:
+        if self._door is None or (self._door.manager, self._door.stack) != (manager, stack):
+            self._door = CachedSwarmDoor(manager, stack)
+        return self._door
+
+    @contextlib.contextmanager
+    def _overlay_probe(
+        self, manager: Manager, stack: str, project: str, step: Step
+    ) -> Iterator[OverlayProbe]:
+        """A probe container of the serving image (on every node already), removed on exit. If
+        it does not start, the serving service is looked up again (updated, or the stack gone)
+        and, when its image changed, the probe is started once more with the new one."""
+        image = self._serving_service(manager, stack, step).image
+        probe = OverlayProbe(manager, stack, project, image)
+        try:
+            probe.start()
+        except SwarmError:
+            current = self._serving_service(manager, stack, step, fresh=True).image
+            if current == image:
+                raise
+            probe = OverlayProbe(manager, stack, project, current)
+            probe.start()
+        try:
+            yield probe
+        finally:
+            probe.remove()
 
     def canary_start(self, step: Step, journal: Journal) -> str:
         assert step.version is not None
@@ -176,7 +222,7 @@ class SwarmRunner(StackRunner):
                 hint="let that rollout finish, or abort it first",
             )
         # The door answers before anything changes (an old door without the API fails here).
-        door = swarm_door(manager, stack)
+        door = self._door_of(manager, stack)
         set_share(door, CONTAINER_CANARY_MAP, context.model, 0)
         self.say(f"      version {step.version}'s files to every node (in the model image)")
         try:
@@ -200,7 +246,8 @@ class SwarmRunner(StackRunner):
             spec, context.spec_path, context.root, context.model, step.version
         )
         config_id, config_name = ensure_canary_config(manager, stack, spec.project, text)
-        serving = self._serving_service(manager, stack, step)
+        # Looked up again: the canary is a clone of the spec the deploy above left.
+        serving = self._serving_service(manager, stack, step, fresh=True)
         plan = plan_canary_service(
             serving.item,
             stack=stack,
@@ -240,12 +287,10 @@ class SwarmRunner(StackRunner):
         context = self.context
         spec, manager, stack = self._swarm()
         slo = check_traffic_prerequisites(spec, context.model, door_on=True)
-        door = swarm_door(manager, stack)
-        serving = self._serving_service(manager, stack, step)
-        image = serving.image
+        door = self._door_of(manager, stack)
         canary = f"tasks.{canary_service_name(stack)}"
         stable = f"tasks.{SERVING_SERVICE}"
-        with OverlayProbe(manager, stack, spec.project, image) as probe:
+        with self._overlay_probe(manager, stack, spec.project, step) as probe:
             found = probe.resolve(canary, stable)
             if not found[canary]:
                 raise RolloutError(
@@ -275,7 +320,7 @@ class SwarmRunner(StackRunner):
         context = self.context
         _spec, manager, stack = self._swarm()
         try:
-            set_share(swarm_door(manager, stack), CONTAINER_CANARY_MAP, context.model, 0)
+            set_share(self._door_of(manager, stack), CONTAINER_CANARY_MAP, context.model, 0)
         except TfstackError as exc:
             # A door that is down sends nothing anywhere; one that restarted has no share.
             self.say(f"      door: share not reset ({exc.message}); removing the canary anyway")
