@@ -9,7 +9,8 @@ x = 1 answers 2.5 from v1 and 3.5 from every candidate.
 * a candidate failing for x >= 10 is rolled back by the error gate; the failed requests are
   bounded by the first step's share of one window;
 * a good candidate walks 10 -> 50 -> 100 and is promoted with 0 failed requests, and the split
-  the clients observe is within 3 points of the asked share at 10 % and 50 %.
+  the clients observe is within 3 points of the asked share at 10 % and 50 %; the canary was
+  warmed with the model's samples, all counted before the first traffic step began.
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_rollout import Marks, kill_during, say, serving_image
 from tfstack.bench.canary import CanaryScenario, write_canary_candidates
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import MODEL, V1_VALUE, V2_VALUE
 from tfstack.errors import RolloutError
+from tfstack.rollout.canary import WARMUP_ROUNDS, canary_replica
 from tfstack.rollout.journal import read_journal, status_summary
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.run import run_rollout
+from tfstack.serving.metrics import REQUEST_LATENCY
 
 __all__ = ["serving_image"]  # the module-scoped image fixture, shared with test_rollout
 
@@ -46,6 +51,7 @@ SPLIT_MIN_COUNT = 1000  # 3 points at 50 % is then over 2.5 standard deviations
 SETTLE_S = 1.5  # the share is set at the start of a step; count from a little later
 SPLIT_TOLERANCE = 3.0  # percentage points
 BAD_X = 20.0
+INFERENCE_APIS = ("predict", "classify", "regress")  # the latency histogram's API label
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +254,47 @@ def test_good_candidate_walks_the_steps_is_promoted_and_the_split_is_accurate(
         max_seconds=3 * SPLIT_WINDOW_S,
     )
 
+    before_traffic: list[dict[tuple[str, str], tuple[float, float]] | Exception] = []
+
+    def canary_inference() -> dict[tuple[str, str], tuple[float, float]] | Exception:
+        """The canary's inference requests of the model (API, entrypoint) -> (count, latency
+        sum in ms) as the first traffic step begins: the share is still 0, so only the warm-up
+        has sent any; that step's window is baselined after this. (Its readiness polls count in
+        request_count too, under another API.)"""
+        try:
+            spec = yaml.safe_load(stack.spec_path.read_text())
+            found = canaries(docker_client, stack)
+            assert len(found) == 1, found
+            replica = canary_replica(
+                docker_client,
+                found[0],
+                rest_port=spec["serving"]["rest_port"],
+                grpc_port=spec["serving"]["grpc_port"],
+            )
+            path = (spec.get("monitoring") or {}).get("path", "/monitoring/prometheus/metrics")
+            page = requests.get(f"{replica.rest_url}{path}", timeout=5)
+            page.raise_for_status()
+            seen: dict[tuple[str, str], tuple[float, float]] = {}
+            for family in text_string_to_metric_families(page.text):
+                for sample in family.samples:
+                    labels = sample.labels
+                    if labels.get("model_name") != MODEL or "API" not in labels:
+                        continue
+                    key = (labels.get("API", ""), labels.get("entrypoint", ""))
+                    count, total = seen.get(key, (0.0, 0.0))
+                    if sample.name == f"{REQUEST_LATENCY}_count":
+                        count += sample.value
+                    elif sample.name == f"{REQUEST_LATENCY}_sum":
+                        total += sample.value / 1000.0
+                    seen[key] = (count, total)
+            return {key: value for key, value in seen.items() if key[0] in INFERENCE_APIS}
+        except Exception as exc:  # asserted below, not raised inside the rollout's step hook
+            return exc
+
     def on_step(name: str, event: str, at: float) -> None:
         marks(name, event, at)
         if (name, event) == ("traffic_10", "start"):
+            before_traffic.append(canary_inference())
             counter.start()
         elif (name, event) == ("traffic_50", "done"):
             counter.stop()
@@ -274,6 +318,17 @@ def test_good_candidate_walks_the_steps_is_promoted_and_the_split_is_accurate(
     print(report.summary(), counted_report.summary(), sep="\n", file=sys.stderr)
     assert not report.failures, report.summary()
     assert not counted_report.failures, counted_report.summary()
+    # Warmed: the spec's one sample x WARMUP_ROUNDS over REST, all in the canary's counters before
+    # the first traffic step's baseline, so none of them is in a window.
+    warmed = before_traffic[0]
+    assert isinstance(warmed, dict), warmed
+    print(f"canary before traffic_10 (count, latency sum ms): {warmed}", file=sys.stderr)
+    assert {key: count for key, (count, _) in warmed.items()} == {
+        ("predict", "REST"): WARMUP_ROUNDS
+    }, warmed
+    canary_start = outcome.journal.record("canary_start")
+    assert canary_start is not None
+    assert f"warmed with {WARMUP_ROUNDS} sample requests" in canary_start.detail
     names = [r.step.name for r in outcome.journal.steps]
     assert names[names.index("verify") :] == [
         "verify",
