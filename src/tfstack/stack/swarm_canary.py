@@ -45,13 +45,15 @@ from tfstack.rollout.canary import (
     CONTAINER_CANARY_CONFIG,
     LABEL_CANARY_VERSION,
     ROLE_CANARY,
+    WARMUP_ROUNDS,
     DoorShell,
     door_admin,
+    warm_up_canary,
+    warmup_requests,
 )
 from tfstack.serving.door import DoorStatus, parse_stats_csv
 from tfstack.serving.metrics import Scrape, parse_metrics
 from tfstack.spec import StackSpec
-from tfstack.spec.model import sample_body
 from tfstack.stack.swarm import (
     LABEL_BESIDE_STACK,
     STACK_LABEL,
@@ -64,7 +66,6 @@ from tfstack.stack.swarm import (
 )
 
 ROLE_METRICS_PROBE = "metrics-probe"
-WARMUP_ROUNDS = 5
 CANARY_POLL_S = 2.0
 FETCH_TIMEOUT_S = 5
 
@@ -542,31 +543,19 @@ def warm_canary(
     version: int,
     rounds: int = WARMUP_ROUNDS,
 ) -> int:
-    """Send the model's samples to the canary's task (version ``version``) before it takes
-    traffic: a server's first requests to a model pay its lazy initialisation, which the gates
-    would otherwise charge to the candidate. RolloutError when a sample is not answered 200."""
-    found = next(m for m in spec.models if m.name == model)
-    sent = 0
-    for sample in found.samples:
-        body = dict(sample_body(sample, spec_path))
-        if sample.signature_name:
-            body.setdefault("signature_name", sample.signature_name)
-        url = (
-            f"http://{address}:{spec.serving.rest_port}/v1/models/{model}/versions/{version}"
-            f":{sample.method}"
-        )
-        statuses = probe.post(url, body, rounds)
-        if statuses != [200] * rounds:
-            raise RolloutError(
-                f"the canary does not answer sample {sample.name!r}: {statuses}",
-                model=model,
-                version=version,
-                step="canary_start",
-                hint="the side instance answered it: see the canary task's log "
-                f"(`docker service logs {probe.stack}_canary`)",
-            )
-        sent += rounds
-    return sent
+    """Send the model's samples to the canary's task (version ``version``) from the overlay
+    probe before it takes traffic: the step both targets share (rollout.canary.warm_up_canary).
+    RolloutError when a sample is not answered 200."""
+    base = f"http://{address}:{spec.serving.rest_port}"
+    return warm_up_canary(
+        lambda path, body, count: probe.post(base + path, body, count),
+        warmup_requests(spec, spec_path, model=model, version=version),
+        model=model,
+        version=version,
+        canary=f"the canary service {probe.stack}_canary",
+        logs=f"docker service logs {probe.stack}_canary",
+        rounds=rounds,
+    )
 
 
 def remove_canary_service(manager: Manager, stack: str) -> str:
