@@ -47,7 +47,7 @@ from tests.integration.test_contract import (
     test_rest_contract,
 )
 from tfstack.bench.canary import write_canary_candidates
-from tfstack.bench.loadgen import LoadGenerator, LoadReport, Sample, stack_senders
+from tfstack.bench.loadgen import LoadGenerator, LoadRelay, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import free_port
 from tfstack.bench.swarm import replacements
 from tfstack.build.frontend import ensure_frontend_image
@@ -364,6 +364,12 @@ def _stack_load(swarm: SwarmStack, max_seconds: float) -> LoadGenerator:
     return LoadGenerator(senders, rate=50, max_seconds=max_seconds)
 
 
+def _rollout_load(swarm: SwarmStack) -> LoadRelay:
+    """Load for a whole rollout, handed over at each step's start (``on_step``): one generator
+    stops at 120 s, and a weighted rollout on a loaded machine took 127 s once."""
+    return LoadRelay(lambda: _stack_load(swarm, 110)).start()
+
+
 def _canary_leftovers(swarm: SwarmStack) -> list[str]:
     """Services, configs and manager containers tfstack made beside the stack."""
     selector = f"label={LABEL_BESIDE_STACK}={swarm.stack}"
@@ -394,12 +400,14 @@ def test_weighted_canary_rollout_then_rollback_under_load_fail_no_request(
         path.chmod(0o755 if path.is_dir() else 0o644)
     context = Context(swarm.spec_path, swarm.root, "half_plus_two", say=say)
     marks: dict[str, float] = {}
-    loads: list[LoadGenerator] = []  # running ones; each is stopped once (stop() stamps the end)
+    loads: list[LoadRelay] = []  # running ones; each is stopped once (stop() stamps the end)
 
     def on_step(name: str, event: str, at: float) -> None:
         marks[f"{name}:{event}"] = at
         if name in ("canary_start", "rollback") and event == "start":
-            loads.append(_stack_load(swarm, 280).start())
+            loads.append(_rollout_load(swarm))
+        elif event == "start" and loads:
+            loads[-1].handover()
 
     try:
         started = time.monotonic()
@@ -482,7 +490,13 @@ def test_slow_canary_is_rolled_back_by_its_gates_at_the_first_step(
     context = Context(swarm.spec_path, swarm.root, MODEL, say=say)
     original = swarm.spec_path.read_text(encoding="utf-8")
     marks: dict[str, float] = {}
-    load = _stack_load(swarm, 240).start()
+    load = _rollout_load(swarm)
+
+    def on_step(name: str, event: str, at: float) -> None:
+        marks.setdefault(f"{name}:{event}", at)
+        if event == "start":
+            load.handover()
+
     try:
         with pytest.raises(RolloutError) as raised:
             swarm_rollout(
@@ -495,7 +509,7 @@ def test_slow_canary_is_rolled_back_by_its_gates_at_the_first_step(
                     analysis_s=CANARY_WINDOW_S,
                     latency_factor=1000.0,  # past the side instance: the canary's gates judge
                 ),
-                on_step=lambda name, event, at: marks.setdefault(f"{name}:{event}", at),
+                on_step=on_step,
             )
         time.sleep(2)
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from tfstack.bench.loadgen import (
     HARD_MAX_REQUESTS,
     HARD_MAX_SECONDS,
     LoadGenerator,
+    LoadRelay,
     LoadReport,
     Sample,
     check_loopback,
@@ -128,3 +131,51 @@ def test_first_value_reads_rest_answers() -> None:
     assert first_value({"outputs": [[4.0]]}) == 4.0
     assert first_value({"predictions": [{"a": 1}]}) is None
     assert first_value({"other": 1}) is None
+
+
+def _leg(rate: float = 200, max_seconds: float = 10) -> LoadGenerator:
+    return LoadGenerator({"rest/default": lambda: (2.5, None)}, rate=rate, max_seconds=max_seconds)
+
+
+def test_a_relay_hands_over_without_a_gap_and_reports_every_leg() -> None:
+    """Legs handed over at 'step' boundaries: one report, sorted, no gap longer than a few
+    request intervals at a handover, stopped by the caller."""
+    relay = LoadRelay(_leg).start()
+    for _ in range(2):
+        time.sleep(0.15)
+        relay.handover()
+    time.sleep(0.15)
+    report = relay.stop()
+    assert len(relay.legs) == 3
+    assert report.stop_reason == "stopped by the caller"
+    assert report.failures == []
+    assert report.total >= 3 * 20
+    times = [s.sent_at for s in report.samples]
+    assert times == sorted(times)
+    for before, after in itertools.pairwise(relay.legs):  # the next leg runs before one stops
+        assert after.report.started_at <= before.report.stopped_at
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.5
+    assert report.started_at == relay.legs[0].report.started_at
+    relay.handover()  # stopped: nothing more starts
+    assert len(relay.legs) == 3
+
+
+def test_a_leg_that_ended_at_its_cap_is_named_in_the_stop_reason() -> None:
+    relay = LoadRelay(lambda: _leg(max_seconds=0.1)).start()
+    time.sleep(0.3)
+    relay.handover()
+    report = relay.stop()
+    assert report.stop_reason.startswith("leg 1: ") and "cap" in report.stop_reason
+    assert "leg 2" not in report.stop_reason
+
+
+def test_a_relay_is_bounded_in_legs_and_runs_once() -> None:
+    relay = LoadRelay(_leg, max_legs=2).start()
+    try:
+        relay.handover()
+        with pytest.raises(UsageError, match="at most 2 legs"):
+            relay.handover()
+        with pytest.raises(UsageError, match="already ran"):
+            relay.start()
+    finally:
+        relay.stop()

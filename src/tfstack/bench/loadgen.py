@@ -30,6 +30,7 @@ from tfstack.serving.tensors import rest_body_to_grpc, signature_inputs
 HARD_MAX_SECONDS = 120.0
 HARD_MAX_REQUESTS = 12_000
 HARD_MAX_RATE = 500.0
+CALLER = "stopped by the caller"  # the stop reason of a generator that ran until stop()
 DEFAULT_RATE = 50.0
 REQUEST_TIMEOUT_S = 10.0
 
@@ -203,7 +204,7 @@ class LoadGenerator:
         reason = "stopped"
         while True:
             if self._stop.is_set():
-                reason = "stopped by the caller"
+                reason = CALLER
                 break
             if index >= self.max_requests:
                 reason = f"request cap {self.max_requests} reached"
@@ -214,7 +215,7 @@ class LoadGenerator:
                 reason = f"time cap {self.max_seconds:.0f}s reached"
                 break
             if due > now and self._stop.wait(due - now):
-                reason = "stopped by the caller"
+                reason = CALLER
                 break
             name = names[index % len(names)]
             self._pool.submit(self._send, name, self.senders[name])
@@ -254,6 +255,63 @@ class LoadGenerator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LoadRelay:
+    """Load for longer than one generator's bounds: legs of :class:`LoadGenerator`, handed over.
+
+    A rollout under load can outlast :data:`HARD_MAX_SECONDS`; a generator that stopped at its
+    cap would leave the rest of the rollout unobserved. ``handover()`` (e.g. at every step's
+    start) starts the next leg before it stops the current one, so no moment goes without load
+    (they overlap for the few milliseconds the stop takes). Each leg keeps every cap, and there
+    are at most ``max_legs`` of them: the relay stays bounded too.
+    """
+
+    def __init__(self, make_leg: Callable[[], LoadGenerator], *, max_legs: int = 16) -> None:
+        self.make_leg = make_leg
+        self.max_legs = max_legs
+        self.legs: list[LoadGenerator] = []
+        self._finished: list[LoadReport] = []
+
+    def start(self) -> LoadRelay:
+        if self.legs:
+            raise UsageError("this load relay already ran; make a new one")
+        self.legs.append(self.make_leg().start())
+        return self
+
+    def handover(self) -> None:
+        """The next leg takes over from the current one (no-op once stopped)."""
+        if not self.legs or len(self._finished) == len(self.legs):
+            return
+        if len(self.legs) >= self.max_legs:
+            raise UsageError(f"a load relay runs at most {self.max_legs} legs")
+        current = self.legs[-1]
+        self.legs.append(self.make_leg().start())
+        self._finished.append(current.stop())
+
+    def stop(self) -> LoadReport:
+        """Stop the running leg; every leg's samples in one report (see :attr:`report`)."""
+        if self.legs and len(self._finished) < len(self.legs):
+            self._finished.append(self.legs[-1].stop())
+        return self.report
+
+    @property
+    def report(self) -> LoadReport:
+        """The legs so far as one report; its stop reason is "stopped by the caller" only if no
+        leg ended at a cap (one that did left a gap before the next handover)."""
+        reports = [*self._finished, *[leg.report for leg in self.legs[len(self._finished) :]]]
+        merged = LoadReport(
+            samples=sorted(
+                (sample for report in reports for sample in report.samples),
+                key=lambda s: s.sent_at,
+            ),
+            started_at=reports[0].started_at if reports else 0.0,
+            stopped_at=reports[-1].stopped_at if reports else 0.0,
+        )
+        ended = [r.stop_reason for r in self._finished]
+        capped = [f"leg {i + 1}: {reason}" for i, reason in enumerate(ended) if reason != CALLER]
+        merged.stop_reason = "; ".join(capped) if capped else (CALLER if ended else "")
+        return merged
 
 
 def _short(exc: BaseException) -> str:
