@@ -49,7 +49,7 @@ from tests.integration.test_contract import (
 from tfstack.bench.canary import write_canary_candidates
 from tfstack.bench.loadgen import LoadGenerator, LoadRelay, LoadReport, Sample, stack_senders
 from tfstack.bench.rollout import free_port
-from tfstack.bench.swarm import replacements
+from tfstack.bench.swarm import remove_run_images, replacements
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import BuiltImage
 from tfstack.build.modelimage import (
@@ -97,6 +97,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "tfstack-swarm-it"
+SERVING_REPOSITORY = "tfstack-it/swarm"  # the runtime image, tagged per run
+FRONTEND_REPOSITORY = "tfstack/frontend"
 MODEL = "half_plus_two"
 REPLICAS = 3
 PER_NODE = 2  # room for a killed node's task on the two others
@@ -220,6 +222,15 @@ def _write_project(root: Path, data: dict[str, Any]) -> Path:
     return spec_path
 
 
+def _remove_module_images(client: docker.DockerClient) -> None:
+    """This module's serving tags, model images and push tags (the door's image stays)."""
+    removed = remove_run_images(
+        client, [SERVING_REPOSITORY, model_repository_name(PROJECT)], [FRONTEND_REPOSITORY]
+    )
+    if removed:
+        say(f"removed {len(removed)} image tags of this module's runs")
+
+
 def _remove_everything(spec_path: Path | None) -> None:
     """The finalizer: the stack (if the manager still answers), then the cluster."""
     if spec_path is not None:
@@ -236,8 +247,9 @@ def swarm(docker_client: docker.DockerClient, runtime_image: BuiltImage) -> Iter
         remove_leftover_cluster(say=say)  # a killed run's; a user's or a live run's fails here
     except ClusterError as exc:
         pytest.fail(f"this module makes and removes its own cluster: {exc}")
+    _remove_module_images(docker_client)  # what a killed run left (no other run is alive)
     ensure_frontend_image(docker_client, "tfstack/frontend:latest", source_root=ROOT, say=say)
-    tag = f"tfstack-it/swarm:{secrets.token_hex(4)}"
+    tag = f"{SERVING_REPOSITORY}:{secrets.token_hex(4)}"
     docker_client.images.get(runtime_image.id).tag(*tag.split(":"))
     root = Path(tempfile.mkdtemp(prefix="tfstack-swarm-"))
     root.chmod(0o755)
@@ -272,8 +284,7 @@ def swarm(docker_client: docker.DockerClient, runtime_image: BuiltImage) -> Iter
         yield made
     finally:
         _remove_everything(spec_path)
-        with contextlib.suppress(docker.errors.APIError):
-            docker_client.images.remove(tag, noprune=True)
+        _remove_module_images(docker_client)
         shutil.rmtree(root, ignore_errors=True)
 
 

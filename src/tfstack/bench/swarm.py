@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import secrets
 import shutil
@@ -32,12 +33,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import yaml
 
 from tfstack.bench.loadgen import LoadGenerator, LoadReport, stack_senders
@@ -47,6 +49,7 @@ from tfstack.bench.serve_load import LoadResult, LoadSpec, run_load
 from tfstack.bench.serve_reference import SMALL_BODY, grpc_predict_bytes
 from tfstack.build.frontend import ensure_frontend_image
 from tfstack.build.images import ensure_image
+from tfstack.build.modelimage import model_repository_name
 from tfstack.cluster import cluster_down, cluster_up, remove_leftover_cluster
 from tfstack.cluster.plan import CLUSTER_NAME, node_name
 from tfstack.docker.engine import ensure_engine
@@ -56,6 +59,7 @@ from tfstack.render.frontdoor import SERVING_SERVICE
 from tfstack.rollout.plan import RolloutRequest
 from tfstack.rollout.runner import Context
 from tfstack.spec import load_spec
+from tfstack.spec.deploy import LOCAL_PUSH_REGISTRY
 from tfstack.spec.frontend import FRONTEND_IMAGE
 from tfstack.stack.swarm import (
     Manager,
@@ -72,6 +76,7 @@ from tfstack.stack.swarm_rollout import swarm_rollout
 MODEL = "half_plus_two"
 REPLICAS = 3
 PER_NODE = 2  # room for the killed node's task on the two others
+PROJECT_PREFIX = "tfstack-bench-swarm-"  # + a random suffix per run
 KILLED_NODE = node_name(CLUSTER_NAME, 3)  # a worker: node 1 is the manager and runs the door
 UP_TIMEOUT_S = 420.0
 RATE = 50.0
@@ -358,6 +363,33 @@ def _failover(manager: Manager, stack: str, rest_port: int, grpc_port: int) -> F
     return Failover(report, killed_at, node_down_s, replaced_s, timeline)
 
 
+def remove_run_images(
+    client: Any, run_repositories: Collection[str], pushed_repositories: Collection[str] = ()
+) -> list[str]:
+    """Remove the image tags a run on the local cluster left on this engine; the tags removed.
+
+    ``run_repositories`` (glob patterns: the run's serving image and model images) go under
+    their own name and with the local registry's push prefix; ``pushed_repositories`` (images
+    the user keeps, such as the door's) only with the prefix. A tag that was an image's last
+    is the image's removal: a push tag kept a whole serving image (1.3 GB) after every run, and
+    with the cluster gone it names a registry that no longer exists. An image a container still
+    uses stays."""
+    prefix = f"{LOCAL_PUSH_REGISTRY}/"
+    patterns = [
+        *run_repositories,
+        *[prefix + pattern for pattern in [*run_repositories, *pushed_repositories]],
+    ]
+    removed: list[str] = []
+    for image in client.images.list():
+        for ref in image.tags:
+            repository = ref.rpartition(":")[0]
+            if any(fnmatch.fnmatchcase(repository, pattern) for pattern in patterns):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(ref)
+                    removed.append(ref)
+    return removed
+
+
 def _after(wall: float | None, start: float) -> float | None:
     return None if wall is None else wall - start
 
@@ -403,7 +435,7 @@ def bench_swarm(context: BenchContext) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="tfstack-bench-swarm-"))
     root.chmod(0o755)
     rest_port, grpc_port = free_port(), free_port()
-    project = f"tfstack-bench-swarm-{secrets.token_hex(3)}"
+    project = f"{PROJECT_PREFIX}{secrets.token_hex(3)}"
     data = spec_data(project=project, image=tag, rest_port=rest_port, grpc_port=grpc_port)
     spec_path: Path | None = None
     try:
@@ -457,8 +489,11 @@ def bench_swarm(context: BenchContext) -> BenchResult:
             with contextlib.suppress(StackError, OSError):
                 swarm_down(spec_path, root, timeout=60)
         cluster_down()
-        with contextlib.suppress(Exception):
-            client.images.remove(tag, noprune=True)
+        remove_run_images(
+            client,
+            [tag.partition(":")[0], model_repository_name(PROJECT_PREFIX + "*")],
+            [FRONTEND_IMAGE.partition(":")[0]],
+        )
         shutil.rmtree(root, ignore_errors=True)
     steps = ", ".join(f"{k} {v:.1f} s" for k, v in first.timings.items())
     failed = len(failover.load.failures)
