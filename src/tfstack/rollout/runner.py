@@ -407,10 +407,8 @@ class StackRunner:
                 logs=f"docker logs {plan.name}",
                 step=step.name,
             )
-        if samples:
-            self.say(f"      canary warmed with {warmed} sample requests")
-        else:
-            self.say(f"      model {context.model} has no samples: the canary is not warmed")
+        warmth = f"warmed with {warmed} sample requests" if samples else "not warmed (no samples)"
+        self.say(f"      canary {warmth}")
         canary = existing_canary(client, spec.project)
         door_info = frontend_container(containers)
         assert canary is not None and door_info is not None  # both just answered
@@ -423,7 +421,6 @@ class StackRunner:
             backends=CANARY_BACKENDS,
         )
         where = replica.rest_url
-        warmth = f"warmed with {warmed} sample requests" if samples else "not warmed (no samples)"
         return (
             f"{plan.name} serves version {step.version} at {where}; {warmth}; in the door's "
             "rotation"

@@ -49,6 +49,7 @@ from tfstack.stack.swarm import (
     InspectedService,
     Manager,
     SwarmError,
+    SwarmUpReport,
     canary_service,
     manager_url,
     probe_tasks,
@@ -126,7 +127,7 @@ class SwarmRunner(StackRunner):
     def __init__(self, context: Context) -> None:
         super().__init__(context)
         self._door: CachedSwarmDoor | None = None
-        self._serving: dict[tuple[str, str], InspectedService] = {}  # by (manager URL, stack)
+        self._serving: InspectedService | None = None  # the context's one stack
 
     def transition(self, step: Step, journal: Journal) -> str:
         assert step.target is not None
@@ -134,12 +135,7 @@ class SwarmRunner(StackRunner):
         self.edit_spec(step, journal)
         started = time.monotonic()
         try:
-            report = swarm_up(
-                context.spec_path,
-                context.root,
-                timeout=context.reload_timeout,
-                say=lambda text: self.say(f"      {text}"),
-            )
+            report = self._deploy_spec()
         except TfstackError as exc:
             raise RolloutError(
                 f"the Swarm did not take {step.target.describe()}",
@@ -156,6 +152,16 @@ class SwarmRunner(StackRunner):
 
     # -- weighted canary (rollout --traffic) -----------------------------------------------------
 
+    def _deploy_spec(self) -> SwarmUpReport:
+        """``up --target swarm`` of the spec as it stands (the rollout's timeout, its output)."""
+        context = self.context
+        return swarm_up(
+            context.spec_path,
+            context.root,
+            timeout=context.reload_timeout,
+            say=lambda text: self.say(f"      {text}"),
+        )
+
     def _swarm(self) -> tuple[Any, Manager, str]:
         spec = self.context.load_spec(check_disk=False)
         manager = Manager(manager_url(spec))
@@ -166,18 +172,16 @@ class SwarmRunner(StackRunner):
         self, manager: Manager, stack: str, step: Step, *, fresh: bool = False
     ) -> InspectedService:
         """The serving service, looked up when ``fresh`` or not yet looked up in this process."""
-        key = (manager.url, stack)
-        if fresh or key not in self._serving:
-            serving = serving_service(manager, stack)
-            if serving is None:
+        if fresh or self._serving is None:
+            self._serving = serving_service(manager, stack)
+            if self._serving is None:
                 raise RolloutError(
                     f"stack {stack} has no serving service on {manager.url}",
                     model=self.context.model,
                     step=step.name,
                     hint="`./tfstack up --target swarm` first",
                 )
-            self._serving[key] = serving
-        return self._serving[key]
+        return self._serving
 
     def _door_of(self, manager: Manager, stack: str) -> CachedSwarmDoor:
         if self._door is None or (self._door.manager, self._door.stack) != (manager, stack):
@@ -330,13 +334,7 @@ class SwarmRunner(StackRunner):
         # spec's own image goes back (after promote it is that one already: a noop), so an
         # aborted canary leaves the Swarm exactly as `up` makes it.
         try:
-            report = swarm_up(
-                context.spec_path,
-                context.root,
-                timeout=context.reload_timeout,
-                say=lambda text: self.say(f"      {text}"),
-            )
-            models = f"the spec's model image ({report.action})"
+            models = f"the spec's model image ({self._deploy_spec().action})"
         except TfstackError as exc:
             # Harmless (no server loads the candidate's files): said, and the undo goes on.
             models = f"the candidate's model image left deployed ({exc.message})"
